@@ -1,0 +1,82 @@
+"""Crash-safe directory writes and the saved-model format.
+
+A directory is written under a temporary name and renamed into place, so a run killed (or a disk
+that fills up) half-way through a save leaves the previous version loadable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+from afqmc.config import TrainConfig, load_config
+
+CONFIG_NAME = "train_config.yaml"
+METRICS_NAME = "metrics.json"
+TRAINER_STATE_NAME = "trainer_state.json"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary directory; on success it replaces `target` in (nearly) one step.
+
+    The old version is renamed to `<target>.old` before the new one moves in and is deleted after,
+    so at every moment `target` or `<target>.old` is complete (`resolve_directory` finds it).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    old = target.with_name(f"{target.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise CheckpointError(f"could not write {target} ({exc.strerror or exc}); "
+                                  f"the previous version is intact") from exc
+        raise
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_directory(path: str | os.PathLike) -> Path:
+    """`path`, or its `.old` twin when a crash came between the two renames of `atomic_directory`."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    old = path.with_name(f"{path.name}.old")
+    if old.is_dir():
+        return old
+    raise CheckpointError(f"{path}: no such checkpoint or model directory")
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def save_model_dir(path: Path, model: Any, tokenizer: Any, cfg: TrainConfig, metrics: dict[str, Any]) -> None:
+    """A `save_pretrained` folder (safetensors weights + tokenizer) plus the resolved config and metrics."""
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    cfg.save_yaml(path / CONFIG_NAME, header="Resolved TrainConfig of the run that produced this model.")
+    write_json(path / METRICS_NAME, metrics)
+
+
+def load_model_config(path: str | os.PathLike) -> TrainConfig:
+    path = Path(path)
+    if not (path / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{path}: not a saved afqmc model (no {CONFIG_NAME})")
+    return load_config(path / CONFIG_NAME)

@@ -1,0 +1,281 @@
+"""`TrainConfig`: every default of a run in one place, overridden by a YAML file, then the CLI.
+
+Only fields of `TrainConfig` may appear in a config file, on the command line (`--field_name value`)
+or in a search space. Runtime plumbing (how metrics are reported, Ray resources) lives elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+TINY = "tiny"  # model_name_or_path value that builds a small randomly initialised BERT
+
+
+class ConfigError(ValueError):
+    """A config value or key is wrong; the message names the source and the field."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass
+class TrainConfig:
+    # --- model -------------------------------------------------------------------------------
+    model_name_or_path: str = "hfl/chinese-macbert-base"  # hub name, local save_pretrained dir or "tiny"
+    vocab_file: str | None = None  # tiny only: WordPiece vocab.txt; None builds a character vocab
+    tiny_hidden_size: int = 128
+    tiny_num_layers: int = 2
+    tiny_num_heads: int = 2
+    trust_remote_code: bool = False  # never on unless the user asks
+    # --- data --------------------------------------------------------------------------------
+    train_file: str = "afqmc/demo_data/train.jsonl"
+    val_file: str | None = None  # None: a seeded stratified split of train_file
+    val_ratio: float = 0.1
+    test_file: str | None = None  # unlabelled (or labelled) pairs to predict with the best model
+    max_train_samples: int | None = None  # first N rows of train_file (quick runs)
+    skip_empty: bool = False  # skip (and count) pairs with an empty sentence instead of failing
+    max_length: int = 64
+    # --- optimisation ------------------------------------------------------------------------
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    per_device_batch_size: int = 32
+    eval_batch_size: int = 128
+    gradient_accumulation_steps: int = 1
+    num_epochs: float = 3.0
+    max_steps: int = 0  # optimizer updates; > 0 overrides num_epochs
+    mixed_precision: str = "no"  # no | fp16 | bf16 (fp16 falls back to no on CPU)
+    seed: int = 42
+    # --- task --------------------------------------------------------------------------------
+    # [w0, w1] weights of labels 0 and 1 in the cross-entropy; one number r means [1, r]; "balanced"
+    # derives them from the training labels; None is unweighted. Only the ratio matters.
+    class_weights: list[float] | str | None = None
+    dropout: float = 0.1  # hidden and classifier dropout
+    threshold: float = 0.5  # predict label 1 when P(label = 1) >= threshold
+    # --- evaluation, early stopping, outputs ------------------------------------------------
+    eval_steps: int = 0  # evaluate every N optimizer updates; 0 = once per epoch
+    patience: int = 0  # stop after N evaluations without a better val F1-macro; 0 = never
+    output_dir: str = "results/run"
+    save_best_model: bool = True
+
+    # -----------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, source: str = "config") -> None:
+        """Coerce shorthand values and raise ConfigError naming the first bad field."""
+
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"{source}: field '{name}' {why} (got {getattr(self, name)!r})", name)
+
+        cw = self.class_weights
+        if isinstance(cw, (int, float)) and not isinstance(cw, bool):
+            self.class_weights = cw = [1.0, float(cw)]
+        if isinstance(cw, str) and cw != "balanced":
+            raise bad("class_weights", "must be [w0, w1], one number (w1 / w0), 'balanced' or null")
+        if isinstance(cw, list):
+            if len(cw) != 2 or not all(_is_number(w) and w > 0 for w in cw):
+                raise bad("class_weights", "must hold two numbers > 0")
+            self.class_weights = [float(w) for w in cw]
+
+        positive = {"learning_rate", "per_device_batch_size", "eval_batch_size", "max_length",
+                    "gradient_accumulation_steps", "num_epochs", "tiny_hidden_size",
+                    "tiny_num_layers", "tiny_num_heads"}
+        for name in sorted(positive):
+            if not getattr(self, name) > 0:
+                raise bad(name, "must be > 0")
+        for name in ("weight_decay", "max_grad_norm", "max_steps", "eval_steps", "patience"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        if self.max_train_samples is not None and self.max_train_samples <= 0:
+            raise bad("max_train_samples", "must be > 0 or null")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise bad("warmup_ratio", "must be in [0, 1)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise bad("dropout", "must be in [0, 1)")
+        if not 0.0 < self.threshold < 1.0:
+            raise bad("threshold", "must be in (0, 1)")
+        if self.val_file is None and not 0.0 < self.val_ratio < 1.0:
+            raise bad("val_ratio", "must be in (0, 1) when no val_file is given")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise bad("mixed_precision", f"must be one of {', '.join(MIXED_PRECISION)}")
+        if self.max_length < 8:
+            raise bad("max_length", "must be >= 8 (a pair needs 3 special tokens and some text)")
+        if self.tiny_hidden_size % self.tiny_num_heads:
+            raise bad("tiny_hidden_size", "must be divisible by tiny_num_heads")
+        if not self.model_name_or_path:
+            raise bad("model_name_or_path", "must not be empty")
+        if not self.train_file:
+            raise bad("train_file", "must not be empty")
+
+    # --- conversions -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return from_dict(changes, source="override", base=self)
+
+    def save_yaml(self, path: str | os.PathLike, header: str | None = None) -> None:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        if header:
+            text = "".join(f"# {line}\n" for line in header.splitlines()) + text
+        Path(path).write_text(text, encoding="utf-8")
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _allowed_types(name: str) -> tuple[type, ...]:
+    hint = _HINTS[name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = typing.get_args(hint)
+    else:
+        args = (hint,)
+    return tuple(typing.get_origin(a) or a for a in args)
+
+
+def coerce_value(name: str, value: Any, source: str = "config") -> Any:
+    """Check `value` against the declared type of field `name`; strings from the CLI are parsed."""
+    if name not in FIELDS:
+        raise ConfigError(f"{source}: unknown field '{name}'{_did_you_mean(name)}", name)
+    allowed = _allowed_types(name)
+    if isinstance(value, str) and (str not in allowed or name == "class_weights"):
+        value = _parse_cli_value(value)
+    if type(None) in allowed and (value is None or value in ("null", "None", "~")):
+        return None
+    if isinstance(value, bool):
+        if bool in allowed:
+            return value
+    elif isinstance(value, int) and int in allowed:
+        return value
+    elif isinstance(value, (int, float)) and float in allowed:
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: field '{name}' must be finite (got {value!r})", name)
+        return float(value)
+    elif isinstance(value, float) and int in allowed and value.is_integer():
+        return int(value)
+    elif isinstance(value, str) and str in allowed:
+        return value
+    elif isinstance(value, list) and list in allowed:
+        return value
+    elif name == "class_weights" and _is_number(value):
+        return float(value)  # shorthand for [1, r]; expanded by validate()
+    names = ", ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise ConfigError(f"{source}: field '{name}' must be of type {names} (got {value!r})", name)
+
+
+def _parse_cli_value(text: str) -> Any:
+    """'3e-5' is a float here, although YAML 1.1 (and so PyYAML) reads it as a string."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _did_you_mean(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, FIELDS, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def default_values() -> dict[str, Any]:
+    return {f.name: f.default for f in FIELDS.values()}
+
+
+def from_dict(values: dict[str, Any], source: str = "config", base: TrainConfig | None = None,
+              lines: dict[str, int] | None = None) -> TrainConfig:
+    """`base` (or the defaults) updated with `values`, every key and value checked.
+
+    `lines` maps keys to their line in `source` (a file) so that errors name file, line and field.
+    """
+    lines = lines or {}
+
+    def where(key: str | None) -> str:
+        return f"{source}:{lines[key]}" if key in lines else source
+
+    merged = base.to_dict() if base is not None else default_values()
+    for key, value in values.items():
+        merged[str(key)] = coerce_value(str(key), value, where(str(key)))
+    cfg = TrainConfig.__new__(TrainConfig)
+    cfg.__dict__.update(merged)
+    try:
+        cfg.validate(source)
+    except ConfigError as exc:
+        if exc.field in lines:
+            raise ConfigError(str(exc).replace(source, where(exc.field), 1), exc.field) from None
+        raise
+    return cfg
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, int]]:
+    """Read a YAML mapping safely; returns it and the line (1-based) of each top-level key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a mapping of field: value")
+    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if node is not None else {}
+    return data, lines
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the YAML file at `path`, then `overrides` (e.g. parsed from the CLI)."""
+    cfg = TrainConfig()
+    if path is not None:
+        data, lines = read_yaml_mapping(path)
+        cfg = from_dict(data, source=str(path), lines=lines)
+    if overrides:
+        cfg = from_dict(overrides, source="command line", base=cfg)
+    return cfg
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """`--field_name value` or `--field_name=value` pairs into a dict (values still strings)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"command line: expected --field_name value, got {arg!r}")
+        key, eq, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"command line: field '{key}' needs a value")
+            value = argv[i + 1]
+            i += 1
+        coerce_value(key, value, "command line")
+        out[key] = value
+        i += 1
+    return out

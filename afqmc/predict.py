@@ -1,0 +1,96 @@
+"""Predict with a saved model; with a labelled file, also print and save the metrics.
+
+    python -m afqmc.predict --checkpoint results/run/best_model --data pairs.jsonl [--output preds.jsonl]
+
+Each output line is the input pair with `prob` (P(label = 1)) and `pred` (the label at the model's
+saved threshold). A labelled input also gets `<output stem>.metrics.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from afqmc.checkpoint import CheckpointError, load_model_config, resolve_directory, write_json
+from afqmc.config import ConfigError
+from afqmc.data import DataError, PairDataset, collate, encode, load_pairs
+from afqmc.metrics import best_threshold, classification_metrics
+
+
+def load_saved_model(checkpoint: str | Path, device: str | torch.device = "cpu"):
+    """Model, tokenizer and TrainConfig from a saved model dir (or a training checkpoint holding one)."""
+    path = resolve_directory(checkpoint)
+    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        path = path / "model"  # a training checkpoint: the model of that evaluation
+    cfg = load_model_config(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    return model.to(device).eval(), tokenizer, cfg
+
+
+@torch.no_grad()
+def predict_probs(model, tokenizer, pairs, max_length: int, batch_size: int = 128,
+                  device: str | torch.device = "cpu") -> list[float]:
+    encoded = encode(tokenizer, pairs, max_length)
+    encoded.labels = None
+    loader = torch.utils.data.DataLoader(PairDataset(encoded), batch_size=batch_size,
+                                         collate_fn=lambda b: collate(b, tokenizer.pad_token_id or 0))
+    probs: list[float] = []
+    for batch in loader:
+        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+        probs.extend(logits.softmax(-1)[:, 1].cpu().tolist())
+    return probs
+
+
+def predict_file(checkpoint: str | Path, data_file: str | Path, output: str | Path | None = None,
+                 device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Write predictions for `data_file`; returns the metrics when it has labels, else {}."""
+    model, tokenizer, cfg = load_saved_model(checkpoint, device)
+    pairs = load_pairs(data_file, require_labels=False, skip_empty=cfg.skip_empty)
+    probs = predict_probs(model, tokenizer, pairs, cfg.max_length, cfg.eval_batch_size, device)
+    output = Path(output) if output else Path(data_file).with_suffix(".predictions.jsonl")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w", encoding="utf-8") as fh:
+        for i, p in enumerate(probs):
+            row = {"text1": pairs.text1[i], "text2": pairs.text2[i], "prob": round(p, 6),
+                   "pred": int(p >= cfg.threshold)}
+            if pairs.labels is not None:
+                row["label"] = pairs.labels[i]
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if pairs.labels is None:
+        return {}
+    metrics = classification_metrics(pairs.labels, probs, cfg.threshold, prefix="")
+    metrics["best_threshold"], metrics["f1_macro_at_best_threshold"] = best_threshold(pairs.labels, probs)
+    write_json(output.with_name(output.name.removesuffix(".jsonl") + ".metrics.json"), metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="a saved model directory (e.g. results/run/best_model)")
+    parser.add_argument("--data", required=True, help="JSON-lines pairs, labelled or not")
+    parser.add_argument("--output", help="predictions file (default: next to --data)")
+    args = parser.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        metrics = predict_file(args.checkpoint, args.data, args.output, device)
+    except (CheckpointError, ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = args.output or Path(args.data).with_suffix(".predictions.jsonl")
+    print(f"predictions written to {out}")
+    if metrics:
+        width = max(map(len, metrics))
+        print("".join(f"{k:<{width}}  {v:.4f}\n" if isinstance(v, float) else f"{k:<{width}}  {v}\n"
+                      for k, v in metrics.items()), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""Fine-tune a sentence-pair classifier: one run, or one trial of a search (same function).
+
+    accelerate launch afqmc/train.py --config afqmc/configs/demo.yaml [--field_name value ...]
+    accelerate launch afqmc/train.py --config FILE --resume_from results/run/checkpoint
+
+`train(cfg, report)` calls `report(metrics, checkpoint_dir)` at every evaluation; the CLI passes a
+logging reporter, the search passes Ray Tune's. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script: sys.path[0] is afqmc/ itself; make the package importable instead.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import functools
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+from transformers.utils import logging as hf_logging
+
+from afqmc.checkpoint import (TRAINER_STATE_NAME, atomic_directory, resolve_directory, save_model_dir,
+                              write_json)
+from afqmc.config import ConfigError, TrainConfig, load_config, parse_overrides
+from afqmc.data import (DataError, Encoded, PairDataset, collate, count_overlap, encode, load_pairs,
+                        split_train_val)
+from afqmc.metrics import best_threshold, classification_metrics
+from afqmc.modeling import load_model, load_tokenizer
+
+Reporter = Callable[[dict[str, Any], "str | None"], None]
+PRIMARY = "val/f1_macro"  # the metric early stopping, the best model and the search all follow
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (for example a non-finite loss); the message says why."""
+
+
+@dataclass
+class TaskData:
+    """Everything a run needs that does not depend on the tunable hyperparameters: tokenized once."""
+
+    tokenizer: Any
+    train: Encoded
+    val: Encoded
+    info: dict[str, Any]
+
+
+@dataclass
+class TrainerState:
+    """Counters that a checkpoint must restore besides the accelerator's state."""
+
+    step: int = 0  # optimizer updates done
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of `epoch` already consumed
+    evals: int = 0
+    best_metric: float = -math.inf
+    best_step: int = 0
+    bad_evals: int = 0  # evaluations since the last improvement
+    samples_seen: int = 0
+    train_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --- setup ---------------------------------------------------------------------------------------
+
+
+def prepare_data(cfg: TrainConfig, log: Callable[[str], None] = print) -> TaskData:
+    """Load, split and tokenize train and val once; a search does this in the driver only."""
+    full = load_pairs(cfg.train_file, require_labels=True, skip_empty=cfg.skip_empty, max_rows=cfg.max_train_samples)
+    if cfg.val_file:
+        train_pairs, val_pairs = full, load_pairs(cfg.val_file, require_labels=True, skip_empty=cfg.skip_empty)
+    else:
+        train_pairs, val_pairs = split_train_val(full, cfg.val_ratio, cfg.seed)
+    tokenizer = load_tokenizer(cfg, train_pairs.text1 + train_pairs.text2)
+    train_enc = encode(tokenizer, train_pairs, cfg.max_length)
+    val_enc = encode(tokenizer, val_pairs, cfg.max_length)
+    unk = tokenizer.unk_token_id
+    n_unk = sum(ids.count(unk) for ids in train_enc.input_ids)
+    info = {
+        "train_pairs": len(train_pairs), "val_pairs": len(val_pairs),
+        "train_label_counts": train_pairs.label_counts(), "val_label_counts": val_pairs.label_counts(),
+        "pairs_in_train_and_val": count_overlap(train_pairs, val_pairs),
+        "skipped_empty": full.skipped_empty, "vocab_size": len(tokenizer),
+        "unk_rate": n_unk / max(1, train_enc.num_tokens()),
+    }
+    log(f"data: {info['train_pairs']} train pairs {info['train_label_counts']}, {info['val_pairs']} val pairs "
+        f"{info['val_label_counts']}, {info['pairs_in_train_and_val']} val pairs also in train, "
+        f"{info['skipped_empty']} empty skipped, [UNK] rate {info['unk_rate']:.2%}")
+    return TaskData(tokenizer, train_enc, val_enc, info)
+
+
+def _setup_accelerator(cfg: TrainConfig) -> Accelerator:
+    mixed_precision = cfg.mixed_precision
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        mixed_precision = "no"  # fp16 autocast needs a GPU; the same config still runs on CPU
+    return Accelerator(
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        # The sampler reshuffles with seed + epoch, so a resumed run sees the same batches.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+
+
+def _setup_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    # No weight decay on biases and LayerNorm weights (the BERT recipe).
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate)
+
+
+def _class_weights(cfg: TrainConfig, labels: list[int]) -> torch.Tensor | None:
+    if cfg.class_weights is None:
+        return None
+    if cfg.class_weights == "balanced":  # n / (2 n_c), sklearn's "balanced"
+        counts = np.bincount(labels, minlength=2)
+        return torch.tensor(len(labels) / (2.0 * counts), dtype=torch.float32)
+    return torch.tensor(cfg.class_weights, dtype=torch.float32)
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | None = None,
+          resume_from: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train one model; returns a summary with the best evaluation's metrics.
+
+    `report(metrics, checkpoint_dir)` is called on the main process after every evaluation, once
+    the checkpoint for that evaluation is on disk.
+    """
+    accelerator = _setup_accelerator(cfg)
+    log = accelerator.print
+    hf_logging.disable_progress_bar()  # no per-save "Writing model shards" bars between our table rows
+    output_dir = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save_yaml(output_dir / "train_config.yaml", header="Resolved TrainConfig of this run.")
+    set_seed(cfg.seed)
+    data = data or prepare_data(cfg, log)
+
+    model = load_model(cfg, data.tokenizer)
+    pad = functools.partial(collate, pad_id=data.tokenizer.pad_token_id or 0)
+    train_loader = torch.utils.data.DataLoader(PairDataset(data.train), batch_size=cfg.per_device_batch_size,
+                                               shuffle=True, collate_fn=pad)
+    val_loader = torch.utils.data.DataLoader(PairDataset(data.val), batch_size=cfg.eval_batch_size,
+                                             collate_fn=pad)
+    optimizer = _setup_optimizer(cfg, model)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+
+    # The schedule counts optimizer updates of this process; it is stepped by hand after each real
+    # update (not prepared, so Accelerate does not step it once per process).
+    updates_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
+    total_steps = cfg.max_steps or math.ceil(updates_per_epoch * cfg.num_epochs)
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
+    accelerator.register_for_checkpointing(scheduler)
+    weights = _class_weights(cfg, data.train.labels)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else weights.to(accelerator.device))
+
+    state = TrainerState()
+    if resume_from:
+        state = _load_checkpoint(accelerator, resume_from)
+        log(f"resumed from {resume_from} at step {state.step} (epoch {state.epoch}, best {PRIMARY} "
+            f"{state.best_metric:.4f})")
+    eval_every = cfg.eval_steps or updates_per_epoch
+    log(f"training: {total_steps} optimizer updates ({updates_per_epoch} per epoch), batch "
+        f"{cfg.per_device_batch_size} x {cfg.gradient_accumulation_steps} accumulation x "
+        f"{accelerator.num_processes} processes, evaluating every {eval_every} updates, "
+        f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}")
+
+    bar = tqdm(total=total_steps, initial=state.step, disable=not (progress and accelerator.is_main_process),
+               desc="train", dynamic_ncols=True)
+    window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
+    stop = state.step >= total_steps
+    model.train()
+    while not stop:
+        train_loader.set_epoch(state.epoch)
+        batches = accelerator.skip_first_batches(train_loader, state.batches_in_epoch) \
+            if state.batches_in_epoch else train_loader
+        started = time.perf_counter()
+        for batch in batches:
+            labels = batch.pop("labels")
+            with accelerator.accumulate(model):
+                logits = model(**batch).logits
+                loss = loss_fn(logits.float(), labels)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.batches_in_epoch += 1
+            state.samples_seen += len(labels) * accelerator.num_processes
+            window_loss += loss.detach()
+            window_batches += 1
+            if not accelerator.sync_gradients:
+                continue
+            # One optimizer update done (or skipped by the fp16 scaler after an overflow).
+            if not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
+            state.step += 1
+            bar.update(1)
+            if state.step % eval_every == 0 or state.step >= total_steps:
+                state.train_seconds += time.perf_counter() - started
+                train_loss = accelerator.reduce(window_loss, "mean").item() / window_batches
+                if not math.isfinite(train_loss):
+                    raise TrainingError(f"training loss is {train_loss} at step {state.step} "
+                                        f"(learning_rate {cfg.learning_rate:g}); stopping this run")
+                epoch = state.epoch + state.batches_in_epoch / len(train_loader)
+                stop = _evaluate_and_report(cfg, accelerator, model, data, val_loader, weights, state,
+                                            scheduler, epoch, train_loss, report, bar)
+                window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
+                started = time.perf_counter()
+                model.train()
+            if stop or state.step >= total_steps:
+                stop = True
+                break
+        else:  # the epoch ran out
+            state.train_seconds += time.perf_counter() - started
+            state.epoch += 1
+            state.batches_in_epoch = 0
+    bar.close()
+    accelerator.wait_for_everyone()
+    summary = _summarize(cfg, state, total_steps, data.info)
+    if accelerator.is_main_process:
+        if cfg.test_file and cfg.save_best_model:
+            from afqmc.predict import predict_file  # the best model, reloaded from disk
+
+            predict_file(output_dir / "best_model", cfg.test_file, output_dir / "predictions.jsonl",
+                         device=accelerator.device)
+            summary["predictions"] = str(output_dir / "predictions.jsonl")
+        write_json(output_dir / "summary.json", summary)
+    accelerator.end_training()
+    return summary
+
+
+def _evaluate_and_report(cfg, accelerator, model, data, val_loader, weights, state, scheduler, epoch,
+                         train_loss, report, bar) -> bool:
+    """Evaluate, update early stopping, write checkpoint and best model, report. True means stop."""
+    val = evaluate(accelerator, model, val_loader, weights, cfg.threshold)
+    state.evals += 1
+    improved = val[PRIMARY] > state.best_metric
+    if improved:
+        state.best_metric, state.best_step, state.bad_evals = val[PRIMARY], state.step, 0
+    else:
+        state.bad_evals += 1
+    stop = cfg.patience > 0 and state.bad_evals >= cfg.patience
+    metrics = {
+        "step": state.step, "epoch": round(epoch, 4), "evals": state.evals,
+        "train/loss": train_loss, "train/lr": scheduler.get_last_lr()[0],
+        "train/samples_per_second": state.samples_seen / max(state.train_seconds, 1e-9),
+        **val,
+        "best/val_f1_macro": state.best_metric, "best/step": state.best_step,
+        "early_stopped": stop,
+    }
+    state.history.append(metrics)
+    _print_eval(bar, metrics, first=state.evals == 1)
+    checkpoint_dir = _save_checkpoint(cfg, accelerator, model, data, state, metrics, improved)
+    if report is not None and accelerator.is_main_process:
+        report(metrics, checkpoint_dir)
+    return stop
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, model, loader, weights: torch.Tensor | None,
+             threshold: float) -> dict[str, float]:
+    """Val loss and metrics over the whole val set, gathered from every process (no duplicates)."""
+    model.eval()
+    probs, labels, losses = [], [], []
+    for batch in loader:
+        y = batch.pop("labels")
+        logits = model(**batch).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+        p, y, loss = accelerator.gather_for_metrics((logits.softmax(-1)[:, 1], y, loss))
+        probs.append(p.cpu())
+        labels.append(y.cpu())
+        losses.append(loss.cpu())
+    p, y, loss = (torch.cat(x).numpy() for x in (probs, labels, losses))
+    w = np.ones_like(loss) if weights is None else weights.cpu().numpy()[y]
+    out = classification_metrics(y, p, threshold)
+    out["val/loss"] = float((w * loss).sum() / w.sum())  # the training objective, class weights included
+    out["val/best_threshold"], out["val/f1_macro_at_best_threshold"] = best_threshold(y, p)
+    return out
+
+
+def _save_checkpoint(cfg, accelerator, model, data, state, metrics, improved) -> str:
+    """Full training state (to resume) plus the model of this evaluation (to export)."""
+    output_dir = Path(cfg.output_dir)
+    target = output_dir / "checkpoint"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with atomic_directory(target) as tmp:
+            accelerator.save_state(str(tmp / "state"))
+            write_json(tmp / TRAINER_STATE_NAME, asdict(state))
+            if cfg.save_best_model:
+                save_model_dir(tmp / "model", accelerator.unwrap_model(model), data.tokenizer, cfg, metrics)
+        if improved and cfg.save_best_model:
+            with atomic_directory(output_dir / "best_model") as tmp:
+                save_model_dir(tmp, accelerator.unwrap_model(model), data.tokenizer, cfg, metrics)
+    accelerator.wait_for_everyone()
+    return str(target)
+
+
+def _load_checkpoint(accelerator: Accelerator, path: str) -> TrainerState:
+    path = resolve_directory(path)
+    accelerator.load_state(str(path / "state"))
+    return TrainerState(**json.loads((path / TRAINER_STATE_NAME).read_text(encoding="utf-8")))
+
+
+def _summarize(cfg: TrainConfig, state: TrainerState, total_steps: int, info: dict[str, Any]) -> dict[str, Any]:
+    best = next((m for m in state.history if m["step"] == state.best_step), state.history[-1] if state.history else {})
+    return {
+        "output_dir": cfg.output_dir, "steps": state.step, "total_steps": total_steps, "evals": state.evals,
+        "stopped_early": bool(state.history and state.history[-1]["early_stopped"]),
+        "best_step": state.best_step, "best": best, "last": state.history[-1] if state.history else {},
+        "train_samples_per_second": state.samples_seen / max(state.train_seconds, 1e-9),
+        "data": info,
+    }
+
+
+EVAL_COLUMNS = [("step", "step", "{:>6d}"), ("epoch", "epoch", "{:>6.2f}"), ("train/loss", "train_loss", "{:>10.4f}"),
+                ("val/loss", "val_loss", "{:>8.4f}"), ("val/accuracy", "val_acc", "{:>7.4f}"),
+                ("val/f1_macro", "val_f1", "{:>7.4f}"), ("val/f1_1", "f1_pos", "{:>6.4f}"),
+                ("val/f1_macro_at_best_threshold", "f1@best_thr", "{:>11.4f}"),
+                ("val/best_threshold", "thr", "{:>4.2f}"), ("best/val_f1_macro", "best_f1", "{:>7.4f}"),
+                ("train/samples_per_second", "samples/s", "{:>9.1f}")]
+
+
+def _print_eval(bar, metrics: dict[str, Any], first: bool) -> None:
+    if bar.disable:
+        return
+    if first:
+        bar.write("  ".join(f"{title:>{len(fmt.format(0))}}" for _, title, fmt in EVAL_COLUMNS))
+    bar.write("  ".join(fmt.format(metrics[key]) for key, _, fmt in EVAL_COLUMNS))
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def logging_reporter(output_dir: str) -> Reporter:
+    """The CLI's reporter: every evaluation's metrics appended to metrics.jsonl."""
+    path = Path(output_dir) / "metrics.jsonl"
+
+    def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({**metrics, "checkpoint": checkpoint_dir}) + "\n")
+
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Fine-tune a sentence-pair classifier. Any TrainConfig field can be overridden "
+                    "with --field_name value.", allow_abbrev=False)
+    parser.add_argument("--config", help="YAML file of TrainConfig fields")
+    parser.add_argument("--resume_from", help="a checkpoint directory written by an earlier run")
+    args, rest = parser.parse_known_args(argv)
+    try:
+        cfg = load_config(args.config, parse_overrides(rest))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if int(__import__("os").environ.get("RANK", "0")) == 0:  # the resolved config comes first
+        print("resolved config:\n" + "".join(f"  {k}: {v!r}\n" for k, v in cfg.to_dict().items()), end="")
+    try:
+        if not args.resume_from and (Path(cfg.output_dir) / "metrics.jsonl").exists():
+            (Path(cfg.output_dir) / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
+        summary = train(cfg, logging_reporter(cfg.output_dir), resume_from=args.resume_from)
+    except (ConfigError, DataError, TrainingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    best = summary["best"]
+    if best:
+        print(f"best {PRIMARY} {best[PRIMARY]:.4f} at step {summary['best_step']} "
+              f"(accuracy {best['val/accuracy']:.4f}; best threshold {best['val/best_threshold']:.2f} gives "
+              f"F1-macro {best['val/f1_macro_at_best_threshold']:.4f}); "
+              f"{summary['train_samples_per_second']:.1f} train samples/s; outputs in {cfg.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
