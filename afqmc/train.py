@@ -155,8 +155,11 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
 
     model = load_model(cfg, data.tokenizer)
     pad = functools.partial(collate, pad_id=data.tokenizer.pad_token_id or 0)
+    # An own generator: DataLoader draws each iterator's base seed from it, not from the global RNG
+    # that dropout uses, so a resumed run (new iterator after restoring the RNG) matches an unbroken one.
     train_loader = torch.utils.data.DataLoader(PairDataset(data.train), batch_size=cfg.per_device_batch_size,
-                                               shuffle=True, collate_fn=pad)
+                                               shuffle=True, collate_fn=pad,
+                                               generator=torch.Generator().manual_seed(cfg.seed))
     val_loader = torch.utils.data.DataLoader(PairDataset(data.val), batch_size=cfg.eval_batch_size,
                                              collate_fn=pad)
     optimizer = _setup_optimizer(cfg, model)

@@ -1,0 +1,42 @@
+"""Shared fixtures: paths to the shared AFQMC data and small, fast configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from afqmc.config import TrainConfig, from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+AFQMC_TRAIN = SHARED / "afqmc" / "train.jsonl"
+AFQMC_TEST = SHARED / "afqmc" / "test.jsonl"
+VOCAB = SHARED / "vocab" / "bert-base-chinese-vocab.txt"
+DEMO_TRAIN = ROOT / "afqmc" / "demo_data" / "train.jsonl"
+DEMO_TEST = ROOT / "afqmc" / "demo_data" / "test.jsonl"
+
+
+def need_shared() -> None:
+    if not AFQMC_TRAIN.is_file():
+        pytest.fail(f"shared data missing at {AFQMC_TRAIN} (CI lays ../shared beside the repo)")
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """A factory of small tiny-BERT configs on the demo data, writing under tmp_path."""
+
+    def make(**changes) -> TrainConfig:
+        values = dict(model_name_or_path="tiny", tiny_hidden_size=64, tiny_num_layers=1, tiny_num_heads=2,
+                      train_file=str(DEMO_TRAIN), val_ratio=0.2, max_train_samples=600, learning_rate=5e-4,
+                      per_device_batch_size=32, num_epochs=1, class_weights="balanced", patience=0,
+                      output_dir=str(tmp_path / "run"))
+        values.update(changes)
+        return from_dict(values, source="test")
+
+    return make
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path

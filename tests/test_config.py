@@ -1,0 +1,80 @@
+import pytest
+
+from afqmc.config import ConfigError, TrainConfig, from_dict, load_config, parse_overrides
+
+
+def test_defaults_are_the_macbert_baseline_shape():
+    cfg = TrainConfig()
+    assert cfg.model_name_or_path == "hfl/chinese-macbert-base"
+    assert cfg.max_length == 64 and cfg.threshold == 0.5 and cfg.trust_remote_code is False
+
+
+def test_yaml_then_cli_override(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("# test\nlearning_rate: 2e-5\nper_device_batch_size: 16\nclass_weights: [0.72, 1.62]\n")
+    cfg = load_config(path, parse_overrides(["--per_device_batch_size", "8", "--learning_rate=3e-5"]))
+    assert cfg.learning_rate == pytest.approx(3e-5)  # "3e-5" is a string to YAML 1.1; we parse it
+    assert cfg.per_device_batch_size == 8
+    assert cfg.class_weights == [0.72, 1.62]
+    assert load_config(path).learning_rate == pytest.approx(2e-5)
+
+
+def test_class_weight_shorthand_and_balanced():
+    assert from_dict({"class_weights": 2.25}).class_weights == [1.0, 2.25]
+    assert from_dict({"class_weights": "balanced"}).class_weights == "balanced"
+    assert load_config(None, parse_overrides(["--class_weights", "null"])).class_weights is None
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"learning_rate": 0}, "learning_rate"),
+    ({"learning_rate": -1e-5}, "learning_rate"),
+    ({"threshold": 0.0}, "threshold"),
+    ({"threshold": 1.0}, "threshold"),
+    ({"class_weights": [1.0, 0.0]}, "class_weights"),
+    ({"class_weights": [1.0, 2.0, 3.0]}, "class_weights"),
+    ({"class_weights": "inverse"}, "class_weights"),
+    ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps"),
+    ({"per_device_batch_size": -4}, "per_device_batch_size"),
+    ({"per_device_batch_size": 0}, "per_device_batch_size"),
+    ({"max_length": 0}, "max_length"),
+    ({"dropout": 1.0}, "dropout"),
+    ({"warmup_ratio": 1.5}, "warmup_ratio"),
+    ({"mixed_precision": "fp8"}, "mixed_precision"),
+    ({"max_steps": 1.5}, "max_steps"),
+    ({"per_device_batch_size": "many"}, "per_device_batch_size"),
+    ({"learning_rate": float("nan")}, "learning_rate"),
+    ({"lerning_rate": 1e-3}, "lerning_rate"),
+])
+def test_invalid_values_name_the_field(values, field):
+    with pytest.raises(ConfigError) as err:
+        from_dict(values)
+    assert f"'{field}'" in str(err.value)
+    assert err.value.field == field
+
+
+def test_yaml_errors_name_file_line_and_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("# header\nlearning_rate: 1e-3\nlerning_rate: 5\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:3: unknown field 'lerning_rate' \(did you mean 'learning_rate'\?\)"):
+        load_config(path)
+    path.write_text("learning_rate: 1e-3\n\nthreshold: 1.5\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:3: field 'threshold' must be in \(0, 1\)"):
+        load_config(path)
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_errors():
+    with pytest.raises(ConfigError, match="command line: unknown field 'nope'"):
+        parse_overrides(["--nope", "1"])
+    with pytest.raises(ConfigError, match="needs a value"):
+        parse_overrides(["--learning_rate"])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = from_dict({"class_weights": [0.72, 1.62], "learning_rate": 3e-5, "val_file": None})
+    cfg.save_yaml(tmp_path / "r.yaml", header="resolved")
+    assert load_config(tmp_path / "r.yaml") == cfg

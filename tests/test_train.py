@@ -1,0 +1,195 @@
+"""The training loop, driven for real on the tiny preset."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, BertTokenizer
+
+from afqmc.config import from_dict
+from afqmc.data import load_pairs
+from afqmc.modeling import load_model, load_tokenizer
+from afqmc.predict import load_saved_model, predict_probs
+from afqmc.train import TrainingError, prepare_data, train
+from conftest import AFQMC_TRAIN, DEMO_TEST, ROOT, VOCAB, need_shared
+
+
+def spy_on_clipping(monkeypatch) -> list:
+    """Record, at each optimizer update, the accumulated gradients before and after clipping."""
+    seen = []
+    original = Accelerator.clip_grad_norm_
+
+    def spy(self, parameters, max_norm, *args, **kwargs):
+        parameters = [p for p in parameters if p.grad is not None]
+        grads = [p.grad.detach().clone() for p in parameters]
+        before = original(self, parameters, max_norm, *args, **kwargs)
+        after = torch.norm(torch.stack([p.grad.norm() for p in parameters]))
+        seen.append({"grads": grads, "before": float(before), "after": float(after), "max_norm": max_norm})
+        return before
+
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_", spy)
+    return seen
+
+
+def test_accumulation_matches_one_big_batch(tiny_cfg, tmp_path, monkeypatch):
+    """8 x 4 accumulated and 32 x 1 give the same update (fp32, no dropout, no class weights).
+
+    Compared on the gradient that reaches the optimizer: Adam's first step is lr * sign(g) for
+    every element, so weights would differ wherever g is float noise around 0.
+    """
+    seen = spy_on_clipping(monkeypatch)
+    common = dict(max_steps=1, eval_steps=1, dropout=0.0, warmup_ratio=0.0, class_weights=None, seed=3)
+    a = tiny_cfg(per_device_batch_size=8, gradient_accumulation_steps=4, output_dir=str(tmp_path / "a"), **common)
+    b = tiny_cfg(per_device_batch_size=32, gradient_accumulation_steps=1, output_dir=str(tmp_path / "b"), **common)
+    data = prepare_data(a)
+    ra, rb = [], []
+    train(a, report=lambda m, c: ra.append(m), data=data, progress=False)
+    train(b, report=lambda m, c: rb.append(m), data=data, progress=False)
+    assert len(seen) == 2  # one update each, however many micro-batches
+    # Equal up to fp32 summation order (batch shapes differ). Per tensor that noise is large for the
+    # attention query/key gradients, which nearly cancel at a random init, so compare the whole update.
+    assert seen[0]["before"] == pytest.approx(seen[1]["before"], rel=1e-3)
+    ga, gb = (torch.cat([g.flatten() for g in s["grads"]]) for s in seen)
+    assert ((ga - gb).norm() / gb.norm()).item() < 1e-2  # no division by 4 would give 3.0
+    assert ra[-1]["train/loss"] == pytest.approx(rb[-1]["train/loss"], rel=1e-4)
+    assert ra[-1]["val/loss"] == pytest.approx(rb[-1]["val/loss"], rel=1e-3)
+
+
+def test_clipping_bounds_the_gradient_norm(tiny_cfg, monkeypatch):
+    seen = spy_on_clipping(monkeypatch)
+    train(tiny_cfg(max_steps=5, max_grad_norm=0.05, eval_steps=5), progress=False)
+    assert len(seen) == 5
+    for s in seen:
+        assert s["max_norm"] == 0.05
+        assert s["before"] > 0.05  # clipping had something to do ...
+        assert s["after"] <= 0.05 * 1.001  # ... and did it
+
+
+def test_metrics_reported_at_every_evaluation_and_best_model_reloads(tiny_cfg, tmp_path):
+    reports = []
+    cfg = tiny_cfg(eval_steps=5, max_steps=15, test_file=str(DEMO_TEST))
+    summary = train(cfg, report=lambda m, ckpt: reports.append((m, ckpt)), progress=False)
+    assert [m["step"] for m, _ in reports] == [5, 10, 15] and [m["evals"] for m, _ in reports] == [1, 2, 3]
+    keys = {"train/loss", "val/loss", "val/accuracy", "val/f1_macro", "val/precision_0", "val/recall_1",
+            "val/f1_0", "val/f1_1", "val/tn", "val/fp", "val/fn", "val/tp", "val/best_threshold",
+            "val/f1_macro_at_best_threshold", "best/val_f1_macro", "train/samples_per_second", "train/lr"}
+    assert keys <= set(reports[0][0])
+    m = reports[0][0]
+    assert m["val/tn"] + m["val/fp"] + m["val/fn"] + m["val/tp"] == m["val/num_samples"] == 120
+    assert m["val/threshold"] == cfg.threshold  # the configured threshold, never the swept one
+    best = max(r[0]["val/f1_macro"] for r in reports)
+    assert summary["best"]["val/f1_macro"] == best
+
+    out = tmp_path / "run"
+    saved = json.loads((out / "best_model" / "metrics.json").read_text())
+    assert saved["val/f1_macro"] == best
+    # The saved model reproduces its val metrics through the predict path ...
+    model, tok, saved_cfg = load_saved_model(out / "best_model")
+    data = prepare_data(cfg)
+    from afqmc.data import PairData  # val pairs as text again, through the same split
+    from afqmc.data import split_train_val
+    _, val = split_train_val(load_pairs(cfg.train_file, max_rows=cfg.max_train_samples), cfg.val_ratio, cfg.seed)
+    probs = predict_probs(model, tok, val, saved_cfg.max_length)
+    from afqmc.metrics import classification_metrics
+    assert classification_metrics(val.labels, probs, saved_cfg.threshold)["val/f1_macro"] == pytest.approx(best)
+    # ... and loads with plain transformers too.
+    assert AutoModelForSequenceClassification.from_pretrained(out / "best_model").config.num_labels == 2
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 300 and all(0.0 <= p["prob"] <= 1.0 and p["pred"] in (0, 1) for p in preds)
+    assert json.loads((out / "summary.json").read_text())["best_step"] == summary["best_step"]
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_cfg, tmp_path):
+    """Stop after the 2nd evaluation (mid-epoch), resume from the checkpoint, end where one run ends."""
+    common = dict(eval_steps=4, max_steps=12, max_train_samples=800, dropout=0.1)
+    full = []
+    train(tiny_cfg(output_dir=str(tmp_path / "full"), **common), report=lambda m, c: full.append(m), progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_8(m, ckpt):
+        if m["step"] == 8:
+            raise Stop
+
+    cfg = tiny_cfg(output_dir=str(tmp_path / "cut"), **common)
+    with pytest.raises(Stop):
+        train(cfg, report=stop_at_8, progress=False)
+    resumed = []
+    train(cfg, report=lambda m, c: resumed.append(m), resume_from=str(tmp_path / "cut" / "checkpoint"),
+          progress=False)
+    assert [m["step"] for m in resumed] == [12]
+    for key in ("train/loss", "val/loss", "val/f1_macro", "train/lr"):
+        assert resumed[-1][key] == pytest.approx(full[-1][key], rel=1e-4, abs=1e-6), key
+
+
+def test_nan_loss_stops_the_run_with_the_reason(tiny_cfg):
+    with pytest.raises(TrainingError, match="training loss is nan"):
+        train(tiny_cfg(learning_rate=1e4, max_steps=40, eval_steps=10, max_grad_norm=1e9), progress=False)
+
+
+def test_early_stopping_with_patience(tiny_cfg):
+    # lr so small that F1 cannot improve after the first evaluation: stop after `patience` more.
+    summary = train(tiny_cfg(learning_rate=1e-9, warmup_ratio=0.0, eval_steps=1, max_steps=30, patience=2),
+                    progress=False)
+    assert summary["stopped_early"] and summary["evals"] <= 5 and summary["steps"] < 30
+
+
+def test_macbert_format_checkpoint_loads_through_the_real_path(tmp_path):
+    """A save_pretrained dir shaped like hfl/chinese-macbert-base (config, safetensors, tokenizer)."""
+    need_shared()
+    ckpt = tmp_path / "chinese-macbert-base"
+    tok = BertTokenizer(str(VOCAB))
+    config = BertConfig(vocab_size=21128, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=128, architectures=["BertForMaskedLM"])
+    BertForSequenceClassification(config).save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    cfg = from_dict({"model_name_or_path": str(ckpt), "dropout": 0.2})
+    tokenizer = load_tokenizer(cfg)
+    model = load_model(cfg, tokenizer)
+    assert len(tokenizer) == 21128 and tokenizer("花呗")["input_ids"][1] != tokenizer.unk_token_id
+    assert model.config.hidden_dropout_prob == 0.2 and model.config.classifier_dropout == 0.2
+    assert model.config.num_labels == 2
+
+
+def test_shared_afqmc_learns(tmp_path):
+    """Tiny preset on 2,000 real AFQMC rows: the loss falls and val F1-macro beats the majority class."""
+    need_shared()
+    cfg = from_dict(dict(model_name_or_path="tiny", vocab_file=str(VOCAB), train_file=str(AFQMC_TRAIN),
+                         max_train_samples=2000, learning_rate=5e-4, per_device_batch_size=32, num_epochs=4,
+                         class_weights="balanced", output_dir=str(tmp_path / "afqmc")))
+    reports = []
+    train(cfg, report=lambda m, c: reports.append(m), progress=False)
+    losses = [m["train/loss"] for m in reports]
+    assert losses[-1] < losses[0]
+    assert max(m["val/f1_macro"] for m in reports) > 0.45  # majority class: 0.41
+
+
+def test_cli_runs_and_rejects_bad_fields(tmp_path):
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--mixed_precision", "no",
+           "--num_machines", "1", "--dynamo_backend", "no", str(ROOT / "afqmc" / "train.py"),
+           "--config", str(ROOT / "afqmc" / "configs" / "demo.yaml"), "--max_steps", "6", "--eval_steps", "3",
+           "--max_train_samples", "400", "--output_dir", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.index("resolved config:") < run.stdout.index("best val/f1_macro")
+    for name in ("best_model/model.safetensors", "best_model/train_config.yaml", "best_model/metrics.json",
+                 "checkpoint/trainer_state.json", "metrics.jsonl", "predictions.jsonl", "summary.json"):
+        assert (out / name).is_file(), name
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+    pred = subprocess.run([sys.executable, "-m", "afqmc.predict", "--checkpoint", str(out / "best_model"),
+                           "--data", str(ROOT / "afqmc" / "demo_data" / "train.jsonl"),
+                           "--output", str(tmp_path / "p.jsonl")], capture_output=True, text=True, cwd=ROOT)
+    assert pred.returncode == 0, pred.stderr[-2000:]
+    assert "f1_macro" in pred.stdout and (tmp_path / "p.metrics.json").is_file()
+
+    bad = subprocess.run([sys.executable, str(ROOT / "afqmc" / "train.py"), "--config",
+                          str(ROOT / "afqmc" / "configs" / "demo.yaml"), "--learning_rte", "1e-3"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "unknown field 'learning_rte'" in bad.stderr
