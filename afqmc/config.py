@@ -63,6 +63,7 @@ class TrainConfig:
     # derives them from the training labels; None is unweighted. Only the ratio matters.
     class_weights: list[float] | str | None = None
     dropout: float = 0.1  # hidden and classifier dropout
+    attention_dropout: float | None = None  # dropout on attention probabilities; None keeps the model's (0.1 in BERT)
     threshold: float = 0.5  # predict label 1 when P(label = 1) >= threshold
     # --- evaluation, early stopping, outputs ------------------------------------------------
     eval_steps: int = 0  # evaluate every N optimizer updates; 0 = once per epoch
@@ -103,8 +104,9 @@ class TrainConfig:
             raise bad("max_train_samples", "must be > 0 or null")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise bad("warmup_ratio", "must be in [0, 1)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise bad("dropout", "must be in [0, 1)")
+        for name in ("dropout", "attention_dropout"):
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) < 1.0:
+                raise bad(name, "must be in [0, 1)")
         if not 0.0 < self.threshold < 1.0:
             raise bad("threshold", "must be in (0, 1)")
         if self.val_file is None and not 0.0 < self.val_ratio < 1.0:

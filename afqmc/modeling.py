@@ -16,6 +16,7 @@ from afqmc.config import TINY, ConfigError, TrainConfig
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # Config attributes that hold hidden or classifier dropout, across BERT-family architectures.
 DROPOUT_ATTRS = ("hidden_dropout_prob", "classifier_dropout", "hidden_dropout", "dropout", "seq_classif_dropout")
+ATTENTION_DROPOUT_ATTRS = ("attention_probs_dropout_prob", "attention_dropout")
 
 
 def build_char_vocab(texts: Iterable[str], path: Path) -> Path:
@@ -56,7 +57,8 @@ def load_model(cfg: TrainConfig, tokenizer: Any) -> torch.nn.Module:
             vocab_size=len(tokenizer), hidden_size=cfg.tiny_hidden_size,
             num_hidden_layers=cfg.tiny_num_layers, num_attention_heads=cfg.tiny_num_heads,
             intermediate_size=4 * cfg.tiny_hidden_size, max_position_embeddings=max(512, cfg.max_length),
-            hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=0.1,
+            hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=0.1 if cfg.attention_dropout is None else cfg.attention_dropout,
             classifier_dropout=cfg.dropout, num_labels=2, pad_token_id=tokenizer.pad_token_id,
         )
         torch.manual_seed(cfg.seed)  # the random init is part of the run's seed
@@ -67,6 +69,9 @@ def load_model(cfg: TrainConfig, tokenizer: Any) -> torch.nn.Module:
     for attr in DROPOUT_ATTRS:
         if hasattr(config, attr):
             setattr(config, attr, cfg.dropout)
+    for attr in ATTENTION_DROPOUT_ATTRS:
+        if cfg.attention_dropout is not None and hasattr(config, attr):
+            setattr(config, attr, cfg.attention_dropout)
     # from_pretrained reads safetensors, or .bin files with torch.load(weights_only=True).
     return AutoModelForSequenceClassification.from_pretrained(
         cfg.model_name_or_path, config=config, trust_remote_code=cfg.trust_remote_code)

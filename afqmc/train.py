@@ -20,6 +20,7 @@ import argparse
 import functools
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -107,6 +108,8 @@ def _setup_accelerator(cfg: TrainConfig) -> Accelerator:
     if mixed_precision == "fp16" and not torch.cuda.is_available():
         mixed_precision = "no"  # fp16 autocast needs a GPU; the same config still runs on CPU
     return Accelerator(
+        # Without a GPU, CPU mode: with several processes (torchrun's WORLD_SIZE) that is DDP over gloo.
+        cpu=not torch.cuda.is_available(),
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         # The sampler reshuffles with seed + epoch, so a resumed run sees the same batches.
@@ -376,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if int(__import__("os").environ.get("RANK", "0")) == 0:  # the resolved config comes first
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch / torchrun
+    if main_process:  # the resolved config comes first
         print("resolved config:\n" + "".join(f"  {k}: {v!r}\n" for k, v in cfg.to_dict().items()), end="")
     try:
         if not args.resume_from and (Path(cfg.output_dir) / "metrics.jsonl").exists():
@@ -386,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     best = summary["best"]
-    if best:
+    if best and main_process:
         print(f"best {PRIMARY} {best[PRIMARY]:.4f} at step {summary['best_step']} "
               f"(accuracy {best['val/accuracy']:.4f}; best threshold {best['val/best_threshold']:.2f} gives "
               f"F1-macro {best['val/f1_macro_at_best_threshold']:.4f}); "

@@ -42,7 +42,8 @@ def test_accumulation_matches_one_big_batch(tiny_cfg, tmp_path, monkeypatch):
     every element, so weights would differ wherever g is float noise around 0.
     """
     seen = spy_on_clipping(monkeypatch)
-    common = dict(max_steps=1, eval_steps=1, dropout=0.0, warmup_ratio=0.0, class_weights=None, seed=3)
+    common = dict(max_steps=1, eval_steps=1, dropout=0.0, attention_dropout=0.0, warmup_ratio=0.0,
+                  class_weights=None, seed=3)
     a = tiny_cfg(per_device_batch_size=8, gradient_accumulation_steps=4, output_dir=str(tmp_path / "a"), **common)
     b = tiny_cfg(per_device_batch_size=32, gradient_accumulation_steps=1, output_dir=str(tmp_path / "b"), **common)
     data = prepare_data(a)

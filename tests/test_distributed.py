@@ -1,0 +1,50 @@
+"""Data-parallel training under `accelerate launch` with two CPU processes (DDP over gloo)."""
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(out, processes: int, batch: int) -> tuple[list[dict], str]:
+    launcher = ["--multi_gpu", "--main_process_port", str(free_port())] if processes > 1 else []
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", str(processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(ROOT / "afqmc" / "train.py"), "--config", str(ROOT / "afqmc" / "configs" / "demo.yaml"),
+           "--max_train_samples", "1200", "--max_steps", "4", "--eval_steps", "1", "--dropout", "0", "--attention_dropout", "0", "--class_weights", "null",
+           "--per_device_batch_size", str(batch), "--test_file", "null", "--output_dir", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()], run.stdout
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_the_same_effective_batch(tmp_path):
+    one, _ = launch(tmp_path / "one", processes=1, batch=32)
+    two, stdout = launch(tmp_path / "two", processes=2, batch=16)
+    assert "x 2 processes" in stdout
+    # Only the main process logs and saves: one metrics line per evaluation, one summary line.
+    assert [m["step"] for m in two] == [1, 2, 3, 4]
+    assert stdout.count("best val/f1_macro") == 1 and stdout.count("resolved config:") == 1
+    for a, b in zip(one, two):
+        # Gathered over both processes: every val pair counted once (240 = 20% of 1,200).
+        assert a["val/num_samples"] == b["val/num_samples"] == 240
+        assert a["val/tn"] + a["val/fp"] + a["val/fn"] + a["val/tp"] == 240
+        assert b["train/lr"] == pytest.approx(a["train/lr"])
+        # Adam turns fp32 noise in near-zero gradients into +-lr steps, so runs drift slightly apart.
+        assert b["train/loss"] == pytest.approx(a["train/loss"], abs=1e-2)
+        assert b["val/loss"] == pytest.approx(a["val/loss"], abs=1e-2)
+    # The first update's loss is computed before any step: the same 32 samples (2 x 16) and the same
+    # initial weights (DDP broadcasts rank 0's) give the same loss up to summation order.
+    assert two[0]["train/loss"] == pytest.approx(one[0]["train/loss"], rel=1e-4)
+    assert (tmp_path / "two" / "best_model" / "model.safetensors").is_file()
