@@ -28,13 +28,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, find_executable_batch_size, set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
-from afqmc.checkpoint import (TRAINER_STATE_NAME, atomic_directory, resolve_directory, save_model_dir,
-                              write_json)
+from afqmc.checkpoint import (TRAINER_STATE_NAME, CheckpointError, atomic_directory, resolve_directory,
+                              save_model_dir, write_json)
 from afqmc.config import ConfigError, TrainConfig, load_config, parse_overrides
 from afqmc.data import (DataError, Encoded, PairDataset, collate, count_overlap, encode, load_pairs,
                         split_train_val)
@@ -330,6 +330,8 @@ def _summarize(cfg: TrainConfig, state: TrainerState, total_steps: int, info: di
     best = next((m for m in state.history if m["step"] == state.best_step), state.history[-1] if state.history else {})
     return {
         "output_dir": cfg.output_dir, "steps": state.step, "total_steps": total_steps, "evals": state.evals,
+        "per_device_batch_size": cfg.per_device_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
         "stopped_early": bool(state.history and state.history[-1]["early_stopped"]),
         "best_step": state.best_step, "best": best, "last": state.history[-1] if state.history else {},
         "train_samples_per_second": state.samples_seen / max(state.train_seconds, 1e-9),
@@ -351,6 +353,39 @@ def _print_eval(bar, metrics: dict[str, Any], first: bool) -> None:
     if first:
         bar.write("  ".join(f"{title:>{len(fmt.format(0))}}" for _, title, fmt in EVAL_COLUMNS))
     bar.write("  ".join(fmt.format(metrics[key]) for key, _, fmt in EVAL_COLUMNS))
+
+
+def train_with_oom_retry(cfg: TrainConfig, report: Reporter | None = None, **kwargs: Any) -> dict[str, Any]:
+    """`train`, retried after an out-of-memory error with half the per-device batch and twice the
+    accumulation (the same effective batch), down to batch 1; then a TrainingError with the reason.
+
+    Accelerate's `find_executable_batch_size` recognises the error and frees the device cache; each
+    retry starts the run over (out-of-memory errors come in the first steps).
+    """
+    effective = cfg.per_device_batch_size * cfg.gradient_accumulation_steps
+    batch = cfg.per_device_batch_size
+
+    def halve() -> int:
+        nonlocal batch
+        # The largest divisor of the effective batch up to half the current one keeps it exact.
+        smaller = max((d for d in range(1, batch // 2 + 1) if effective % d == 0), default=0)
+        print(f"out of memory at per_device_batch_size {batch}; retrying with {smaller} x "
+              f"{effective // smaller if smaller else '-'} accumulation", file=sys.stderr)
+        batch = smaller
+        return batch
+
+    @find_executable_batch_size(starting_batch_size=batch, reduce_batch_size_fn=halve)
+    def attempt(batch_size: int) -> dict[str, Any]:
+        run_cfg = cfg.replace(per_device_batch_size=batch_size, gradient_accumulation_steps=effective // batch_size)
+        return train(run_cfg, report, **kwargs)
+
+    try:
+        return attempt()
+    except RuntimeError as exc:
+        if "No executable batch size found" not in str(exc):
+            raise
+        raise TrainingError(f"out of memory even with per_device_batch_size 1 (effective batch {effective}); "
+                            "lower max_length or use a smaller model") from None
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -385,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.resume_from and (Path(cfg.output_dir) / "metrics.jsonl").exists():
             (Path(cfg.output_dir) / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
-        summary = train(cfg, logging_reporter(cfg.output_dir), resume_from=args.resume_from)
-    except (ConfigError, DataError, TrainingError) as exc:
+        summary = train_with_oom_retry(cfg, logging_reporter(cfg.output_dir), resume_from=args.resume_from)
+    except (ConfigError, DataError, TrainingError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     best = summary["best"]
