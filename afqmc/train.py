@@ -219,12 +219,12 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
                 scheduler.step()
             state.step += 1
             bar.update(1)
+            if not torch.isfinite(window_loss):  # stop at once: nothing good comes after a NaN/inf loss
+                raise TrainingError(f"training loss is {float(window_loss)} at step {state.step} "
+                                    f"(learning_rate {cfg.learning_rate:g}); stopping this run")
             if state.step % eval_every == 0 or state.step >= total_steps:
                 state.train_seconds += time.perf_counter() - started
                 train_loss = accelerator.reduce(window_loss, "mean").item() / window_batches
-                if not math.isfinite(train_loss):
-                    raise TrainingError(f"training loss is {train_loss} at step {state.step} "
-                                        f"(learning_rate {cfg.learning_rate:g}); stopping this run")
                 epoch = state.epoch + state.batches_in_epoch / len(train_loader)
                 stop = _evaluate_and_report(cfg, accelerator, model, data, val_loader, weights, state,
                                             scheduler, epoch, train_loss, report, bar)
