@@ -1,0 +1,220 @@
+"""Loop overhead: samples/s of our training loop (`afqmc.train.train`) against a plain PyTorch loop
+doing the same work: same model init, same batches in the same order (same collate), same
+class-weighted loss, backward, gradient clipping, AdamW (same parameter groups) and linear schedule.
+
+    python benchmarks/loop_overhead.py [--quick] [--data ../shared/data] [--json OUT]
+
+Goal: ours >= 0.95 x the plain loop. The two are measured alternately in one process (ours first
+in even pairs, plain first in odd ones, so drift of the shared machine cancels) and the median
+of the per-pair ratios is reported.
+
+Ours is timed by the loop itself (`train/samples_per_second`: from the first batch to the last
+update, evaluation and checkpointing excluded; evaluation happens once, after the last step).
+The plain loop is timed the same way, from creating its batch iterator to its last update.
+The first pair is a warm-up that also checks that both loops saw identical batches; it is not
+counted.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _benchutil as bu  # noqa: E402  (sets up sys.path for afqmc)
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+import afqmc.train as afqmc_train
+from afqmc.data import PairDataset, collate
+from afqmc.modeling import load_model
+from afqmc.train import prepare_data, train
+
+GOAL = 0.95
+
+
+def batch_order(n: int, batch_size: int, seed: int, steps: int) -> list[list[int]]:
+    """The index batches train() sees in its first epoch.
+
+    Accelerate swaps the DataLoader's RandomSampler for a SeedableRandomSampler, which reseeds the
+    loader's generator with `seed + epoch` (its initial seed is torch's global seed, which train()
+    sets to cfg.seed) and then draws exactly as RandomSampler does.
+    """
+    order = list(RandomSampler(range(n), generator=torch.Generator().manual_seed(seed)))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(batches) < steps:
+        raise ValueError(f"{steps} steps need {steps * batch_size} training pairs in one epoch, have {n}")
+    return batches[:steps]
+
+
+def fingerprint(batch: dict[str, torch.Tensor]) -> tuple[int, int, int]:
+    return (int(batch["input_ids"].shape[1]), int(batch["input_ids"].sum()), int(batch["labels"].sum()))
+
+
+def run_ours(cfg, data, record: list | None = None) -> dict[str, float]:
+    """train() for cfg.max_steps updates, evaluating only after the last one."""
+    reports: list[dict] = []
+    original = afqmc_train.collate
+    if record is not None:  # warm-up only: note what each batch holds
+        def recording(batch, pad_id=0):
+            out = original(batch, pad_id=pad_id)
+            record.append(fingerprint(out))
+            return out
+        afqmc_train.collate = recording
+    try:
+        started = time.perf_counter()
+        summary = train(cfg, report=lambda m, c: reports.append(m), data=data, progress=False)
+        wall = time.perf_counter() - started
+    finally:
+        afqmc_train.collate = original
+    last = reports[-1]
+    return {"samples_per_second": last["train/samples_per_second"], "train_loss": last["train/loss"],
+            "steps": summary["steps"], "call_wall_s": wall,
+            "timed_s": summary["steps"] * cfg.per_device_batch_size / last["train/samples_per_second"]}
+
+
+def run_plain(cfg, data, batches: list[list[int]], record: list | None = None, collate_fn=None,
+              evaluate_every: int = 0) -> dict:
+    """The same work as train() in plain PyTorch, no Accelerate. `collate_fn` defaults to ours
+    (dynamic padding); with `evaluate_every` > 0 the val set is scored every that many updates and
+    after the last one (outside the timed part), as train() does."""
+    torch.manual_seed(cfg.seed)
+    model = load_model(cfg, data.tokenizer)  # seeds and initialises exactly as train() does
+    model.train()
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate)
+    total = len(batches)
+    warmup = math.ceil(cfg.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: s / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+    labels_all = torch.tensor(data.train.labels)
+    counts = torch.bincount(labels_all, minlength=2).float()
+    weights = len(labels_all) / (2.0 * counts) if cfg.class_weights == "balanced" else None
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
+    pad = collate_fn or functools.partial(collate, pad_id=data.tokenizer.pad_token_id or 0)
+    # An own generator: the loader's base seed must not come from the global RNG that dropout uses.
+    loader = DataLoader(PairDataset(data.train), batch_sampler=batches, collate_fn=pad,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+
+    window_loss = torch.zeros(())
+    history: list[dict] = []
+    elapsed = 0.0
+    started = time.perf_counter()
+    for step, batch in enumerate(loader, start=1):
+        if record is not None:
+            record.append(fingerprint(batch))
+        labels = batch.pop("labels")
+        logits = model(**batch).logits
+        loss = loss_fn(logits.float(), labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        window_loss += loss.detach()
+        if evaluate_every and (step % evaluate_every == 0 or step == total):
+            elapsed += time.perf_counter() - started
+            history.append({"step": step, **evaluate_plain(model, data, cfg)})
+            model.train()
+            started = time.perf_counter()
+    elapsed += time.perf_counter() - started
+    return {"samples_per_second": total * cfg.per_device_batch_size / elapsed,
+            "train_loss": window_loss.item() / total, "steps": total, "timed_s": elapsed, "history": history}
+
+
+@torch.no_grad()
+def evaluate_plain(model, data, cfg) -> dict[str, float]:
+    """Val F1-macro etc. at cfg.threshold, with afqmc's own metric code."""
+    from afqmc.metrics import classification_metrics
+
+    model.eval()
+    pad = functools.partial(collate, pad_id=data.tokenizer.pad_token_id or 0)
+    loader = DataLoader(PairDataset(data.val), batch_size=cfg.eval_batch_size, collate_fn=pad)
+    probs, labels = [], []
+    for batch in loader:
+        labels.append(batch.pop("labels"))
+        probs.append(model(**batch).logits.float().softmax(-1)[:, 1])
+    return classification_metrics(torch.cat(labels).numpy(), torch.cat(probs).numpy(), cfg.threshold)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = bu.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, help="optimizer updates per measurement (default 40 quick, 150 full)")
+    p.add_argument("--pairs", type=int, help="measured pairs (ours, plain) after the warm-up (default 3 quick, 7 full)")
+    args = p.parse_args(argv)
+    bu.setup_threads(args.threads)
+    steps = args.steps or (40 if args.quick else 150)
+    pairs = args.pairs or (3 if args.quick else 7)
+    batch_size = 32
+    info = bu.machine()
+    print(f"loop overhead: {steps} updates of batch {batch_size}, tiny BERT (2 x 128) on AFQMC, "
+          f"{pairs} measured pairs + 1 warm-up; {info['cpus']} CPUs, {info['torch_threads']} torch threads, "
+          f"load {info['load_average_1min_at_start']}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        # Just enough pairs for `steps` batches in one epoch (train is 90% of them) and a small val set.
+        n_rows = math.ceil(steps * batch_size / 0.9) + 64
+        cfg = bu.tiny_afqmc(args.data, max_train_samples=n_rows, max_steps=steps, eval_steps=steps,
+                            per_device_batch_size=batch_size, output_dir=str(workdir / "ours"))
+        data = prepare_data(cfg)
+        batches = batch_order(len(data.train), batch_size, cfg.seed, steps)
+
+        seen_ours: list = []
+        seen_plain: list = []
+        warm_ours = run_ours(cfg, data, record=seen_ours)
+        warm_plain = run_plain(cfg, data, batches, record=seen_plain)
+        same_batches = seen_ours[:steps] == seen_plain  # ours also recorded its val batches after these
+        print(f"warm-up: ours {warm_ours['samples_per_second']:.1f}, plain {warm_plain['samples_per_second']:.1f} "
+              f"samples/s; identical batches: {same_batches}; mean train loss ours {warm_ours['train_loss']:.6f} "
+              f"plain {warm_plain['train_loss']:.6f}")
+        if not same_batches:
+            print("error: the plain loop did not see train()'s batches; the comparison would be unfair", file=sys.stderr)
+            return 1
+
+        rows = []
+        for i in range(pairs):
+            if i % 2 == 0:
+                ours = run_ours(cfg, data)
+                plain = run_plain(cfg, data, batches)
+            else:
+                plain = run_plain(cfg, data, batches)
+                ours = run_ours(cfg, data)
+            rows.append({"pair": i + 1, "first": "ours" if i % 2 == 0 else "plain",
+                         "ours_samples_s": ours["samples_per_second"], "plain_samples_s": plain["samples_per_second"],
+                         "ratio": ours["samples_per_second"] / plain["samples_per_second"],
+                         "ours_call_wall_s": ours["call_wall_s"], "ours_timed_s": ours["timed_s"]})
+            print(f"pair {i + 1}: ours {rows[-1]['ours_samples_s']:.1f}, plain {rows[-1]['plain_samples_s']:.1f} "
+                  f"samples/s, ratio {rows[-1]['ratio']:.3f}", flush=True)
+
+    ratio = bu.median(r["ratio"] for r in rows)
+    result = {
+        "benchmark": "loop_overhead", "quick": args.quick, "machine": info, "steps": steps,
+        "batch_size": batch_size, "pairs": rows, "identical_batches": same_batches,
+        "train_loss_ours": warm_ours["train_loss"], "train_loss_plain": warm_plain["train_loss"],
+        "ours_samples_per_second": bu.median(r["ours_samples_s"] for r in rows),
+        "plain_samples_per_second": bu.median(r["plain_samples_s"] for r in rows),
+        "ratio": ratio, "ratio_min": min(r["ratio"] for r in rows), "ratio_max": max(r["ratio"] for r in rows),
+        # What one train() call costs beyond its timed steps: setup, the final evaluation, checkpoint.
+        "ours_fixed_overhead_s": bu.median(r["ours_call_wall_s"] - r["ours_timed_s"] for r in rows),
+        "goal": f">= {GOAL}", "goal_met": ratio >= GOAL,
+    }
+    print()
+    print(bu.table(rows, ["pair", "first", "ours_samples_s", "plain_samples_s", "ratio"]))
+    print(f"\nmedian samples/s: ours {result['ours_samples_per_second']:.1f}, plain "
+          f"{result['plain_samples_per_second']:.1f}; per-pair ratios {result['ratio_min']:.3f}..{result['ratio_max']:.3f}")
+    print(f"train() call beyond its timed steps (setup, final evaluation, checkpoint): "
+          f"{result['ours_fixed_overhead_s']:.2f} s")
+    print(bu.verdict("ours / plain samples/s (median of pairs)", ratio, f">= {GOAL}", result["goal_met"]))
+    bu.write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

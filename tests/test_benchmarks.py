@@ -1,0 +1,76 @@
+"""The benchmarks' --quick modes, run for real (made smaller still) so that they do not rot.
+
+These check that each benchmark finishes and reports sane figures (positive samples/s, F1 in
+[0, 1], a ratio computed from them), never that a timing goal is met: the machines are shared
+and noisy, and the goals are judged in benchmarks/README.md from full runs.
+"""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, SHARED, need_shared
+
+BENCH = ROOT / "benchmarks"
+
+
+def run_bench(script: str, tmp_path, *args: str, timeout: int = 300) -> tuple[dict, str]:
+    out = tmp_path / f"{script}.json"
+    cmd = [sys.executable, str(BENCH / f"{script}.py"), *args, "--json", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=timeout)
+    assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
+    return json.loads(out.read_text()), run.stdout
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def f1(x) -> bool:
+    return isinstance(x, (int, float)) and 0.0 <= x <= 1.0
+
+
+@pytest.mark.slow
+def test_loop_overhead_quick(tmp_path):
+    need_shared()
+    res, stdout = run_bench("loop_overhead", tmp_path, "--quick", "--steps", "8", "--pairs", "1",
+                            "--data", str(SHARED))
+    assert res["identical_batches"]  # the plain loop trained on exactly train()'s batches
+    assert res["train_loss_ours"] == pytest.approx(res["train_loss_plain"], rel=1e-4)  # ... and did the same work
+    assert positive(res["ours_samples_per_second"]) and positive(res["plain_samples_per_second"])
+    assert res["ratio"] == pytest.approx(res["pairs"][0]["ours_samples_s"] / res["pairs"][0]["plain_samples_s"])
+    assert "ours / plain samples/s" in stdout
+
+
+@pytest.mark.slow
+def test_dynamic_padding_quick(tmp_path):
+    need_shared()
+    res, stdout = run_bench("dynamic_padding", tmp_path, "--quick", "--speed_steps", "6", "--rounds", "1",
+                            "--quality_pairs", "320", "--val_pairs", "256", "--data", str(SHARED))
+    assert 20 < res["padding"]["mean_pair_tokens"] < 40  # AFQMC pairs are about 30 tokens
+    assert res["padding"]["grouped_mean_width"] < res["padding"]["dynamic_mean_width"] <= 64
+    assert all(positive(r["samples_s_median"]) for r in res["speed"]) and len(res["speed"]) == 5
+    assert all(positive(v) for v in res["ratios"].values())
+    assert [q["variant"] for q in res["quality"]] == ["ours/dynamic", "ours/pad64", "plain/grouped"]
+    assert all(f1(q["val_f1_macro"]) and q["steps"] == 10 for q in res["quality"])
+    assert "ours/dynamic vs ours/pad64" in stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_without_a_gpu_and_on_cpu(tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():  # says so and exits 0
+        res, stdout = run_bench("gpu_check", tmp_path)
+        assert res["measured"] is False and "no CUDA GPU" in stdout
+    # The same code paths on CPU with a small model: one trial per precision, two trials in two
+    # processes, train() against the plain loop.
+    res, _ = run_bench("gpu_check", tmp_path, "--cpu_smoke", "--steps", "2")
+    assert [r["precision"] for r in res["single"]] == ["fp16", "bf16", "fp16+sync"]
+    assert all(positive(r["samples_per_second"]) and not r["oom"] for r in res["single"])
+    assert res["two_trials_fit"] and len(res["two_trials"]) == 2
+    assert all(positive(r["samples_per_second"]) for r in res["two_trials"])
+    assert positive(res["ours_vs_plain"]["ratio"])
