@@ -1,0 +1,349 @@
+"""The hyperparameter search (tune/): space files, and real searches on the demo data.
+
+The slow tests run `python tune/search.py` for real: a demo search with ASHA (in a subprocess whose
+train file disappears once the driver has tokenized it, so a trial that tried to read or tokenize
+it would fail), and a search interrupted with SIGINT, then resumed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from afqmc.config import ConfigError, load_config
+from afqmc.data import load_pairs, split_train_val
+from tune.results import DONE_STATES, keep_best_checkpoint, trial_state
+from tune.space import load_space
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACES = ROOT / "search_spaces"
+REQUIRED = ("learning_rate", "class_weights", "dropout", "threshold")
+PRIMARY = "val/f1_macro"
+
+
+# --- space files (fast) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["default", "demo", "afqmc_cpu"])
+def test_shipped_spaces_load_and_search_the_required_fields(name):
+    path = SPACES / f"{name}.yaml"
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("#") and f"python tune/search.py --space search_spaces/{name}.yaml" in text
+    space = load_space(path)
+    assert set(REQUIRED) <= set(space.params)
+    baseline = space.trial_config(space.baseline())  # the baseline is a valid TrainConfig
+    for field, param in space.params.items():
+        if param.type == "choice":
+            assert param.baseline in param.values
+        else:
+            assert param.low <= param.baseline <= param.high
+    assert baseline.eval_steps > 0  # ASHA's unit of time is fixed
+    assert space.settings.grace_period <= space.settings.max_evals
+
+
+def test_demo_space_baseline_is_the_demo_config():
+    space = load_space(SPACES / "demo.yaml")
+    demo = load_config(ROOT / "afqmc/configs/demo.yaml")
+    baseline = space.trial_config(space.baseline())
+    for field in ("model_name_or_path", "learning_rate", "dropout", "threshold", "warmup_ratio", "val_ratio",
+                  "tiny_hidden_size", "tiny_num_layers", "max_length", "seed"):
+        assert getattr(baseline, field) == getattr(demo, field), field
+    assert baseline.class_weights == [1.0, 2.2]  # demo.yaml's "balanced" on the demo labels: 3312 / 1488
+
+
+def test_default_space_baseline_is_the_training_core_baseline():
+    space = load_space(SPACES / "default.yaml")
+    baseline = space.trial_config(space.baseline())
+    assert baseline.model_name_or_path == "hfl/chinese-macbert-base"
+    hand_written = load_config(ROOT / "afqmc/configs/macbert_baseline.yaml")
+    for field in ("model_name_or_path", "learning_rate", "per_device_batch_size", "gradient_accumulation_steps",
+                  "num_epochs", "max_length", "mixed_precision", "dropout", "threshold", "warmup_ratio",
+                  "weight_decay", "max_grad_norm", "val_ratio", "seed"):
+        assert getattr(baseline, field) == getattr(hand_written, field), field
+    w0, w1 = hand_written.class_weights
+    assert baseline.class_weights == [1.0, pytest.approx(w1 / w0, abs=0.01)]
+    assert space.settings.gpus_per_trial == 0.5
+
+
+def _space_file(tmp_path: Path, params: str, search: str = "num_samples: 2") -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text("# a test space\nsearch:\n" + textwrap.indent(search, "  ") + "\nparams:\n"
+                    "  model_name_or_path: tiny\n" + textwrap.indent(textwrap.dedent(params), "  "),
+                    encoding="utf-8")
+    return path
+
+
+BAD_SPACES = [
+    # (params section, search section, the key the message must name, a phrase it must contain)
+    ("lerning_rate: 1.0e-3\nthreshold: {type: uniform, low: 0.3, high: 0.7}\n", None,
+     "lerning_rate", "did you mean 'learning_rate'"),
+    ("learning_rate: {type: loguniform, low: 1.0e-3, high: 1.0e-4}\n", None, "learning_rate", "low < high"),
+    ("learning_rate: {type: uniform, low: 2.0e-5, high: 2.0e-5}\n", None, "learning_rate", "low < high"),
+    ("learning_rate: {type: loguniform, low: 0.0, high: 1.0e-3}\n", None, "learning_rate", "low > 0"),
+    ("tiny_num_layers: {type: int, low: 0, high: 4, log: true}\n", None, "tiny_num_layers", "low > 0"),
+    ("per_device_batch_size: {type: choice, values: []}\n", None, "per_device_batch_size", "non-empty list"),
+    ("dropout: 1.5\nthreshold: {type: uniform, low: 0.3, high: 0.7}\n", None, "dropout", "[0, 1)"),
+    ("dropout: {type: uniform, low: 0.0, high: 1.0}\n", None, "dropout", "high"),
+    ("threshold: {type: uniform, low: 0.3, high: 0.7, baseline: 0.9}\n", None, "threshold", "baseline"),
+    ("per_device_batch_size: {type: uniform, low: 16, high: 64}\n", None, "per_device_batch_size", "type int"),
+    ("max_length: {type: choice, values: [32, 64]}\n", None, "max_length", "tokenized once"),
+    ("learning_rate: {type: normal, low: 1.0e-5, high: 1.0e-4}\n", None, "learning_rate", "type"),
+    ("learning_rate: {type: uniform, low: 1.0e-5, high: 1.0e-4, step: 1.0e-5}\n", None, "learning_rate", "step"),
+    ("threshold: {type: uniform, low: 0.3, high: 0.7}\n", "num_sample: 3", "num_sample", "unknown key"),
+    ("threshold: {type: uniform, low: 0.3, high: 0.7}\n", "grace_period: 0", "grace_period", ">= 1"),
+]
+
+
+@pytest.mark.parametrize("params,search,key,phrase", BAD_SPACES)
+def test_bad_space_names_file_line_and_key(tmp_path, params, search, key, phrase):
+    path = _space_file(tmp_path, params, search or "num_samples: 2")
+    with pytest.raises(ConfigError) as info:
+        load_space(path)
+    message = str(info.value)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), start=1) if re.match(rf"\s*{key}:", text))
+    assert f"{path}:{line}" in message and key in message and phrase in message, message
+
+
+def test_overrides_fix_a_searched_field(tmp_path):
+    space = load_space(SPACES / "demo.yaml", {"learning_rate": "1e-3", "max_train_samples": "100"}, num_samples=3)
+    assert "learning_rate" not in space.params and space.fixed_by_command_line == ["learning_rate"]
+    assert space.base.learning_rate == 1e-3 and space.base.max_train_samples == 100
+    assert space.settings.num_samples == 3
+    with pytest.raises(ConfigError, match="dropout"):
+        load_space(SPACES / "demo.yaml", {"dropout": "2"})
+
+
+def test_trial_state_tells_asha_stops_from_finished_trials():
+    assert trial_state("ERROR", {"evals": 1}, 6) == "failed"
+    assert trial_state("RUNNING", {"evals": 1}, 6) == "unfinished"
+    assert trial_state("TERMINATED", {"evals": 6, "planned_evals": 6, "done": True}, 6) == "finished"
+    assert trial_state("TERMINATED", {"evals": 4, "planned_evals": 4, "done": True}, 6) == "finished"  # own schedule
+    assert trial_state("TERMINATED", {"evals": 6, "planned_evals": 9, "done": True}, 6) == "finished"  # budget
+    assert trial_state("TERMINATED", {"evals": 3, "planned_evals": 6, "early_stopped": True}, 6) == "finished"
+    assert trial_state("TERMINATED", {"evals": 2, "planned_evals": 6, "done": True}, 6) == "stopped early"
+
+
+def test_keep_best_checkpoint_keeps_the_earliest_best(tmp_path):
+    for i, f1 in enumerate([0.5, 0.7, 0.7, 0.6]):
+        (tmp_path / f"checkpoint_{i:06d}" / "model").mkdir(parents=True)
+        (tmp_path / f"checkpoint_{i:06d}" / "model" / "metrics.json").write_text(json.dumps({PRIMARY: f1}))
+    keep_best_checkpoint(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000001"]
+
+
+def test_bad_space_fails_before_ray_starts(tmp_path):
+    path = _space_file(tmp_path, "learning_rate: {type: loguniform, low: 0.0, high: 1.0e-3}\n")
+    started = time.time()
+    proc = subprocess.run([sys.executable, "tune/search.py", "--space", str(path), "--name", "bad",
+                           "--results_dir", str(tmp_path / "results")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{path}:6" in proc.stderr and "learning_rate" in proc.stderr and "low > 0" in proc.stderr
+    assert "ray:" not in proc.stdout and not (tmp_path / "results").exists()  # no Ray, no experiment
+    assert time.time() - started < 60
+
+
+# --- real searches (slow) ------------------------------------------------------------------------
+
+
+def _test_space(tmp_path: Path, train_file: Path, num_samples: int, max_steps: int) -> Path:
+    """The demo space, on the first 1000 demo pairs, with a few steps per trial."""
+    spec = yaml.safe_load((SPACES / "demo.yaml").read_text(encoding="utf-8"))
+    spec["search"].update(num_samples=num_samples, n_startup_trials=3, max_evals=max_steps // 5, grace_period=1,
+                          reduction_factor=3, cpus_per_trial=1)
+    spec["params"].update(train_file=str(train_file), max_train_samples=1000, per_device_batch_size=32,
+                          max_steps=max_steps, eval_steps=5, eval_batch_size=256)
+    path = tmp_path / "test_space.yaml"
+    path.write_text("# demo space, shortened for the tests\n" + yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _rows(trial_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+
+
+def _trials_csv(exp_dir: Path) -> list[dict]:
+    with open(exp_dir / "trials.csv", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+# Runs the search with a prepare_data that deletes the train file once it has tokenized it.
+DRIVER = """
+import os, sys
+import tune.search as search
+calls = []
+def prepare_then_delete(cfg, *args, **kwargs):
+    data = real(cfg, *args, **kwargs)
+    calls.append(cfg.train_file)
+    os.remove(cfg.train_file)
+    print(f"driver tokenized {len(data.train)} + {len(data.val)} pairs; {cfg.train_file} deleted", flush=True)
+    return data
+real, search.prepare_data = search.prepare_data, prepare_then_delete
+code = search.main(sys.argv[1:])
+print(f"prepare_data calls in the driver: {len(calls)}")
+sys.exit(code)
+"""
+
+
+@pytest.fixture(scope="module")
+def demo_search(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("search")
+    train_file = tmp_path / "train.jsonl"
+    shutil.copyfile(ROOT / "afqmc/demo_data/train.jsonl", train_file)
+    space = _test_space(tmp_path, train_file, num_samples=8, max_steps=30)
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-c", DRIVER, "--space", str(space), "--name", "demo_test",
+                           "--results_dir", str(tmp_path / "results")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    print(proc.stdout[-6000:], proc.stderr[-3000:])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"exp_dir": tmp_path / "results" / "demo_test", "stdout": proc.stdout, "space": load_space(space),
+            "train_file": train_file, "seconds": time.time() - started}
+
+
+@pytest.mark.slow
+def test_demo_search_runs_every_trial_once_and_asha_stops_some(demo_search):
+    exp_dir, space = demo_search["exp_dir"], demo_search["space"]
+    trials = _trials_csv(exp_dir)
+    assert len(trials) == 8 and len({t["trial_id"] for t in trials}) == 8
+    assert sorted(int(t["trial"]) for t in trials) == list(range(1, 9))
+    assert all(t["state"] in DONE_STATES for t in trials)
+    stopped = [t for t in trials if t["state"] == "stopped early"]
+    assert stopped, "ASHA stopped no trial"
+    for t in trials:
+        rows = _rows(exp_dir / f"trial_{t['trial_id']}")
+        assert [r["evals"] for r in rows] == list(range(1, len(rows) + 1))
+        if t["state"] == "stopped early":  # cut at an ASHA rung (1 or 3), before its own end
+            assert rows[-1]["evals"] in (1, 3) and rows[-1]["evals"] < rows[-1]["planned_evals"]
+        else:  # ran its whole schedule: the trainable's planned_evals matches what train() did
+            assert rows[-1]["evals"] == rows[-1]["planned_evals"] == 6
+        assert len(list((exp_dir / f"trial_{t['trial_id']}").glob("checkpoint_*"))) == 1  # only the best
+    assert "stopped early by ASHA" in demo_search["stdout"]
+
+
+@pytest.mark.slow
+def test_demo_search_trials_never_tokenize(demo_search):
+    # The driver tokenized once and deleted the train file before Ray started: every trial trained
+    # on the copy in Ray's object store.
+    assert not demo_search["train_file"].exists()
+    assert "prepare_data calls in the driver: 1" in demo_search["stdout"]
+    assert "driver tokenized 800 + 200 pairs" in demo_search["stdout"]
+
+
+@pytest.mark.slow
+def test_demo_search_contains_the_baseline_and_reports_the_true_best(demo_search):
+    exp_dir, space = demo_search["exp_dir"], demo_search["space"]
+    trials = {t["trial_id"]: t for t in _trials_csv(exp_dir)}
+    baseline = [t for t in trials.values() if t["baseline"] == "1"]
+    assert len(baseline) == 1 and baseline[0]["trial"] == "1"
+    params = json.loads((exp_dir / f"trial_{baseline[0]['trial_id']}" / "params.json").read_text())
+    assert params == space.baseline()
+
+    # The maximum over every evaluation of every trial, read from Ray's own result files.
+    every = [(r[PRIMARY], tid) for tid in trials for r in _rows(exp_dir / f"trial_{tid}")]
+    best_value = max(v for v, _ in every)
+    reported = re.search(r"best trial (\d+): val/f1_macro ([0-9.]+)", demo_search["stdout"])
+    assert reported and float(reported.group(2)) == pytest.approx(best_value, abs=5e-5)
+    best_rows = [t for t in trials.values() if t["trial"] == reported.group(1)]
+    assert float(best_rows[0][PRIMARY]) == pytest.approx(best_value, abs=1e-12)
+    assert max(float(t[PRIMARY]) for t in trials.values()) == pytest.approx(best_value, abs=1e-12)
+    assert json.loads((exp_dir / "best_model" / "metrics.json").read_text())[PRIMARY] == pytest.approx(best_value)
+
+    # The Optuna study reopens, with every trial; its first is the baseline.
+    import optuna
+
+    study = optuna.load_study(study_name="demo_test", storage=f"sqlite:///{exp_dir / 'optuna.db'}")
+    assert len(study.trials) == 8 and study.trials[0].params == pytest.approx(space.baseline())
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+@pytest.mark.slow
+def test_demo_search_best_model_reloads_and_reproduces_its_val_metrics(demo_search, tmp_path):
+    exp_dir = demo_search["exp_dir"]
+    metrics = json.loads((exp_dir / "best_model" / "metrics.json").read_text())
+    cfg = load_config(exp_dir / "best_model" / "train_config.yaml")
+    # The same val split, rebuilt from the original demo file (the search's copy is gone).
+    _, val = split_train_val(load_pairs(ROOT / "afqmc/demo_data/train.jsonl", max_rows=cfg.max_train_samples),
+                             cfg.val_ratio, cfg.seed)
+    val_file = tmp_path / "val.jsonl"
+    val_file.write_text("".join(json.dumps({"text1": a, "text2": b, "label": y}, ensure_ascii=False) + "\n"
+                                for a, b, y in zip(val.text1, val.text2, val.labels)), encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "afqmc.predict", "--checkpoint", str(exp_dir / "best_model"),
+                           "--data", str(val_file), "--output", str(tmp_path / "val.predictions.jsonl")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads((tmp_path / "val.predictions.metrics.json").read_text())
+    assert got["f1_macro"] == pytest.approx(metrics[PRIMARY], abs=1e-6)
+    assert got["accuracy"] == pytest.approx(metrics["val/accuracy"], abs=1e-6)
+    assert got["num_samples"] == 200
+    best_cfg = load_config(exp_dir / "best_config.yaml")  # retrainable as it is
+    assert best_cfg.learning_rate == cfg.learning_rate and best_cfg.threshold == cfg.threshold
+
+
+@pytest.mark.slow
+def test_interrupted_search_resumes_and_accounts_for_every_trial_once(tmp_path):
+    space = _test_space(tmp_path, ROOT / "afqmc/demo_data/train.jsonl", num_samples=6, max_steps=40)
+    exp_dir = tmp_path / "results" / "intr"
+    cmd = [sys.executable, "tune/search.py", "--space", str(space), "--name", "intr",
+           "--results_dir", str(tmp_path / "results")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    out, ended, sent = [], None, False
+    for line in proc.stdout:
+        out.append(line)
+        if ended is None and re.search(r"trial (\d+) (finished|stopped early)", line):
+            ended = True
+        # Interrupt once a trial is done and another one has a checkpoint to continue from.
+        if ended and not sent and re.search(r"trial \d+ eval [2-6]/", line) and "ASHA" not in line:
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
+            sent = True
+    proc.wait(timeout=300)
+    first = "".join(out)
+    assert sent and proc.returncode == 130, first[-4000:]
+    resume = re.search(r"python tune/search\.py --resume (\S+)", first)
+    assert resume and Path(resume.group(1)).resolve() == exp_dir.resolve()
+    before = _trials_csv(exp_dir)
+    done_before = {t["trial_id"]: t for t in before if t["state"] in DONE_STATES}
+    assert 0 < len(done_before) < 6
+
+    second = subprocess.run([sys.executable, "tune/search.py", "--resume", resume.group(1)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-3000:]
+    trials = _trials_csv(exp_dir)
+    assert len(trials) == 6 and len({t["trial_id"] for t in trials}) == 6
+    assert sorted(int(t["trial"]) for t in trials) == list(range(1, 7))
+    assert all(t["state"] in DONE_STATES for t in trials)
+    continued = 0
+    for t in trials:
+        rows = _rows(exp_dir / f"trial_{t['trial_id']}")
+        evals = [r["evals"] for r in rows]
+        if t["trial_id"] in done_before:  # finished before the interrupt: not run again
+            assert evals == list(range(1, int(done_before[t["trial_id"]]["evals"]) + 1))
+            continue
+        # Never restarted from scratch: evaluation 1 happened once. An evaluation that reached
+        # the driver after Ray's last snapshot is redone from the checkpoint before it, and gives
+        # the same numbers (seeded training, exact resume).
+        assert evals.count(1) == 1 and sorted(set(evals)) == list(range(1, max(evals) + 1)), evals
+        for e in set(evals):
+            again = [r for r in rows if r["evals"] == e]
+            assert all(r[PRIMARY] == again[0][PRIMARY] and r["train/loss"] == again[0]["train/loss"] for r in again)
+        continued += any(r["iterations_since_restore"] < r["training_iteration"] for r in rows)
+    assert continued >= 1  # an unfinished trial went on from its checkpoint
+    assert "resumed from" in second.stdout + second.stderr
+
+    import optuna
+
+    study = optuna.load_study(study_name="intr", storage=f"sqlite:///{exp_dir / 'optuna.db'}")
+    assert len(study.trials) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)

@@ -1,0 +1,313 @@
+"""Hyperparameter search: Ray Tune runs `afqmc.train.train` as trials, Optuna TPE picks the
+hyperparameters, ASHA stops weak trials early, all on val F1-macro.
+
+    python tune/search.py [--space search_spaces/demo.yaml] [--name NAME] [--num_samples N]
+        [--scheduler asha|fifo] [--address auto|HOST:PORT] [--field_name value ...]
+    python tune/search.py --resume results/NAME
+
+The data is loaded and tokenized once, here in the driver, and reaches the trials through Ray's
+object store. Everything lands in results/NAME/: the Ray experiment (one folder per trial with its
+best checkpoint), the Optuna study (optuna.db), trials.csv, best_config.yaml and best_model/.
+Ctrl-C stops the search cleanly; `--resume results/NAME` continues it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script: sys.path[0] is tune/ itself; make the repository's packages importable instead.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import os
+
+# Before Ray is imported: no usage-stats prompt or upload; and no warning each time Ray snapshots
+# the experiment state, which it does after every kept checkpoint (that is what makes resume exact).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def _address_arg(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--address="):
+            return arg.split("=", 1)[1]
+        if arg == "--address" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+if (_address_arg(sys.argv[1:]) or "127.0.0.1").split(":")[0] in ("127.0.0.1", "localhost"):
+    # The local Ray binds every process to loopback only. On Linux Ray would take the machine's
+    # network address as the node's (even when given 127.0.0.1) and listen on all interfaces;
+    # this switch, read when Ray is imported, makes it use 127.0.0.1 as it does on macOS. The
+    # same holds to attach to a loopback-only cluster (--address 127.0.0.1:PORT).
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import argparse
+import datetime
+import json
+import shutil
+import time
+import warnings
+from dataclasses import asdict
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from afqmc.config import ConfigError, TrainConfig, parse_overrides
+from afqmc.data import DataError
+from afqmc.train import PRIMARY, TaskData, prepare_data
+from tune.results import DONE_STATES, collect_trials, export_best, write_trials_csv
+from tune.space import SearchSpace, load_space
+from tune.terminal import LiveView, print_leaderboard
+from tune.trial import KeepBestCheckpoint, run_trial, trial_dirname
+
+RESULTS_DIR = "results"
+DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
+STATE_NAME = "search.json"  # how the search was started: what --resume needs to rebuild it
+SPACE_COPY = "space.yaml"  # the space file as it was when the search started
+STUDY_DB = "optuna.db"
+SEARCHER_METRIC = "best/val_f1_macro"  # a trial's value for TPE: its best val F1-macro so far
+# Fields that name files: made absolute, since trials run in their own working directories.
+PATH_FIELDS = ("train_file", "val_file", "test_file", "vocab_file")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = _parse_args(argv)
+    try:
+        if args.resume:
+            exp_dir = Path(args.resume).resolve()
+            state = _load_state(exp_dir)
+            space = load_space(exp_dir / SPACE_COPY, state["overrides"], state["num_samples"])
+        else:
+            space = load_space(args.space, overrides, args.num_samples)
+            name = args.name or f"{Path(args.space).stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+            exp_dir = (Path(args.results_dir) / name).resolve()
+            if exp_dir.exists():
+                raise ConfigError(f"{exp_dir} already exists: continue it with --resume {_rel(exp_dir)}, "
+                                  f"or choose another --name")
+            state = {"space": str(args.space), "overrides": overrides, "num_samples": space.settings.num_samples,
+                     "scheduler": args.scheduler, "baseline": space.baseline(),
+                     "settings": asdict(space.settings), "cwd": os.getcwd(),  # relative paths resolve from here
+                     "started": datetime.datetime.now().isoformat(timespec="seconds")}
+        base = _absolute_paths(space.base, state["cwd"])
+        print(_describe(space, state["scheduler"], exp_dir, resuming=bool(args.resume)))
+        data = prepare_data(base)  # the only tokenization of the whole search
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    if not args.resume:
+        exp_dir.mkdir(parents=True)
+        shutil.copyfile(args.space, exp_dir / SPACE_COPY)
+        (exp_dir / STATE_NAME).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+    _init_ray(args.address)
+    try:
+        resources = _trial_resources(space)
+        trainable = _trainable(data, base, resources)
+        if args.resume:
+            print(f"resuming {_rel(exp_dir)}: finished trials are kept, unfinished ones continue from "
+                  f"their last checkpoint")
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False)
+        else:
+            tuner = _new_tuner(space, state["scheduler"], exp_dir, trainable, resources)
+        started = time.time()
+        try:
+            tuner.fit()  # the first Ctrl-C makes Ray stop the trials and save the experiment state
+        except KeyboardInterrupt:  # a second Ctrl-C: Ray skipped its last save; what is on disk remains
+            print("interrupted again: the last experiment state Ray saved is kept", file=sys.stderr)
+        elapsed = time.time() - started
+    finally:
+        ray.shutdown()
+    return _finish(exp_dir, space, state, elapsed)
+
+
+# --- building the search -------------------------------------------------------------------------
+
+
+def _new_tuner(space: SearchSpace, scheduler_name: str, exp_dir: Path, trainable, resources) -> tune.Tuner:
+    settings = space.settings
+    # The study lives in the experiment folder; the driver is its only writer (SQLite is fine).
+    storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / STUDY_DB}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(multivariate=True, seed=settings.seed,
+                                             n_startup_trials=settings.n_startup_trials)
+    searcher = OptunaSearch(
+        space=space.distributions(), metric=SEARCHER_METRIC, mode="max",
+        points_to_evaluate=[space.baseline()],  # every search contains the baseline it must beat
+        sampler=sampler, study_name=exp_dir.name, storage=storage,
+    )
+    if scheduler_name == "asha":
+        scheduler = ASHAScheduler(time_attr="evals", metric=PRIMARY, mode="max", max_t=settings.max_evals,
+                                  grace_period=settings.grace_period,
+                                  reduction_factor=settings.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
+            max_concurrent_trials=_max_concurrent(settings, resources), trial_dirname_creator=trial_dirname,
+            reuse_actors=True,  # a new trial reuses a finished trial's worker: no torch import per trial
+        ),
+        run_config=tune.RunConfig(
+            name=exp_dir.name, storage_path=str(exp_dir.parent),
+            stop={"evals": settings.max_evals},  # the budget; FIFO runs every trial to it
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=PRIMARY,
+                                                    checkpoint_score_order="max"),
+            failure_config=tune.FailureConfig(max_failures=0),  # a NaN trial fails once; the search goes on
+            callbacks=[LiveView(settings.max_evals, space.baseline()), KeepBestCheckpoint()],
+            verbose=0,  # LiveView prints the trials
+        ),
+    )
+
+
+def _trainable(data: TaskData, base: TrainConfig, resources: dict[str, float]):
+    # with_parameters puts `data` into the object store once; every trial reads that one copy.
+    return tune.with_resources(tune.with_parameters(run_trial, data=data, base=base.to_dict()), resources)
+
+
+def _trial_resources(space: SearchSpace) -> dict[str, float]:
+    settings = space.settings
+    gpus = settings.gpus_per_trial
+    if gpus and not ray.cluster_resources().get("GPU"):
+        print(f"note: no GPU in this Ray cluster; trials run on CPU (gpus_per_trial {gpus} ignored)")
+        gpus = 0
+    return {"cpu": settings.cpus_per_trial, "gpu": gpus}
+
+
+def _max_concurrent(settings, resources: dict[str, float]) -> int:
+    """As many trials as the cluster's CPUs and GPUs hold at once, unless the space says fewer."""
+    if settings.max_concurrent_trials:
+        return settings.max_concurrent_trials
+    total = ray.cluster_resources()
+    fits = [int(total.get("CPU", 1) // resources["cpu"])]
+    if resources["gpu"]:
+        fits.append(int(total.get("GPU", 0) / resources["gpu"] + 1e-9))
+    return max(1, min(fits))
+
+
+def _init_ray(address: str | None) -> None:
+    if address:
+        ray.init(address=address, logging_level="warning")
+    else:
+        # A private local Ray for this run: no dashboard, everything bound to loopback.
+        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1",
+                 _node_ip_address="127.0.0.1", logging_level="warning")
+    print(f"ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs"
+          f"{' at ' + address if address else ' (local, loopback only)'}")
+
+
+def _absolute_paths(cfg: TrainConfig, root: str) -> TrainConfig:
+    """File fields made absolute (from `root`, where the search started): trials run in their own
+    working directories, and a resumed search may start from another one."""
+    changes: dict[str, Any] = {k: str((Path(root) / getattr(cfg, k)).resolve()) for k in PATH_FIELDS if getattr(cfg, k)}
+    local_model = Path(root) / cfg.model_name_or_path
+    if cfg.model_name_or_path != "tiny" and local_model.exists():
+        changes["model_name_or_path"] = str(local_model.resolve())
+    changes["test_file"] = None  # trials do not predict (best_config.yaml keeps the space's test_file)
+    changes["save_best_model"] = True  # the exported best model comes from the trial checkpoints
+    return cfg.replace(**changes)
+
+
+# --- after the search ----------------------------------------------------------------------------
+
+
+def _finish(exp_dir: Path, space: SearchSpace, state: dict[str, Any], elapsed: float) -> int:
+    trials = collect_trials(exp_dir)
+    write_trials_csv(trials, exp_dir / "trials.csv")
+    done = [t for t in trials if t.state in DONE_STATES]
+    print_leaderboard(trials, list(space.params), max_rows=10)
+    test_file = str((Path(state["cwd"]) / space.base.test_file).resolve()) if space.base.test_file else None
+    best = export_best(trials, exp_dir, test_file)
+    counts = {s: sum(t.state == s for t in trials) for s in DONE_STATES}
+    print(f"{len(done)} of {space.settings.num_samples} trials done ({elapsed / 60:.1f} min in this run): "
+          + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    baseline = next((t for t in trials if t.is_baseline), None)
+    if baseline and baseline.best_value is not None:
+        print(f"baseline trial {baseline.number}: {PRIMARY} {baseline.best_value:.4f}")
+    elif baseline:
+        print(f"baseline trial {baseline.number}: {baseline.state}{': ' + baseline.error if baseline.error else ''}")
+    if best is not None:
+        print(f"best trial {best.number}: {PRIMARY} {best.best_value:.4f}; model in {_rel(exp_dir / 'best_model')}, "
+              f"config in {_rel(exp_dir / 'best_config.yaml')}")
+    print(f"Optuna study: optuna-dashboard sqlite:///{_rel(exp_dir / STUDY_DB)}")
+    if len(done) < space.settings.num_samples:
+        print(f"\nsearch interrupted: {len(done)} of {space.settings.num_samples} trials done. Resume with:\n"
+              f"  python tune/search.py --resume {_rel(exp_dir)}")
+        return 130
+    return 0
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
+    parser = argparse.ArgumentParser(
+        description="Search TrainConfig hyperparameters with Ray Tune, Optuna TPE and ASHA. Fixed "
+                    "TrainConfig fields can be overridden with --field_name value.", allow_abbrev=False)
+    parser.add_argument("--space", help="search space YAML (default: search_spaces/demo.yaml)")
+    parser.add_argument("--name", help="experiment name: results go to results/NAME (default: space name + time)")
+    parser.add_argument("--num_samples", type=int, help="number of trials (default: the space's)")
+    parser.add_argument("--scheduler", choices=("asha", "fifo"),
+                        help="asha (default) stops weak trials early; fifo runs every trial to max_evals")
+    parser.add_argument("--resume", metavar="results/NAME", help="continue an interrupted search")
+    parser.add_argument("--address", help="attach to a running Ray cluster (auto or HOST:PORT) "
+                                          "instead of starting a local one")
+    parser.add_argument("--results_dir", default=RESULTS_DIR, help="where NAME/ is created (default: results)")
+    args, rest = parser.parse_known_args(argv)
+    try:
+        overrides = parse_overrides(rest)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    if args.resume:
+        given = [f"--{k}" for k in ("space", "name", "num_samples", "scheduler") if getattr(args, k) is not None]
+        given += [f"--{k}" for k in overrides]
+        if given:
+            parser.error(f"--resume continues the search as it was started; drop {', '.join(given)}")
+    else:
+        args.space = args.space or _rel(DEFAULT_SPACE)
+        args.scheduler = args.scheduler or "asha"
+    if args.num_samples is not None and args.num_samples < 1:
+        parser.error("--num_samples must be >= 1")
+    return args, overrides
+
+
+def _load_state(exp_dir: Path) -> dict[str, Any]:
+    path = exp_dir / STATE_NAME
+    if not path.is_file():
+        raise ConfigError(f"{exp_dir}: not a search started by tune/search.py (no {STATE_NAME})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _describe(space: SearchSpace, scheduler: str, exp_dir: Path, resuming: bool) -> str:
+    s = space.settings
+    lines = [f"search {_rel(exp_dir)}{' (resuming)' if resuming else ''}: {s.num_samples} trials, "
+             f"up to {s.max_evals} evaluations each, "
+             + (f"ASHA (grace {s.grace_period}, reduction factor {s.reduction_factor:g})" if scheduler == "asha"
+                else "FIFO (no early stopping)")
+             + f", TPE seed {s.seed}"]
+    for name, p in space.params.items():
+        lines.append(f"  {name:<24} {p.describe():<34} baseline {p.baseline!r}")
+    for name in space.fixed_by_command_line:
+        lines.append(f"  {name:<24} fixed by the command line to {getattr(space.base, name)!r}")
+    return "\n".join(lines)
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""Search spaces: a YAML file of `TrainConfig` fields, each fixed or a distribution, plus Ray settings.
+
+    # what the space is for, and the command that runs it
+    search:                      # not TrainConfig fields: how the search runs
+      num_samples: 12
+      max_evals: 5               # evaluations a trial may reach (ASHA's max_t; FIFO stops there too)
+      grace_period: 1
+      reduction_factor: 2
+      cpus_per_trial: 1
+      gpus_per_trial: 0
+    params:                      # TrainConfig fields only
+      model_name_or_path: tiny   # fixed
+      learning_rate: {type: loguniform, low: 1.0e-4, high: 2.0e-3, baseline: 5.0e-4}
+      class_weights: {type: uniform, low: 1.0, high: 4.0, baseline: 2.2}   # w1 / w0
+      dropout: {type: uniform, low: 0.0, high: 0.3}                        # baseline: the default
+      threshold: {type: uniform, low: 0.3, high: 0.7}
+
+Everything is checked here, before Ray starts; errors name the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from afqmc.config import FIELDS, ConfigError, TrainConfig, coerce_value, from_dict, read_yaml_mapping
+
+TYPES = ("loguniform", "uniform", "int", "choice")
+DIST_KEYS = {"type", "low", "high", "values", "baseline", "log"}
+
+# The search tokenizes train and val once, in the driver, before any trial starts: a field that
+# changes the data or the tokenizer cannot vary between trials.
+DATA_FIELDS = {"train_file", "val_file", "val_ratio", "max_train_samples", "skip_empty", "max_length",
+               "model_name_or_path", "vocab_file", "trust_remote_code"}
+# Set by the search itself (trial directories, ASHA's time unit), not searchable.
+RUN_FIELDS = {"output_dir", "save_best_model", "test_file", "eval_steps"}
+
+
+class SpaceError(ConfigError):
+    """A search space file is wrong; the message names file, line and key."""
+
+
+@dataclass
+class SearchSettings:
+    """The `search:` section: how many trials, ASHA's budget and the resources of one trial."""
+
+    num_samples: int = 10  # trials, the baseline included
+    seed: int = 0  # seeds the TPE sampler
+    n_startup_trials: int = 10  # random trials before TPE models the results (Optuna's default)
+    max_evals: int = 10  # the most evaluations a trial runs: ASHA's max_t, and the stop for FIFO
+    grace_period: int = 1  # evaluations before ASHA may stop a trial
+    reduction_factor: float = 3  # ASHA keeps the top 1 / reduction_factor at each rung
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0  # a fraction shares one GPU between trials; ignored without a GPU
+    max_concurrent_trials: int | None = None  # None: as many as the resources allow
+
+
+@dataclass
+class Param:
+    """One searched field: an Optuna distribution plus the baseline value (evaluated first)."""
+
+    name: str
+    type: str
+    low: float | int | None = None
+    high: float | int | None = None
+    values: list[Any] | None = None
+    log: bool = False
+    baseline: Any = None
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        if self.type == "choice":
+            return optuna.distributions.CategoricalDistribution(self.values)
+        if self.type == "int":
+            return optuna.distributions.IntDistribution(self.low, self.high, log=self.log)
+        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.type == "loguniform")
+
+    def describe(self) -> str:
+        if self.type == "choice":
+            return f"choice {self.values}"
+        return f"{self.type}{' (log)' if self.log else ''} [{self.low:g}, {self.high:g}]"
+
+
+@dataclass
+class SearchSpace:
+    path: str
+    settings: SearchSettings
+    base: TrainConfig  # defaults, then the fixed params, then command-line overrides
+    params: dict[str, Param]
+    fixed_by_command_line: list[str] = field(default_factory=list)
+
+    def baseline(self) -> dict[str, Any]:
+        """The point evaluated first: every searched field at its baseline value."""
+        return {name: p.baseline for name, p in self.params.items()}
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        return {name: p.distribution() for name, p in self.params.items()}
+
+    def trial_config(self, sampled: dict[str, Any], source: str = "trial") -> TrainConfig:
+        return from_dict(sampled, source=source, base=self.base)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
+               num_samples: int | None = None) -> SearchSpace:
+    """Read and check a search space; `overrides` (from `--field value`) fix fields of it."""
+    path = Path(path)
+    data, _ = read_yaml_mapping(path)  # safe_load; errors for a missing file or bad YAML
+    lines = _key_lines(path)
+
+    def where(key: str) -> str:
+        return f"{path}:{lines[key]}" if key in lines else str(path)
+
+    for key in data:
+        if key not in ("search", "params"):
+            raise SpaceError(f"{where(str(key))}: unknown section '{key}' (expected 'search' and 'params')", str(key))
+    search = data.get("search") or {}
+    params = data.get("params") or {}
+    for section, value in (("search", search), ("params", params)):
+        if not isinstance(value, dict):
+            raise SpaceError(f"{where(section)}: '{section}' must be a mapping of key: value", section)
+
+    settings = _parse_settings(search, where)
+    if num_samples is not None:
+        settings.num_samples = _check_int("num_samples", num_samples, 1, "command line")
+
+    fixed: dict[str, Any] = {}
+    searched: dict[str, dict[str, Any]] = {}
+    for name, value in params.items():
+        name = str(name)
+        if name not in FIELDS:
+            coerce_value(name, None, where(f"params.{name}"))  # raises: unknown field (did you mean ...?)
+        if isinstance(value, dict):
+            searched[name] = value
+        else:
+            fixed[name] = value
+    base_lines = {name: lines[f"params.{name}"] for name in fixed if f"params.{name}" in lines}
+    base = from_dict(fixed, source=str(path), lines=base_lines)  # a bad fixed value names file and line
+
+    overrides = dict(overrides or {})
+    fixed_by_cli = sorted(name for name in overrides if name in searched)
+    for name in fixed_by_cli:
+        del searched[name]
+    if overrides:
+        base = from_dict(overrides, source="command line", base=base)
+
+    parsed = {name: _parse_param(name, spec, base, where, f"params.{name}") for name, spec in searched.items()}
+    if not parsed:
+        raise SpaceError(f"{path}: 'params' has no distribution: nothing to search")
+    if "seed" in parsed and base.val_file is None:
+        raise SpaceError(f"{where('params.seed')}: 'seed' cannot be searched when val is split from "
+                         "train_file (the split is made once, in the driver); set val_file", "seed")
+    return SearchSpace(str(path), settings, base, parsed, fixed_by_cli)
+
+
+def _parse_settings(search: dict[str, Any], where) -> SearchSettings:
+    settings = SearchSettings()
+    known = {f.name for f in fields(SearchSettings)}
+    for key, value in search.items():
+        key = str(key)
+        src = where(f"search.{key}")
+        if key not in known:
+            raise SpaceError(f"{src}: unknown key 'search.{key}' (known: {', '.join(sorted(known))})", key)
+        if key in ("num_samples", "max_evals", "grace_period"):
+            value = _check_int(key, value, 1, src)
+        elif key in ("seed", "n_startup_trials"):
+            value = _check_int(key, value, 0, src)
+        elif key == "max_concurrent_trials":
+            value = None if value is None else _check_int(key, value, 1, src)
+        elif key == "reduction_factor":
+            value = _check_number(key, value, src)
+            if value <= 1:
+                raise SpaceError(f"{src}: 'search.{key}' must be > 1 (got {value})", key)
+        elif key == "cpus_per_trial":
+            value = _check_number(key, value, src)
+            if value <= 0:
+                raise SpaceError(f"{src}: 'search.{key}' must be > 0 (got {value})", key)
+        elif key == "gpus_per_trial":
+            value = _check_number(key, value, src)
+            if value < 0 or (value > 1 and not float(value).is_integer()):
+                raise SpaceError(f"{src}: 'search.{key}' must be a fraction in [0, 1] or a whole number "
+                                 f"of GPUs (got {value})", key)
+        setattr(settings, key, value)
+    if settings.grace_period > settings.max_evals:
+        raise SpaceError(f"{where('search.grace_period')}: 'search.grace_period' ({settings.grace_period}) "
+                         f"must be <= 'search.max_evals' ({settings.max_evals})", "grace_period")
+    return settings
+
+
+def _parse_param(name: str, spec: dict[str, Any], base: TrainConfig, where, key: str) -> Param:
+    src = where(key)
+
+    def fail(why: str) -> SpaceError:
+        return SpaceError(f"{src}: '{key}' {why}", name)
+
+    if name in DATA_FIELDS:
+        raise fail("cannot be searched: the data is tokenized once, before the trials, so it must be fixed")
+    if name in RUN_FIELDS:
+        raise fail("cannot be searched: the search sets it for every trial (output_dir, test_file, "
+                   "save_best_model; eval_steps is ASHA's unit of time)")
+    unknown = set(map(str, spec)) - DIST_KEYS
+    if unknown:
+        raise fail(f"has unknown key(s) {', '.join(sorted(unknown))} (a distribution has "
+                   f"type, low, high, values, baseline, log)")
+    kind = spec.get("type")
+    if kind not in TYPES:
+        raise fail(f"needs 'type' to be one of {', '.join(TYPES)} (got {kind!r})")
+
+    def check_value(value: Any, what: str) -> Any:
+        """`value` must be a valid value of the field: type and TrainConfig's own checks."""
+        try:
+            value = coerce_value(name, value, src)
+            from_dict({name: value}, source=src, base=base)
+        except ConfigError as exc:
+            raise SpaceError(f"{what}: {exc}", name) from None
+        return value
+
+    if kind == "choice":
+        values = spec.get("values")
+        if not isinstance(values, list) or not values:
+            raise fail("(type choice) needs a non-empty list 'values'")
+        for v in values:
+            if not (v is None or isinstance(v, (bool, int, float, str))):
+                raise fail(f"choice values must be numbers, strings, booleans or null (got {v!r})")
+            check_value(v, f"{src}: '{key}' value {v!r}")
+        for extra in ("low", "high", "log"):
+            if extra in spec:
+                raise fail(f"(type choice) takes 'values', not '{extra}'")
+        param = Param(name, kind, values=list(values))
+    else:
+        if "values" in spec:
+            raise fail(f"(type {kind}) takes 'low' and 'high', not 'values'")
+        low, high = spec.get("low"), spec.get("high")
+        for bound, v in (("low", low), ("high", high)):
+            if kind == "int" and not (isinstance(v, int) and not isinstance(v, bool)):
+                raise fail(f"(type int) needs an integer '{bound}' (got {v!r})")
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+                raise fail(f"needs a number '{bound}' (got {v!r})")
+        if low >= high:
+            raise fail(f"needs low < high (got low={low!r}, high={high!r})")
+        log = spec.get("log", False)
+        if not isinstance(log, bool) or (log and kind != "int"):
+            raise fail("'log' is true or false, for type int only (use type loguniform for floats)")
+        if (kind == "loguniform" or log) and low <= 0:
+            raise fail(f"is on a log scale, so it needs low > 0 (got low={low!r})")
+        if kind in ("uniform", "loguniform") and not _takes_float(name):
+            raise fail(f"is an integer field: use type int or choice, not {kind}")
+        check_value(low, f"{src}: '{key}' low")
+        check_value(high, f"{src}: '{key}' high")
+        param = Param(name, kind, low=float(low) if kind != "int" else low,
+                      high=float(high) if kind != "int" else high, log=log)
+
+    if "baseline" in spec:
+        baseline = spec["baseline"]
+    else:
+        baseline = _default_baseline(name)
+    if param.type == "choice":
+        inside = baseline in param.values
+    else:
+        inside = (isinstance(baseline, (int, float)) and not isinstance(baseline, bool)
+                  and param.low <= baseline <= param.high and (param.type != "int" or float(baseline).is_integer()))
+    if not inside:
+        given = "'baseline'" if "baseline" in spec else "the TrainConfig default"
+        raise fail(f"baseline ({given} {baseline!r}) is not in {param.describe()}; set 'baseline' "
+                   f"to the value the search must beat")
+    check_value(baseline, f"{src}: '{key}' baseline")
+    param.baseline = int(baseline) if param.type == "int" else (float(baseline) if param.type != "choice" else baseline)
+    return param
+
+
+def _default_baseline(name: str) -> Any:
+    value = FIELDS[name].default
+    if name == "class_weights":  # as the minority/majority ratio a numeric distribution searches
+        if value is None:
+            return 1.0
+        if isinstance(value, list):
+            return value[1] / value[0]
+    return value
+
+
+def _takes_float(name: str) -> bool:
+    if name == "class_weights":  # one number r means [1, r]
+        return True
+    hint = typing.get_type_hints(TrainConfig)[name]
+    return hint is float or float in typing.get_args(hint)
+
+
+def _check_int(key: str, value: Any, minimum: int, src: str) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SpaceError(f"{src}: '{key}' must be an integer >= {minimum} (got {value!r})", key)
+    return value
+
+
+def _check_number(key: str, value: Any, src: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SpaceError(f"{src}: 'search.{key}' must be a number (got {value!r})", key)
+    return value
+
+
+def _key_lines(path: Path) -> dict[str, int]:
+    """1-based line of every mapping key, dotted for nested ones: `params.learning_rate.low`."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                name = f"{prefix}{key.value}"
+                lines.setdefault(name, key.start_mark.line + 1)
+                walk(value, name + ".")
+
+    node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    if node is not None:
+        walk(node, "")
+    return lines

@@ -1,0 +1,131 @@
+"""What the search prints: a live line per event with the running counts, and the final leaderboard."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from ray import tune
+
+from tune.results import PRIMARY, TrialRecord, trial_number, trial_state
+
+SHORT = {"learning_rate": "lr", "class_weights": "w1/w0", "dropout": "dropout", "threshold": "thr",
+         "weight_decay": "wd", "warmup_ratio": "warmup", "per_device_batch_size": "batch",
+         "num_epochs": "epochs", "gradient_accumulation_steps": "accum"}
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, list) and len(value) == 2 and value[0] == 1:  # class weights [1, r]
+        value = value[1]
+    if isinstance(value, float):
+        return f"{value:.2e}" if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4) else f"{value:.3g}"
+    return str(value)
+
+
+def format_params(params: dict[str, Any], names: list[str] | None = None) -> str:
+    names = names or list(params)
+    return " ".join(f"{SHORT.get(k, k)}={format_value(params[k])}" for k in names if k in params)
+
+
+class LiveView(tune.Callback):
+    """One line per trial event, plus the counts and the best trial so far after each trial ends.
+
+    Stateless between runs (the counts come from Ray's trial list), so it is right after a resume.
+    """
+
+    def __init__(self, max_evals: int, baseline: dict[str, Any], status_every_s: float = 60.0):
+        self.max_evals = max_evals
+        self.baseline = baseline
+        self.status_every_s = status_every_s
+        self._started = time.time()
+        self._last_status = self._started
+
+    def setup(self, **info):
+        self._started = self._last_status = time.time()
+
+    def _print(self, text: str) -> None:
+        elapsed = int(time.time() - self._started)
+        print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}", flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        tag = " (baseline)" if trial_number(trial) == 1 else ""
+        self._print(f"trial {trial_number(trial)} started{tag}: {format_params(trial.config)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if PRIMARY not in result:
+            return
+        self._print(f"trial {trial_number(trial)} eval {result.get('evals')}/{self.max_evals}: {PRIMARY} "
+                    f"{result[PRIMARY]:.4f} (trial best {result.get('best/val_f1_macro', math.nan):.4f}, "
+                    f"train loss {result.get('train/loss', math.nan):.4f})")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        state = trial_state("TERMINATED", last, self.max_evals)
+        how = "stopped early by ASHA" if state == "stopped early" else "finished"
+        self._print(f"trial {trial_number(trial)} {how} after {last.get('evals', 0)} evals: best {PRIMARY} "
+                    f"{last.get('best/val_f1_macro', math.nan):.4f}")
+        self._status(trials, ended=(trial, "TERMINATED"))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._print(f"trial {trial_number(trial)} FAILED: {_short_error(trial)}")
+        self._status(trials, ended=(trial, "ERROR"))
+
+    def on_step_end(self, iteration, trials, **info):
+        if time.time() - self._last_status >= self.status_every_s:
+            self._status(trials)
+
+    def _status(self, trials, ended=None) -> None:
+        """The counts; `ended` is (trial, status) of a trial whose status Ray sets after this callback."""
+        self._last_status = time.time()
+        status = {t.trial_id: t.status for t in trials}
+        if ended:
+            status[ended[0].trial_id] = ended[1]
+        states = [trial_state(status[t.trial_id], t.last_result, self.max_evals) for t in trials]
+        running = sum(status[t.trial_id] == "RUNNING" for t in trials)
+        counts = (f"{running} running, {states.count('finished')} finished, "
+                  f"{states.count('stopped early')} stopped early, {states.count('failed')} failed")
+        scored = [t for t in trials if (t.last_result or {}).get("best/val_f1_macro") is not None]
+        if scored:
+            best = max(scored, key=lambda t: (t.last_result["best/val_f1_macro"], -trial_number(t)))
+            counts += (f" | best so far: trial {trial_number(best)} {PRIMARY} "
+                       f"{best.last_result['best/val_f1_macro']:.4f} ({format_params(best.config)})")
+        self._print(counts)
+
+
+def _short_error(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    try:
+        lines = [line.strip() for line in open(path, encoding="utf-8").read().splitlines() if line.strip()]
+        return lines[-1][:300] if lines else "unknown error"
+    except (OSError, TypeError):
+        return "see the trial's error.txt"
+
+
+def print_leaderboard(trials: list[TrialRecord], param_names: list[str], max_rows: int = 10) -> None:
+    ranked = sorted((t for t in trials if t.best_value is not None), key=lambda t: (-t.best_value, t.number))
+    if not ranked:
+        print("no trial reported a result")
+        return
+    headers = ["rank", "trial", "state", "evals", "val_f1", "val_acc", "f1@thr*", "thr*"] + \
+              [SHORT.get(n, n) for n in param_names]
+    rows = []
+    for rank, t in enumerate(ranked[:max_rows], start=1):
+        m = t.best_metrics
+        rows.append([str(rank), f"{t.number}{' (baseline)' if t.is_baseline else ''}", t.state, str(t.evals),
+                     f"{t.best_value:.4f}", _fmt(m.get("val/accuracy")), _fmt(m.get("val/f1_macro_at_best_threshold")),
+                     _fmt(m.get("val/best_threshold"), "{:.2f}")]
+                    + [format_value(t.params.get(n)) for n in param_names])
+    baseline = next((t for t in ranked[max_rows:] if t.is_baseline), None)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    print(f"\ntop {len(rows)} of {len(trials)} trials by best {PRIMARY} (f1@thr*: at the best threshold thr*):")
+    print("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
+    for r in rows:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+    if baseline:
+        print(f"baseline: trial {baseline.number}, {PRIMARY} {baseline.best_value:.4f}, "
+              f"rank {ranked.index(baseline) + 1}")
+
+
+def _fmt(value: Any, fmt: str = "{:.4f}") -> str:
+    return fmt.format(value) if isinstance(value, (int, float)) and math.isfinite(value) else "-"
