@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         base = _absolute_paths(space.base, state["cwd"])
         print(_describe(space, state["scheduler"], exp_dir, resuming=bool(args.resume)))
         data = prepare_data(base)  # the only tokenization of the whole search
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, OSError) as exc:  # OSError: e.g. a hub model without internet
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -164,7 +164,7 @@ def _new_tuner(space: SearchSpace, scheduler_name: str, exp_dir: Path, trainable
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=PRIMARY,
                                                     checkpoint_score_order="max"),
             failure_config=tune.FailureConfig(max_failures=0),  # a NaN trial fails once; the search goes on
-            callbacks=[LiveView(settings.max_evals, space.baseline()), KeepBestCheckpoint()],
+            callbacks=[LiveView(settings.max_evals), KeepBestCheckpoint()],
             verbose=0,  # LiveView prints the trials
         ),
     )

@@ -34,9 +34,8 @@ class LiveView(tune.Callback):
     Stateless between runs (the counts come from Ray's trial list), so it is right after a resume.
     """
 
-    def __init__(self, max_evals: int, baseline: dict[str, Any], status_every_s: float = 60.0):
+    def __init__(self, max_evals: int, status_every_s: float = 60.0):
         self.max_evals = max_evals
-        self.baseline = baseline
         self.status_every_s = status_every_s
         self._started = time.time()
         self._last_status = self._started

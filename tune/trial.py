@@ -70,7 +70,14 @@ def trial_dirname(trial) -> str:
 
 
 class KeepBestCheckpoint(tune.Callback):
-    """When a trial ends, delete its checkpoints but the best one (Ray keeps the latest too, to resume)."""
+    """When a trial ends, delete its checkpoints but the best one.
+
+    While a trial runs, Ray keeps its best checkpoint and its latest (to resume it); once it has
+    ended (finished, stopped by ASHA, or failed) the latest is of no use.
+    """
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        keep_best_checkpoint(trial.path)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
         keep_best_checkpoint(trial.path)
