@@ -91,6 +91,8 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | N
         if isinstance(v, bool) or v is None:
             return str(v)
         if isinstance(v, float):
+            if v != 0 and abs(v) < 0.01:
+                return f"{v:.3g}"
             return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
         return str(v)
 

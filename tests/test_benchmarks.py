@@ -74,3 +74,45 @@ def test_gpu_check_without_a_gpu_and_on_cpu(tmp_path):
     assert res["two_trials_fit"] and len(res["two_trials"]) == 2
     assert all(positive(r["samples_per_second"]) for r in res["two_trials"])
     assert positive(res["ours_vs_plain"]["ratio"])
+
+
+# --- the search benchmarks: Ray's start and a trial process's imports (~20 s) dominate these ------------
+
+TINY_SEARCH = ["--max_train_samples", "600", "--eval_steps", "3", "--max_evals", "2", "--grace_period", "1"]
+
+
+@pytest.mark.slow
+def test_search_compare_quick(tmp_path):
+    """ASHA, FIFO and Trainer.hyperparameter_search (Optuna backend; the Ray one would start another
+    Ray and pickle the Trainer, ~40 s more) on 2 trials of 2 x 3 updates."""
+    need_shared()
+    res, stdout = run_bench("search_compare", tmp_path, "--quick", "--num_samples", "2", "--n_startup_trials", "2",
+                            *TINY_SEARCH, "--backends", "optuna", "--data", str(SHARED))
+    asha, fifo, hf = res["runs"]["asha"], res["runs"]["fifo"], res["runs"]["hf_optuna"]
+    assert "error" not in hf, hf
+    assert [len(asha["trials"]), len(fifo["trials"]), len(hf["trials"])] == [2, 2, 2]
+    # The baseline, then the same seeded random trial, in all three searches.
+    assert res["same_start_trials"]
+    assert hf["trials"][0]["learning_rate"] == pytest.approx(5e-4)
+    assert hf["trials"][1]["learning_rate"] == pytest.approx(asha["trials"][1]["learning_rate"], rel=1e-9)
+    assert fifo["total_steps"] == 2 * 2 * 3  # FIFO runs every trial to the budget
+    assert 0 < asha["total_steps"] <= fifo["total_steps"] and 0 < hf["total_steps"] <= 2 * 2 * 3
+    for run in (asha, fifo, hf):
+        assert positive(run["wall_s"]) and f1(run["best_f1_macro"])
+    assert res["steps_ratio"] == pytest.approx(asha["total_steps"] / fifo["total_steps"])
+    assert positive(res["time_ratio_vs_hf_optuna"])
+    assert "ASHA / FIFO: updates" in stdout and "ours (ASHA) vs hf_optuna: wall time ratio" in stdout
+
+
+@pytest.mark.slow
+def test_search_overhead_quick(tmp_path):
+    need_shared()
+    res, stdout = run_bench("search_overhead", tmp_path, "--quick", "--sizes", "600", "--rounds", "1",
+                            "--eval_steps", "3", "--max_evals", "1", "--data", str(SHARED))
+    row = res["rows"][0]
+    assert positive(row["direct_s"]) and positive(row["search_s"]) and positive(res["ray_start_stop_s"])
+    assert row["overhead_s"] == pytest.approx(row["search_s"] - row["direct_s"])
+    # The data is tokenized once per search (train and val), in the driver; never in a trial process.
+    assert res["tokenized_once_in_driver"]
+    assert res["tokenization"]["search_600_0"] == {"driver_calls": 2, "driver_pairs": 600, "trial_process_calls": 0}
+    assert "once per search, in the driver" in stdout
