@@ -1,12 +1,13 @@
 """Reading a finished (or interrupted) search back from what Ray stored in results/NAME/.
 
 `collect_trials(experiment_dir)` needs no running Ray: it reads the experiment state and each
-trial's result.json through `ray.tune.ExperimentAnalysis`, so reports and comparisons can reuse it.
+trial's result.json through `ray.tune.ExperimentAnalysis` (and the folders of trials that started
+after Ray's last snapshot), so the reports (tune/reports.py) and comparisons (tune/compare.py)
+work on a finished, interrupted or running search.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shutil
@@ -40,6 +41,11 @@ class TrialRecord:
     best_checkpoint: str | None = None  # the checkpoint directory that holds that evaluation
     error: str | None = None
     path: str = ""
+    reason: str = ""  # why the trial is in its state: ASHA's stop, the budget, the error
+    steps: int = 0  # optimizer updates done (the last evaluation's step)
+    planned_evals: int | None = None  # the evaluations its own schedule has (reported by the trainable)
+    wall_time_s: float | None = None  # Ray's time_total_s at its last evaluation
+    history: list[dict[str, Any]] = field(default_factory=list)  # every evaluation's metrics, in order
 
 
 def trial_state(status: str, last_result: dict[str, Any] | None, max_evals: int) -> str:
@@ -58,6 +64,25 @@ def trial_state(status: str, last_result: dict[str, Any] | None, max_evals: int)
     if last.get("early_stopped") or evals >= min(max_evals, last.get("planned_evals", math.inf)):
         return "finished"
     return "stopped early"
+
+
+def state_reason(rec: "TrialRecord", max_evals: float) -> str:
+    """A short reason for a trial's state, for the tables."""
+    planned = rec.planned_evals
+    if rec.state == "failed":
+        return rec.error or "failed (see the trial's error.txt)"
+    if rec.state == "stopped early":
+        of = min(x for x in (planned, max_evals) if x is not None)
+        return f"stopped by ASHA after {rec.evals} of {of:g} evaluations"
+    if rec.state == "finished":
+        last = rec.history[-1] if rec.history else {}
+        if last.get("early_stopped"):
+            return f"early stopping (patience) after {rec.evals} evaluations"
+        if planned is not None and rec.evals < planned:
+            return f"reached the search budget ({rec.evals} evaluations; its schedule had {planned})"
+        return f"ran its {rec.evals} evaluations"
+    so_far = f"{rec.evals} evaluations so far"
+    return f"{rec.status.lower()}: {so_far}" if rec.status not in ("", "UNLISTED") else f"not yet in Ray's state: {so_far}"
 
 
 def trial_number(trial) -> int:
@@ -81,23 +106,41 @@ def collect_trials(experiment_dir: str | Path) -> list[TrialRecord]:
     state = load_state(experiment_dir)
     max_evals = state.get("settings", {}).get("max_evals", math.inf)
     baseline = state.get("baseline") or {}
-    analysis = ExperimentAnalysis(str(experiment_dir))
+    try:
+        analysis = ExperimentAnalysis(str(experiment_dir))
+        listed = [(t.trial_id, trial_number(t), t.status, t.last_result, dict(t.config), Path(t.path),
+                   analysis.trial_dataframes.get(t.trial_id)) for t in analysis.trials]
+    except ValueError:  # no experiment snapshot yet: a search that has just started
+        listed = []
+    # Trials that started after Ray's last snapshot (a running search): read from their folders.
+    known = {tid for tid, *_ in listed}
+    for n, trial_dir in enumerate(_unlisted_trial_dirs(experiment_dir, known),
+                                  start=max((x[1] for x in listed), default=0) + 1):
+        rows = _read_result_rows(trial_dir / "result.json")
+        params = json.loads((trial_dir / "params.json").read_text(encoding="utf-8"))
+        listed.append((trial_dir.name.removeprefix("trial_"), n, "UNLISTED", rows[-1] if rows else None, params,
+                       trial_dir, rows))
     records = []
-    for trial in analysis.trials:
-        df = analysis.trial_dataframes.get(trial.trial_id)
-        rows = df.to_dict("records") if df is not None and len(df) else []
+    for trial_id, number, status, last_result, params, trial_dir, df in listed:
+        rows = df if isinstance(df, list) else (df.to_dict("records") if df is not None and len(df) else [])
         # One row per evaluation. After an interrupt, an evaluation whose report reached the
         # driver after Ray's last state snapshot is done again on resume, from the checkpoint
         # before it (with the same result: training is seeded): keep the later row.
         rows = list({r.get("evals"): r for r in rows if _finite(r.get(PRIMARY))}.values())
-        trial_dir = Path(trial.path)
+        rows.sort(key=lambda r: r.get("evals", 0))
+        last = last_result or {}
+        # The snapshot may be older than result.json (a running search): the later of the two counts.
+        evals = max([int(last.get("evals", 0) or 0)] + [int(r.get("evals", 0)) for r in rows])
         rec = TrialRecord(
-            trial_id=trial.trial_id, number=trial_number(trial), status=trial.status,
-            state=trial_state(trial.status, trial.last_result, max_evals),
-            evals=int(trial.last_result.get("evals", 0)) if trial.last_result else 0,
-            params=dict(trial.config), path=str(trial_dir),
+            trial_id=trial_id, number=number, status=status,
+            state=trial_state(status, last_result, max_evals),
+            evals=evals, params=params, path=str(trial_dir),
+            history=[{k: v for k, v in r.items() if k != "config"} for r in rows],
         )
         if rows:
+            rec.steps = int(rows[-1].get("step", 0))
+            rec.planned_evals = int(rows[-1]["planned_evals"]) if _finite(rows[-1].get("planned_evals")) else None
+            rec.wall_time_s = float(rows[-1]["time_total_s"]) if _finite(rows[-1].get("time_total_s")) else None
             rec.best_value = max(r[PRIMARY] for r in rows)
             # The best evaluation whose checkpoint is still on disk (ties: the earliest).
             kept = [r for r in rows if r.get("checkpoint_dir_name") and (trial_dir / r["checkpoint_dir_name"]).is_dir()]
@@ -108,6 +151,7 @@ def collect_trials(experiment_dir: str | Path) -> list[TrialRecord]:
                 rec.best_checkpoint = str(trial_dir / best["checkpoint_dir_name"])
         if rec.state == "failed":
             rec.error = _error_reason(trial_dir)
+        rec.reason = state_reason(rec, max_evals)
         records.append(rec)
     for rec in sorted(records, key=lambda r: r.number):  # the baseline is the first trial with its values
         if baseline and _same_params(rec.params, baseline):
@@ -132,8 +176,9 @@ def export_best(trials: list[TrialRecord], experiment_dir: str | Path, test_file
         return None
     experiment_dir = Path(experiment_dir)
     model_dir = Path(best.best_checkpoint) / "model"
-    with atomic_directory(experiment_dir / "best_model") as tmp:
-        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+    if not _same_model(model_dir, experiment_dir / "best_model"):  # rebuilding the reports copies nothing
+        with atomic_directory(experiment_dir / "best_model") as tmp:
+            shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
     cfg = load_config(model_dir / "train_config.yaml")
     cfg.output_dir = str(experiment_dir / "best_run")
     cfg.test_file = test_file
@@ -142,19 +187,6 @@ def export_best(trials: list[TrialRecord], experiment_dir: str | Path, test_file
         f"{best.best_value:.4f} at evaluation {best.best_evals}.\n"
         f"Retrain it: accelerate launch afqmc/train.py --config {experiment_dir.name}/best_config.yaml"))
     return best
-
-
-def write_trials_csv(trials: list[TrialRecord], path: str | Path) -> None:
-    params = sorted({k for t in trials for k in t.params})
-    header = (["trial", "trial_id", "state", "baseline", "evals", PRIMARY, "best_evals", *BEST_COLUMNS]
-              + params + ["error", "checkpoint"])
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        for t in trials:
-            writer.writerow([t.number, t.trial_id, t.state, int(t.is_baseline), t.evals, t.best_value, t.best_evals,
-                             *(t.best_metrics.get(k) for k in BEST_COLUMNS), *(t.params.get(k) for k in params),
-                             t.error or "", t.best_checkpoint or ""])
 
 
 def keep_best_checkpoint(trial_dir: str | Path) -> None:
@@ -174,6 +206,34 @@ def keep_best_checkpoint(trial_dir: str | Path) -> None:
     for ckpt in checkpoints:
         if ckpt != keep:
             shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def _same_model(source: Path, copy: Path) -> bool:
+    """`copy` already holds the model of `source`: same files, same sizes, same metrics and config."""
+    if not copy.is_dir():
+        return False
+    files = {p.relative_to(source): p.stat().st_size for p in source.rglob("*") if p.is_file()}
+    copied = {p.relative_to(copy): p.stat().st_size for p in copy.rglob("*") if p.is_file()}
+    return files == copied and all((source / name).read_bytes() == (copy / name).read_bytes()
+                                   for name in ("metrics.json", "train_config.yaml") if (source / name).is_file())
+
+
+def _unlisted_trial_dirs(experiment_dir: Path, known: set[str]) -> list[Path]:
+    dirs = [d for d in experiment_dir.glob("trial_*") if (d / "params.json").is_file()
+            and d.name.removeprefix("trial_") not in known]
+    return sorted(dirs, key=lambda d: (d / "params.json").stat().st_mtime)
+
+
+def _read_result_rows(path: Path) -> list[dict[str, Any]]:
+    """Ray's result.json, one JSON object per line; a line still being written is skipped."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
 
 
 def _error_reason(trial_dir: Path) -> str | None:

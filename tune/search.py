@@ -62,7 +62,8 @@ from ray.tune.search.optuna import OptunaSearch
 from afqmc.config import ConfigError, TrainConfig, parse_overrides
 from afqmc.data import DataError
 from afqmc.train import PRIMARY, TaskData, prepare_data
-from tune.results import DONE_STATES, collect_trials, export_best, write_trials_csv
+from tune.reports import write_reports
+from tune.results import DONE_STATES, collect_trials
 from tune.space import SearchSpace, load_space
 from tune.terminal import LiveView, print_leaderboard
 from tune.trial import KeepBestCheckpoint, run_trial, trial_dirname
@@ -223,11 +224,12 @@ def _absolute_paths(cfg: TrainConfig, root: str) -> TrainConfig:
 
 def _finish(exp_dir: Path, space: SearchSpace, state: dict[str, Any], elapsed: float) -> int:
     trials = collect_trials(exp_dir)
-    write_trials_csv(trials, exp_dir / "trials.csv")
     done = [t for t in trials if t.state in DONE_STATES]
     print_leaderboard(trials, list(space.params), max_rows=10)
     test_file = str((Path(state["cwd"]) / space.base.test_file).resolve()) if space.base.test_file else None
-    best = export_best(trials, exp_dir, test_file)
+    # trials.csv, trials.md, summary.json, best_config.yaml, best_model/ and plots/ (also after an interrupt);
+    # `python tune/compare.py --regenerate results/NAME` rebuilds them from the folder alone.
+    best = write_reports(exp_dir, trials, test_file=test_file).best
     counts = {s: sum(t.state == s for t in trials) for s in DONE_STATES}
     print(f"{len(done)} of {space.settings.num_samples} trials done ({elapsed / 60:.1f} min in this run): "
           + ", ".join(f"{n} {s}" for s, n in counts.items()))
@@ -240,6 +242,7 @@ def _finish(exp_dir: Path, space: SearchSpace, state: dict[str, Any], elapsed: f
         print(f"best trial {best.number}: {PRIMARY} {best.best_value:.4f}; model in {_rel(exp_dir / 'best_model')}, "
               f"config in {_rel(exp_dir / 'best_config.yaml')}")
     print(f"Optuna study: optuna-dashboard sqlite:///{_rel(exp_dir / STUDY_DB)}")
+    print(f"tables: {_rel(exp_dir / 'trials.md')}, {_rel(exp_dir / 'trials.csv')}; plots: {_rel(exp_dir / 'plots')}/")
     if len(done) < space.settings.num_samples:
         print(f"\nsearch interrupted: {len(done)} of {space.settings.num_samples} trials done. Resume with:\n"
               f"  python tune/search.py --resume {_rel(exp_dir)}")

@@ -1,0 +1,444 @@
+"""Results of a search: tables, plots, best config, comparison, regeneration and reseeding.
+
+One real demo search (8 short trials, ASHA) runs once for the module, in a subprocess, as a user
+runs it; every test reads what it left in its folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from afqmc.config import TrainConfig, from_dict, load_config
+from tune import compare as compare_cli
+from tune.reports import markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
+PRIMARY = "val/f1_macro"
+NUM_SAMPLES, MAX_STEPS, EVAL_STEPS = 8, 20, 5
+MAX_EVALS = MAX_STEPS // EVAL_STEPS
+PLOTS = {"learning_curves.png", "params_vs_f1.png", "importance.png", "confusion_matrix.png", "threshold_curve.png"}
+TABLES = ("trials.csv", "trials.md", "summary.json", "best_config.yaml")
+
+
+def _space(tmp_path: Path, train_file: Path) -> Path:
+    """The demo space on the first 1000 demo pairs, 20 updates per trial, an evaluation every 5.
+
+    20 updates are too few for the tiny model to learn: most trials predict one class, so their
+    val F1-macro is 0.4083 (all negative) or 0.2366 (all positive). The baseline is made poor on
+    purpose (w1/w0 = 4 and threshold 0.3: every pair positive), so that the best trial is another one.
+    """
+    spec = yaml.safe_load((ROOT / "search_spaces/demo.yaml").read_text(encoding="utf-8"))
+    spec["search"].update(num_samples=NUM_SAMPLES, n_startup_trials=3, max_evals=MAX_EVALS, grace_period=1,
+                          reduction_factor=3, cpus_per_trial=1)
+    spec["params"].update(train_file=str(train_file), max_train_samples=1000, per_device_batch_size=32,
+                          max_steps=MAX_STEPS, eval_steps=EVAL_STEPS, eval_batch_size=256)
+    spec["params"]["class_weights"]["baseline"] = 4.0
+    spec["params"]["threshold"]["baseline"] = 0.3
+    path = tmp_path / "space.yaml"
+    path.write_text("# demo space, shortened for the tests\n" + yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("results")
+    train_file = tmp_path / "train.jsonl"
+    shutil.copyfile(ROOT / "afqmc/demo_data/train.jsonl", train_file)
+    started = time.time()
+    proc = subprocess.run([sys.executable, "tune/search.py", "--space", str(_space(tmp_path, train_file)),
+                           "--name", "demo_results", "--results_dir", str(tmp_path / "results")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    print(proc.stdout[-5000:], proc.stderr[-3000:])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp_dir = tmp_path / "results" / "demo_results"
+    return {"exp_dir": exp_dir, "stdout": proc.stdout, "train_file": train_file, "tmp": tmp_path,
+            "seconds": time.time() - started}
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _rows(trial_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+
+
+# --- fast ----------------------------------------------------------------------------------------
+
+
+def test_markdown_table_aligns_and_escapes():
+    text = markdown_table(["name", "value"], [["a|b", "1.5"], ["long name", "10"]], right={1})
+    lines = text.splitlines()
+    assert lines[0] == "| name      | value |"
+    assert lines[1] == "| --------- | ----: |"
+    assert lines[2] == "| a\\|b      |   1.5 |"
+    assert len({len(line) for line in lines}) == 1
+
+
+def test_compare_refuses_a_folder_that_is_not_a_search(tmp_path, capsys):
+    assert compare_cli.main([str(tmp_path)]) == 2
+    assert "not a search folder" in capsys.readouterr().err
+
+
+def test_compare_sort_and_status_names():
+    import pandas as pd
+
+    frame = pd.DataFrame({"trial": [1], PRIMARY: [0.5], "val/accuracy": [0.6], "learning_rate": [1e-3]})
+    assert compare_cli.resolve_column("acc", frame) == "val/accuracy"
+    assert compare_cli.resolve_column("lr", frame) == "learning_rate"
+    assert compare_cli.resolve_column("val/f1_macro", frame) == PRIMARY
+    with pytest.raises(ValueError, match="unknown column 'nope'"):
+        compare_cli.resolve_column("nope", frame)
+    assert compare_cli.resolve_states("finished, stopped") == ["finished", "stopped early"]
+    with pytest.raises(ValueError, match="unknown status"):
+        compare_cli.resolve_states("done")
+
+
+def test_reseed_verdict_weighs_the_gain_against_seed_noise():
+    from tune.reseed import _verdict
+
+    def res(values):
+        return {"values": values, "mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))}
+
+    clear = _verdict({"best": res([0.70, 0.71, 0.72]), "baseline": res([0.60, 0.61, 0.62])}, same=False)
+    assert clear["gain"] == pytest.approx(0.10) and clear["pooled_std"] == pytest.approx(0.01)
+    assert clear["gain_in_pooled_std"] == pytest.approx(10.0) and clear["welch_p"] < 0.001
+    assert "larger than seed noise" in clear["verdict"]
+    noisy = _verdict({"best": res([0.70, 0.60, 0.65]), "baseline": res([0.66, 0.58, 0.62])}, same=False)
+    assert noisy["gain"] == pytest.approx(0.03) and noisy["welch_p"] > 0.3
+    assert "within seed noise" in noisy["verdict"]
+    worse = _verdict({"best": res([0.60, 0.61]), "baseline": res([0.62, 0.63])}, same=False)
+    assert worse["verdict"].startswith("no gain")
+
+
+def test_reports_of_a_search_that_has_just_started(tmp_path):
+    """No Ray snapshot, no study, no checkpoint yet: the tables still list every trial and its evaluations."""
+    from tune.reports import write_reports
+
+    exp = tmp_path / "early"
+    baseline = {"learning_rate": 5e-4, "threshold": 0.5}
+    (exp / "trial_aaa").mkdir(parents=True)
+    (exp / "trial_bbb").mkdir()
+    (exp / "search.json").write_text(json.dumps({"baseline": baseline, "num_samples": 4, "scheduler": "asha",
+                                                 "settings": {"max_evals": 3, "seed": 0}}))
+    (exp / "trial_aaa" / "params.json").write_text(json.dumps(baseline))
+    (exp / "trial_bbb" / "params.json").write_text(json.dumps({"learning_rate": 1e-3, "threshold": 0.4}))
+    rows = [{"evals": e, "step": 10 * e, PRIMARY: f1, "val/accuracy": 0.7, "time_total_s": 5.0 * e,
+             "timestamp": 1000 + 5 * e, "planned_evals": 3} for e, f1 in ((1, 0.41), (2, 0.52))]
+    (exp / "trial_aaa" / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"evals": 3, "st')
+    reports = write_reports(exp, log=lambda s: None)
+    table = _csv(exp / "trials.csv")
+    assert [(r["trial"], r["state"], r["evals"], r["steps"], r[PRIMARY], r["baseline"]) for r in table] == \
+        [("1", "unfinished", "2", "20", "0.52", "1"), ("2", "unfinished", "0", "0", "", "0")]
+    assert reports.best is None and not (exp / "best_config.yaml").exists()
+    summary = json.loads((exp / "summary.json").read_text())
+    assert summary["counts"] == {"finished": 0, "stopped early": 0, "failed": 0, "unfinished": 2}
+    assert summary["budget"]["evals"] == 2 and summary["budget"]["max_evals_total"] == 12
+    assert {p.name for p in (exp / "plots").glob("*.png")} == {"learning_curves.png", "params_vs_f1.png"}
+    assert any("importance" in n for n in reports.notes)
+    assert re.search(r"\|\s+1 \| 1 \(baseline\)\s+\| unfinished\s+\|\s+2 \|\s+20 \| 0.5200 \|", (exp / "trials.md").read_text())
+
+
+# --- on a real demo search (slow) ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_search_leaves_every_table_and_plot(search):
+    exp_dir = search["exp_dir"]
+    for name in TABLES:
+        assert (exp_dir / name).is_file(), name
+    assert {p.name for p in (exp_dir / "plots").glob("*.png")} == PLOTS
+    assert (exp_dir / "best_model" / "config.json").is_file()
+    assert f"tables: " in search["stdout"] and "trials.md" in search["stdout"]
+
+
+@pytest.mark.slow
+def test_trials_csv_has_one_row_per_trial_and_its_best_row_is_the_search_best(search):
+    exp_dir = search["exp_dir"]
+    rows = _csv(exp_dir / "trials.csv")
+    dirs = sorted(p.name.removeprefix("trial_") for p in exp_dir.glob("trial_*"))
+    assert len(rows) == NUM_SAMPLES and sorted(r["trial_id"] for r in rows) == dirs
+    assert sorted(int(r["trial"]) for r in rows) == list(range(1, NUM_SAMPLES + 1))
+    for col in ("state", "reason", "learning_rate", "class_weights", "dropout", "threshold", "warmup_ratio",
+                "evals", "steps", "wall_time_s", PRIMARY, "val/f1_macro_at_best_threshold", "val/best_threshold",
+                "val/accuracy", "val/f1_0", "val/f1_1", "best_step", "gain_vs_baseline"):
+        assert col in rows[0], col
+
+    # Every row agrees with Ray's own per-evaluation results of that trial.
+    for r in rows:
+        results = _rows(exp_dir / f"trial_{r['trial_id']}")
+        top = max(x[PRIMARY] for x in results)
+        # Its best evaluation: the one whose checkpoint was kept (of equal values, any may be).
+        best = next(x for x in results if x["evals"] == int(r["best_evals"]))
+        assert float(r[PRIMARY]) == pytest.approx(top, abs=1e-12) and best[PRIMARY] == pytest.approx(top, abs=1e-12)
+        assert int(r["evals"]) == results[-1]["evals"] and int(r["steps"]) == results[-1]["step"]
+        assert int(r["best_step"]) == best["step"] == best["evals"] * EVAL_STEPS
+        assert (exp_dir / f"trial_{r['trial_id']}" / r["checkpoint"].split("/")[-1]).is_dir()
+        assert float(r["val/accuracy"]) == pytest.approx(best["val/accuracy"])
+        assert float(r["val/f1_1"]) == pytest.approx(best["val/f1_1"])
+        assert float(r["val/best_threshold"]) == pytest.approx(best["val/best_threshold"])
+        assert float(r["wall_time_s"]) == pytest.approx(results[-1]["time_total_s"], abs=0.1)
+        params = json.loads((exp_dir / f"trial_{r['trial_id']}" / "params.json").read_text())
+        assert float(r["learning_rate"]) == pytest.approx(params["learning_rate"])
+        assert float(r["class_weights"]) == pytest.approx(params["class_weights"])
+
+    # The best row is the maximum over every evaluation of every trial, and the search's best.
+    top = max(max(x[PRIMARY] for x in _rows(p)) for p in exp_dir.glob("trial_*"))
+    best_row = max(rows, key=lambda r: (float(r[PRIMARY]), -int(r["trial"])))
+    assert float(best_row[PRIMARY]) == pytest.approx(top, abs=1e-12)
+    reported = re.search(r"best trial (\d+): val/f1_macro ([0-9.]+)", search["stdout"])
+    assert reported and reported.group(1) == best_row["trial"]
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    assert summary["best"]["trial"] == int(best_row["trial"]) and summary["best"][PRIMARY] == pytest.approx(top)
+    assert summary["trials"] == NUM_SAMPLES and summary["complete"] is True
+
+    # The baseline: trial 1, marked; every gain is over its value.
+    baseline = [r for r in rows if r["baseline"] == "1"]
+    assert len(baseline) == 1 and baseline[0]["trial"] == "1"
+    base = float(baseline[0][PRIMARY])
+    for r in rows:
+        assert float(r["gain_vs_baseline"]) == pytest.approx(float(r[PRIMARY]) - base, abs=1e-12)
+    assert summary["baseline"]["trial"] == 1 and summary["baseline"][PRIMARY] == pytest.approx(base)
+    assert summary["best"]["gain_vs_baseline"] == pytest.approx(top - base)
+    budget = summary["budget"]
+    assert budget["evals"] == sum(int(r["evals"]) for r in rows) <= NUM_SAMPLES * MAX_EVALS
+    assert budget["max_evals_total"] == NUM_SAMPLES * MAX_EVALS
+    assert budget["optimizer_steps"] == sum(int(r["steps"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_trials_md_is_the_leaderboard_by_val_f1(search):
+    exp_dir = search["exp_dir"]
+    rows = _csv(exp_dir / "trials.csv")
+    text = (exp_dir / "trials.md").read_text()
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    assert len(body) == NUM_SAMPLES
+    col = {h: i for i, h in enumerate(header)}
+    values = [float(r[col["val F1"]]) for r in body]
+    assert values == sorted(values, reverse=True)
+    assert [int(r[col["rank"]]) for r in body] == list(range(1, NUM_SAMPLES + 1))
+    by_trial = {r["trial"]: r for r in rows}
+    marked = [r for r in body if "(baseline)" in r[col["trial"]]]
+    assert len(marked) == 1 and marked[0][col["trial"]] == "1 (baseline)" and marked[0][col["gain"]] == "+0.0000"
+    for r in body:
+        number = r[col["trial"]].split()[0]
+        assert r[col["val F1"]] == f"{float(by_trial[number][PRIMARY]):.4f}"
+        assert r[col["gain"]] == f"{float(by_trial[number]['gain_vs_baseline']):+.4f}"
+    assert "Parameter importance (fANOVA" in text and "Baseline: trial 1" in text
+
+
+@pytest.mark.slow
+def test_statuses_match_what_asha_did(search):
+    exp_dir, stdout = search["exp_dir"], search["stdout"]
+    rows = _csv(exp_dir / "trials.csv")
+    logged_stops = set(re.findall(r"trial (\d+) stopped early", stdout))
+    logged_finished = set(re.findall(r"trial (\d+) finished", stdout))
+    for r in rows:
+        results = _rows(exp_dir / f"trial_{r['trial_id']}")
+        # Each trial's own schedule is MAX_EVALS evaluations (patience 0): a trial that ended before
+        # it was stopped by the scheduler, at an ASHA rung (grace 1, reduction factor 3: 1 and 3).
+        if results[-1]["evals"] < MAX_EVALS:
+            assert r["state"] == "stopped early", r
+            assert results[-1]["evals"] in (1, 3)
+            assert r["reason"] == f"stopped by ASHA after {results[-1]['evals']} of {MAX_EVALS} evaluations"
+            assert r["trial"] in logged_stops
+        else:
+            assert r["state"] == "finished" and r["reason"] == f"ran its {MAX_EVALS} evaluations", r
+            assert r["trial"] in logged_finished
+    states = [r["state"] for r in rows]
+    assert "stopped early" in states, "ASHA stopped no trial"
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    assert summary["counts"] == {"finished": states.count("finished"), "stopped early": states.count("stopped early"),
+                                 "failed": 0, "unfinished": 0}
+    assert "stopped (ASHA)" in (exp_dir / "trials.md").read_text()
+
+
+@pytest.mark.slow
+def test_best_config_round_trips_and_retrains_the_winner(search, tmp_path):
+    import torch
+
+    from afqmc import train as train_cli
+
+    exp_dir = search["exp_dir"]
+    cfg = load_config(exp_dir / "best_config.yaml")
+    again = tmp_path / "again.yaml"
+    cfg.save_yaml(again)
+    assert load_config(again) == cfg == from_dict(yaml.safe_load(again.read_text()))
+    assert isinstance(cfg, TrainConfig)
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    best = summary["best"]
+    assert cfg.learning_rate == pytest.approx(best["params"]["learning_rate"])
+    assert cfg.class_weights == [1.0, pytest.approx(best["params"]["class_weights"])]
+    assert cfg.threshold == pytest.approx(best["params"]["threshold"])
+    assert cfg.max_steps == MAX_STEPS and cfg.train_file == str(search["train_file"])
+    assert (exp_dir / "best_config.yaml").read_text().startswith(f"# Best trial {best['trial']} ")
+
+    # What `accelerate launch afqmc/train.py --config results/NAME/best_config.yaml` runs, on one
+    # thread like a trial: the winner's evaluations come back exactly.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = train_cli.main(["--config", str(exp_dir / "best_config.yaml"), "--output_dir", str(tmp_path / "run")])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    retrained = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    searched = _rows(exp_dir / f"trial_{best['trial_id']}")
+    for a, b in zip(searched, retrained):
+        assert a["evals"] == b["evals"] and a[PRIMARY] == pytest.approx(b[PRIMARY], abs=1e-9)
+    assert max(r[PRIMARY] for r in retrained) >= best[PRIMARY] - 1e-9
+
+
+@pytest.mark.slow
+def test_plots_are_valid_pngs_that_are_not_blank(search):
+    from matplotlib.image import imread
+
+    exp_dir = search["exp_dir"]
+    for path in sorted((exp_dir / "plots").glob("*.png")):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+        img = imread(path)[..., :3]
+        assert img.shape[0] >= 300 and img.shape[1] >= 500, (path, img.shape)
+        ink = (img.min(axis=2) < 0.9).mean()  # pixels that are not (near) white
+        colour = (img.max(axis=2) - img.min(axis=2) > 0.2).mean()  # data drawn in colour, not only axes
+        assert 0.01 < ink < 0.9 and colour > 0.002, (path.name, ink, colour)
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    assert sorted(summary["plots"]) == sorted(f"plots/{p}" for p in PLOTS)
+    # The threshold curve came from the best model's val predictions, which match the search's value.
+    curve = summary["threshold_curve"]
+    assert curve["recomputed_f1_macro"] == pytest.approx(summary["best"][PRIMARY], abs=1e-6)
+    imp = summary["importance"]
+    assert set(imp["values"]) == {"learning_rate", "class_weights", "dropout", "threshold", "warmup_ratio"}
+    assert sum(imp["values"].values()) == pytest.approx(1.0, abs=1e-6) and imp["trials"] == NUM_SAMPLES
+    assert list(imp["values"].values()) == sorted(imp["values"].values(), reverse=True)
+
+
+@pytest.mark.slow
+def test_regenerate_rebuilds_everything_from_the_folder_alone(search, tmp_path):
+    exp_dir = search["exp_dir"]
+    copy = tmp_path / "regen"
+    shutil.copytree(exp_dir, copy)
+    for name in TABLES:
+        (copy / name).unlink()
+    shutil.rmtree(copy / "plots")
+    hidden = search["train_file"].with_suffix(".hidden")
+    search["train_file"].rename(hidden)  # no data: only the folder
+    try:
+        started = time.time()
+        assert compare_cli.main(["--regenerate", str(copy)]) == 0
+        seconds = time.time() - started
+    finally:
+        hidden.rename(search["train_file"])
+    assert {p.name for p in (copy / "plots").glob("*.png")} == PLOTS
+    original, rebuilt = _csv(exp_dir / "trials.csv"), _csv(copy / "trials.csv")
+    assert len(rebuilt) == len(original)
+    for a, b in zip(original, rebuilt):
+        for key in a:
+            if key != "checkpoint":
+                assert a[key] == b[key], key
+    # The same config; only output_dir follows the folder (best_run/ inside it).
+    assert load_config(copy / "best_config.yaml").replace(output_dir="x") == \
+        load_config(exp_dir / "best_config.yaml").replace(output_dir="x")
+    before, after = (json.loads((d / "summary.json").read_text()) for d in (exp_dir, copy))
+    assert after["best"]["trial"] == before["best"]["trial"] and after["counts"] == before["counts"]
+    assert after["importance"]["values"] == pytest.approx(before["importance"]["values"])
+    assert sorted(p.name for p in copy.glob("trial_*")) == sorted(p.name for p in exp_dir.glob("trial_*"))
+    assert seconds < 60  # nothing was trained
+
+
+@pytest.mark.slow
+def test_compare_two_searches_and_a_running_one(search, tmp_path):
+    exp_dir = search["exp_dir"]
+    second = tmp_path / "second"
+    shutil.copytree(exp_dir, second)
+    proc = subprocess.run([sys.executable, "tune/compare.py", str(exp_dir), str(second), "--top", "5",
+                           "--sort", "acc", "--status", "finished,stopped"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("rank"))
+    table = lines[head + 1:head + 6]
+    assert len(table) == 5 and not lines[head + 6].strip()
+    headers = re.split(r"\s{2,}", lines[head].strip())
+    # Cells are two spaces apart; "1 (baseline)" and "stopped (ASHA)" hold single spaces.
+    accuracies = [float(re.split(r"\s{2,}", line.strip())[headers.index("acc")]) for line in table]
+    assert accuracies == sorted(accuracies, reverse=True)
+    rows = _csv(exp_dir / "trials.csv")
+    assert accuracies[0] == pytest.approx(max(float(r["val/accuracy"]) for r in rows), abs=5e-5)
+    assert {line.split()[1] for line in table} <= {"demo_results", "second"}
+    out = Path(re.search(r"written to (\S+)", proc.stdout).group(1))
+    assert out.is_absolute() and out.name == "comparison.md" and out.is_file()
+    text = out.read_text()
+    assert "demo_results" in text and "second" in text and text.count("\n| ") >= 6
+
+    # All trials of both, sorted by learning rate, and only the finished ones.
+    out_md = tmp_path / "all.md"
+    assert compare_cli.main([str(exp_dir), str(second), "--sort", "lr", "--ascending", "--output", str(out_md)]) == 0
+    body = [line for line in out_md.read_text().splitlines() if line.startswith("| ")][2:]
+    assert len(body) == 2 * NUM_SAMPLES
+    finished = sum(r["state"] == "finished" for r in rows)
+    assert compare_cli.main([str(exp_dir), "--status", "finished", "--output", str(out_md)]) == 0
+    body = [line for line in out_md.read_text().splitlines() if line.startswith("| ")][2:]
+    assert len(body) == finished and all("finished" in line for line in body)
+
+    # A search still running: Ray has not written its experiment state yet, and a trial is midway
+    # (its last line half written).
+    running = tmp_path / "running"
+    shutil.copytree(exp_dir, running)
+    for state_file in running.glob("experiment_state-*.json"):
+        state_file.unlink()
+    for name in TABLES:
+        (running / name).unlink()
+    trial = running / f"trial_{rows[0]['trial_id']}" / "result.json"
+    first = trial.read_text().splitlines()[0]
+    trial.write_text(first + "\n" + first[: len(first) // 2])
+    out_md = tmp_path / "running.md"
+    assert compare_cli.main([str(running), "--output", str(out_md)]) == 0
+    body = [line for line in out_md.read_text().splitlines() if line.startswith("| ")][2:]
+    assert len(body) == NUM_SAMPLES and sum("unfinished" in line for line in body) == NUM_SAMPLES
+
+
+@pytest.mark.slow
+def test_reseed_reports_mean_and_std_of_best_and_baseline(search, capsys):
+    import torch
+
+    exp_dir = search["exp_dir"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # like a trial; two threads on a busy 2-core machine are 3x slower
+    try:
+        assert compare_cli.main(["--reseed", "2", "--max_steps", "10", str(exp_dir)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    report = json.loads((exp_dir / "reseed.json").read_text())
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    assert report["seeds"] == [43, 44]  # after the search's own seed 42
+    res = report["results"]
+    assert res["best"]["trial"] == summary["best"]["trial"] != 1 and res["baseline"]["trial"] == 1
+    for role in ("best", "baseline"):
+        values = res[role]["values"]
+        assert len(values) == 2 and all(0 < v <= 1 for v in values)
+        assert res[role]["mean"] == pytest.approx(np.mean(values))
+        assert res[role]["std"] == pytest.approx(np.std(values, ddof=1))
+        assert res[role]["steps"] == 10 and all(r["steps"] == 10 for r in res[role]["runs"])
+    assert report["gain"] == pytest.approx(res["best"]["mean"] - res["baseline"]["mean"])
+    pooled = math.sqrt((res["best"]["std"] ** 2 + res["baseline"]["std"] ** 2) / 2)
+    assert report["pooled_std"] == pytest.approx(pooled, abs=1e-12)
+    if pooled > 0:
+        assert report["gain_in_pooled_std"] == pytest.approx(report["gain"] / pooled)
+    assert "Verdict:" in out and "| best " in out and "| baseline " in out
+    assert (exp_dir / "reseed.md").read_text().startswith("# Reseed of `demo_results`")

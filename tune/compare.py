@@ -1,0 +1,217 @@
+"""Compare the trials of one or more searches, rebuild their reports, or check the winner against seed noise.
+
+    python tune/compare.py results/A [results/B ...] [--top N] [--status finished,stopped]
+        [--sort COLUMN] [--ascending] [--output comparison.md]
+    python tune/compare.py --regenerate results/NAME [...]     # trials.csv/.md, summary.json, plots/ again
+    python tune/compare.py --reseed K results/NAME [--max_steps N] [--seeds 1,2,3]
+
+The comparison is read from each experiment folder (Ray's results and state), not from trials.csv,
+so it also shows a search that is still running or was interrupted. It prints a table and writes
+comparison.md (by default into the one search's folder, or into the folder that holds them all).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script: sys.path[0] is tune/ itself; make the repository's packages importable instead.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import os
+
+import pandas as pd
+
+from tune.reports import (PRIMARY, SHORT, STATES, leaderboard_rows, markdown_table, param_names,
+                          ranked, trials_frame, write_reports)
+from tune.results import collect_trials, load_state
+
+# Names accepted by --sort besides the CSV columns: the short headers of the table.
+SORT_ALIASES = {"val_f1": PRIMARY, "f1": PRIMARY, "val f1": PRIMARY, "gain": "gain_vs_baseline",
+                "f1@thr*": "val/f1_macro_at_best_threshold", "thr*": "val/best_threshold", "acc": "val/accuracy",
+                "accuracy": "val/accuracy", "f1 neg": "val/f1_0", "f1 pos": "val/f1_1", "min": "wall_time_s",
+                "time": "wall_time_s", "wall_time": "wall_time_s"}
+STATE_ALIASES = {"finished": "finished", "completed": "finished", "complete": "finished",
+                 "stopped": "stopped early", "stopped early": "stopped early", "stopped_early": "stopped early",
+                 "asha": "stopped early", "failed": "failed", "error": "failed", "unfinished": "unfinished",
+                 "running": "unfinished", "interrupted": "unfinished"}
+
+
+def load_searches(experiment_dirs: list[str | Path]) -> tuple[pd.DataFrame, list[str], list[dict]]:
+    """The trials of every search as one frame with a `search` column, the parameters, and a line per search."""
+    frames, params, info = [], [], []
+    names = _unique_names([Path(d) for d in experiment_dirs])
+    for exp, name in zip(experiment_dirs, names):
+        exp = Path(exp).resolve()
+        state = load_state(exp)
+        if not state:
+            raise FileNotFoundError(f"{exp}: not a search folder (no search.json)")
+        trials = collect_trials(exp)
+        frame = trials_frame(trials, state)
+        frame.insert(0, "search", name)
+        frames.append(frame)
+        params += [p for p in param_names(trials, state) if p not in params]
+        counts = {s: int((frame["state"] == s).sum()) for s in STATES}
+        base = frame[frame["baseline"] == 1]
+        info.append({"search": name, "path": str(exp), "trials": len(frame),
+                     "num_samples": state.get("num_samples"), "counts": counts,
+                     "best": frame[PRIMARY].max() if frame[PRIMARY].notna().any() else None,
+                     "baseline": base[PRIMARY].iloc[0] if len(base) else None})
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return frame, params, info
+
+
+def select(frame: pd.DataFrame, sort: str = PRIMARY, ascending: bool = False, top: int | None = None,
+           states: list[str] | None = None) -> pd.DataFrame:
+    if states:
+        frame = frame[frame["state"].isin(states)]
+    frame = ranked(frame, sort, ascending)
+    return frame.head(top) if top else frame
+
+
+def resolve_column(name: str, frame: pd.DataFrame) -> str:
+    """A CSV column (val/accuracy, learning_rate) or a short header (acc, lr, w1/w0)."""
+    if name in frame.columns:
+        return name
+    key = name.lower()
+    if key in SORT_ALIASES:
+        return SORT_ALIASES[key]
+    for field, short in SHORT.items():
+        if key == short.lower() and field in frame.columns:
+            return field
+    choices = [c for c in frame.columns if c not in ("path", "checkpoint", "error", "reason", "trial_id")]
+    raise ValueError(f"unknown column {name!r} for --sort; one of: {', '.join(choices)} "
+                     f"(or {', '.join(sorted(SORT_ALIASES))})")
+
+
+def resolve_states(text: str) -> list[str]:
+    out = []
+    for part in (p.strip().lower() for p in text.split(",") if p.strip()):
+        if part not in STATE_ALIASES:
+            raise ValueError(f"unknown status {part!r} for --status; one of: finished, stopped, failed, unfinished")
+        out.append(STATE_ALIASES[part])
+    return out
+
+
+def terminal_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    left = {"search", "trial", "state"}
+    lines = ["  ".join(h.ljust(w) if h in left else h.rjust(w) for h, w in zip(headers, widths))]
+    lines += ["  ".join(c.ljust(w) if h in left else c.rjust(w) for c, h, w in zip(r, headers, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def describe_searches(info: list[dict]) -> list[str]:
+    lines = []
+    for s in info:
+        counts = ", ".join(f"{n} {k}" for k, n in s["counts"].items() if n)
+        best = f"best val F1-macro {s['best']:.4f}" if s["best"] is not None else "no result yet"
+        base = f", baseline {s['baseline']:.4f}" if s["baseline"] is not None and not pd.isna(s["baseline"]) else ""
+        lines.append(f"{s['search']}: {s['trials']} of {s['num_samples']} trials ({counts or 'none yet'}); {best}{base}"
+                     f" ({s['path']})")
+    return lines
+
+
+def compare(experiment_dirs: list[str], sort: str = PRIMARY, ascending: bool = False, top: int | None = None,
+            status: str | None = None, output: str | None = None, print_fn=print) -> Path:
+    frame, params, info = load_searches(experiment_dirs)
+    if frame.empty:
+        raise ValueError("no trials in these searches yet")
+    column = resolve_column(sort, frame)
+    states = resolve_states(status) if status else None
+    shown = select(frame, column, ascending, top, states)
+    headers, rows = leaderboard_rows(shown, params, search="")
+    order = f"sorted by {column} ({'ascending' if ascending else 'descending'})"
+    what = (f"{len(shown)} of {len(frame)} trials" + (f" with status {', '.join(states)}" if states else "")
+            + f", {order}; gain is over each search's own baseline")
+    for line in describe_searches(info):
+        print_fn(line)
+    print_fn(f"\n{what}:")
+    print_fn(terminal_table(headers, rows))
+
+    out = Path(output) if output else _default_output([Path(d) for d in experiment_dirs])
+    md = ["# Comparison of searches", ""]
+    md += [f"- {line}" for line in describe_searches(info)]
+    md += ["", f"{what}. val F1: a trial's best evaluation at its own threshold; "
+               "F1@thr*: at the best threshold thr* on val.", ""]
+    md.append(markdown_table(headers, rows, right={i for i, h in enumerate(headers)
+                                                   if h not in ("search", "trial", "state")}))
+    out.write_text("\n".join(md), encoding="utf-8")
+    print_fn(f"\nwritten to {_rel(out)}")
+    return out
+
+
+def _default_output(dirs: list[Path]) -> Path:
+    if len(dirs) == 1:
+        return dirs[0] / "comparison.md"
+    return Path(os.path.commonpath([str(d.resolve()) for d in dirs])) / "comparison.md"
+
+
+def _unique_names(dirs: list[Path]) -> list[str]:
+    names = [d.resolve().name for d in dirs]
+    if len(set(names)) == len(names):
+        return names
+    return [str(d) for d in dirs]
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Compare trials across searches (results/NAME folders), rebuild their tables and plots "
+                    "(--regenerate), or retrain the best and the baseline config with K seeds (--reseed K).")
+    parser.add_argument("experiments", nargs="+", metavar="results/NAME")
+    parser.add_argument("--top", type=int, help="keep the first N trials after sorting")
+    parser.add_argument("--status", help="keep trials with these states, comma-separated: finished, stopped "
+                                         "(early, by ASHA), failed, unfinished")
+    parser.add_argument("--sort", default=PRIMARY, help=f"column to sort by (default {PRIMARY}): any column of "
+                                                        "trials.csv or a header of the table (acc, lr, gain, min ...)")
+    parser.add_argument("--ascending", action="store_true", help="sort ascending (default: descending)")
+    parser.add_argument("--output", help="the Markdown file (default: comparison.md in the search's folder, or in "
+                                         "the folder holding all of them)")
+    parser.add_argument("--regenerate", action="store_true",
+                        help="rebuild trials.csv, trials.md, summary.json, best_config.yaml and plots/ of each "
+                             "search from its folder alone (nothing is trained)")
+    parser.add_argument("--no_plots", action="store_true", help="with --regenerate: tables only")
+    parser.add_argument("--reseed", type=int, metavar="K", help="retrain the best and the baseline config with K "
+                                                                "seeds; report mean and std of val F1-macro")
+    parser.add_argument("--seeds", help="with --reseed: the seeds, comma-separated (default: K seeds after the "
+                                        "search's own)")
+    parser.add_argument("--max_steps", type=int, help="with --reseed: optimizer updates per run (default: the "
+                                                      "search's budget per trial)")
+    args = parser.parse_args(argv)
+    if args.top is not None and args.top < 1:
+        parser.error("--top must be >= 1")
+    try:
+        if args.reseed is not None:
+            from tune.reseed import reseed
+
+            if len(args.experiments) != 1:
+                parser.error("--reseed takes one search folder")
+            if args.reseed < 2 and not args.seeds:
+                parser.error("--reseed needs K >= 2 (a standard deviation needs two runs)")
+            seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+            reseed(args.experiments[0], args.reseed, seeds=seeds, max_steps=args.max_steps)
+            return 0
+        if args.regenerate:
+            for exp in args.experiments:
+                reports = write_reports(exp, plots=not args.no_plots)
+                print(f"{exp}: wrote " + ", ".join(str(p.relative_to(reports.experiment_dir)) for p in reports.files))
+            return 0
+        compare(args.experiments, sort=args.sort, ascending=args.ascending, top=args.top, status=args.status,
+                output=args.output)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

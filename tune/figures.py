@@ -1,0 +1,188 @@
+"""The plots of a search (PNG), drawn with matplotlib's object API: no pyplot, no display, no global state.
+
+Each function draws one figure from what tune.reports gathered and saves it to `path`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from tune.results import PRIMARY, TrialRecord
+
+SHORT = {"learning_rate": "learning rate", "class_weights": "class weight w1/w0", "threshold": "threshold",
+         "warmup_ratio": "warmup ratio", "dropout": "dropout", "weight_decay": "weight decay"}
+# How each state is drawn in the learning curves and the parameter plots.
+STYLE = {"finished": dict(linestyle="-", marker="o", alpha=0.9),
+         "stopped early": dict(linestyle="--", marker="x", alpha=0.6),
+         "failed": dict(linestyle=":", marker="v", alpha=0.6),
+         "unfinished": dict(linestyle="-.", marker=".", alpha=0.6)}
+STATE_LABEL = {"finished": "finished", "stopped early": "stopped early by ASHA", "failed": "failed",
+               "unfinished": "unfinished (running or interrupted)"}
+DPI = 110
+# Trial colours: tab10 and then tab20's light shades, without the greys (grey marks ASHA-stopped trials).
+_TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
+_TAB20_LIGHT = ["#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5"]
+PALETTE = _TAB10 + _TAB20_LIGHT
+
+
+def _save(fig: Figure, path: str | Path) -> None:
+    fig.savefig(path, dpi=DPI, facecolor="white")
+
+
+def learning_curves(trials: list[TrialRecord], path: str | Path) -> None:
+    """val F1-macro against optimizer step, one line per trial; ASHA-stopped trials dashed and pale,
+    ending in a cross; the baseline black, the best trial thick."""
+    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    best = max((t for t in trials if t.best_value is not None), key=lambda t: (t.best_value, -t.number), default=None)
+    colors = {t.number: PALETTE[i % len(PALETTE)] for i, t in enumerate(trials)}
+    for t in trials:
+        steps = [r["step"] for r in t.history]
+        values = [r[PRIMARY] for r in t.history]
+        if not steps:
+            continue
+        style = dict(STYLE.get(t.state, STYLE["unfinished"]))
+        color = "black" if t.is_baseline else colors[t.number]
+        if t.state == "stopped early":
+            color = "0.55" if not t.is_baseline else color
+        width = 3.0 if t is best else 1.4
+        ax.plot(steps, values, color=color, linewidth=width, markersize=5 if t.state != "stopped early" else 7,
+                zorder=3 if t is best else 2, **style)
+        tag = f"{t.number}" + (" base" if t.is_baseline else "") + (" best" if t is best else "")
+        ax.annotate(tag, (steps[-1], values[-1]), xytext=(4, 0), textcoords="offset points", fontsize=8,
+                    color=color, va="center")
+    handles = [Line2D([], [], color="C0" if s == "finished" else "0.55", label=STATE_LABEL[s], **STYLE[s])
+               for s in STYLE if any(t.state == s for t in trials)]
+    handles.append(Line2D([], [], color="black", label="baseline (trial 1)"))
+    if best is not None:
+        handles.append(Line2D([], [], color="0.3", linewidth=3, label=f"best: trial {best.number} ({best.best_value:.4f})"))
+    ax.legend(handles=handles, loc="lower right", fontsize=8)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("val F1-macro (at the trial's threshold)")
+    ax.set_title(f"val F1-macro per evaluation, {len(trials)} trials")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def params_vs_metric(trials: list[TrialRecord], params: list[str], log_params: set[str],
+                     bounds: dict[str, tuple[float, float]] | None = None, *, path: str | Path) -> None:
+    """Each searched parameter against the trial's best val F1-macro, over its search range; the
+    baseline's level dashed."""
+    bounds = bounds or {}
+    scored = [t for t in trials if t.best_value is not None]
+    n = max(1, len(params))
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    baseline = next((t for t in scored if t.is_baseline), None)
+    best = max(scored, key=lambda t: (t.best_value, -t.number), default=None)
+    for ax, name in zip(axes, params):
+        values = [_number(t.params.get(name)) for t in scored]
+        categorical = any(isinstance(v, str) or v is None for v in values)
+        if categorical:
+            cats = sorted({str(v) for v in values})
+            values = [cats.index(str(v)) for v in values]
+            ax.set_xticks(range(len(cats)), cats)
+        for t, x in zip(scored, values):
+            style = STYLE.get(t.state, STYLE["unfinished"])
+            color = "black" if t.is_baseline else ("C3" if t is best else ("0.55" if t.state == "stopped early" else "C0"))
+            ax.scatter([x], [t.best_value], marker="*" if t is best else style["marker"], color=color,
+                       s=120 if t is best else 40, alpha=style["alpha"], zorder=3)
+            ax.annotate(str(t.number), (x, t.best_value), xytext=(3, 3), textcoords="offset points", fontsize=7)
+        if baseline is not None:
+            ax.axhline(baseline.best_value, color="black", linestyle="--", linewidth=0.8)
+        if name in log_params and not categorical:
+            ax.set_xscale("log")
+        if name in bounds and not categorical:  # the whole range searched, a margin either side
+            low, high = bounds[name]
+            if name in log_params and low > 0:
+                pad = (high / low) ** 0.04
+                ax.set_xlim(low / pad, high * pad)
+            else:
+                pad = (high - low) * 0.04
+                ax.set_xlim(low - pad, high + pad)
+        ax.set_xlabel(SHORT.get(name, name))
+        ax.set_ylabel("val F1-macro")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(params):]:
+        ax.set_visible(False)
+    fig.suptitle("searched parameters against the trial's best val F1-macro "
+                 "(o finished, x stopped by ASHA, * best, black: baseline, dashed: its F1)", fontsize=10)
+    _save(fig, path)
+
+
+def importance(values: dict[str, float], method: str, n_trials: int, path: str | Path) -> None:
+    """Horizontal bars, the most important parameter on top."""
+    names = list(values)[::-1]
+    fig = Figure(figsize=(7, 0.5 * len(names) + 1.6), layout="constrained")
+    ax = fig.add_subplot()
+    bars = ax.barh([SHORT.get(n, n) for n in names], [values[n] for n in names], color="C0")
+    for bar, name in zip(bars, names):
+        ax.annotate(f"{values[name]:.2f}", (bar.get_width(), bar.get_y() + bar.get_height() / 2), xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize=9)
+    ax.set_xlim(0, max(values.values(), default=1) * 1.15 or 1)
+    ax.set_xlabel("importance (share of the variance of the best val F1-macro)")
+    ax.set_title(f"parameter importance, {method} on the Optuna study ({n_trials} trials)")
+    _save(fig, path)
+
+
+def confusion_matrices(best: TrialRecord, row: dict[str, Any], preds: dict[str, Any] | None, path: str | Path) -> None:
+    """The best trial's val confusion matrix at its threshold (as stored by the search) and, when the
+    val probabilities are known, at the best threshold too."""
+    panels = [(f"at its threshold {row.get('val/threshold', float('nan')):.2f}",
+               np.array([[row["val/tn"], row["val/fp"]], [row["val/fn"], row["val/tp"]]]))]
+    if preds is not None:
+        thr = row.get("val/best_threshold")
+        labels, probs = np.asarray(preds["labels"]), np.asarray(preds["probs"])
+        pred = (probs >= thr).astype(int)
+        panels.append((f"at the best threshold {thr:.2f}",
+                       np.array([[np.sum((labels == 0) & (pred == 0)), np.sum((labels == 0) & (pred == 1))],
+                                 [np.sum((labels == 1) & (pred == 0)), np.sum((labels == 1) & (pred == 1))]])))
+    fig = Figure(figsize=(4.3 * len(panels), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False).ravel()
+    for ax, (title, cm) in zip(axes, panels):
+        ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(1, cm.max()))
+        for (i, j), count in np.ndenumerate(cm):
+            ax.text(j, i, f"{int(count)}\n{count / max(1, cm[i].sum()):.0%}", ha="center", va="center",
+                    color="white" if count > cm.max() / 2 else "black", fontsize=11)
+        ax.set_xticks([0, 1], ["pred 0", "pred 1"])
+        ax.set_yticks([0, 1], ["true 0", "true 1"])
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(f"best trial {best.number}: val confusion matrix (evaluation {best.best_evals}, "
+                 f"F1-macro {best.best_value:.4f})", fontsize=10)
+    _save(fig, path)
+
+
+def threshold_curve(best: TrialRecord, row: dict[str, Any], preds: dict[str, Any], path: str | Path) -> None:
+    """val F1-macro of the best model against the decision threshold."""
+    from afqmc.metrics import threshold_curve as curve
+
+    thresholds, scores = curve(preds["labels"], preds["probs"])
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(thresholds, scores, color="C0", label="val F1-macro")
+    own = preds["threshold"]
+    ax.axvline(own, color="black", linestyle="--", linewidth=1,
+               label=f"its threshold {own:.2f}: F1 {row.get(PRIMARY, float('nan')):.4f}")
+    i = int(np.argmax(scores))
+    ax.scatter([thresholds[i]], [scores[i]], color="C3", zorder=3,
+               label=f"best threshold {thresholds[i]:.2f}: F1 {scores[i]:.4f}")
+    ax.set_xlabel("threshold on P(label = 1)")
+    ax.set_ylabel("val F1-macro")
+    ax.set_title(f"best trial {best.number}: threshold curve on val ({len(preds['labels'])} pairs)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower center")
+    _save(fig, path)
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, list) and len(value) == 2 and value[0] == 1:
+        return value[1]
+    return value

@@ -1,0 +1,517 @@
+"""The results of a search as files in results/NAME/, rebuilt from the experiment folder alone.
+
+    python -m tune.reports results/NAME          # or: python tune/compare.py --regenerate results/NAME
+
+`write_reports(experiment_dir)` reads what Ray stored (each trial's result.json, the experiment
+state) and the Optuna study (optuna.db), runs nothing, and writes:
+
+    trials.csv          one row per trial: state and why, the searched parameters, evaluations, steps,
+                        wall time, the best evaluation's val metrics, the gain over the baseline
+    trials.md           the same as a leaderboard sorted by val F1-macro, the baseline marked
+    summary.json        best trial, baseline, counts by state, budget used, parameter importance
+    best_config.yaml    the best trial's complete TrainConfig (and best_model/, its model)
+    plots/*.png         learning curves, parameters against val F1-macro, parameter importance,
+                        the best trial's confusion matrix and threshold curve
+
+tune/search.py calls it at the end of every search, an interrupted one included.
+
+The threshold curve needs the best model's val probabilities: the first time, the val split is
+rebuilt from the best model's train_config.yaml (the same load, split and seed as the search) and
+predicted with the exported model; the probabilities are kept in best_val_predictions.json, so later
+rebuilds need neither the data nor the model.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import datetime
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tune.results import (PRIMARY, TrialRecord, best_trial, collect_trials, export_best, load_state)
+
+STUDY_DB = "optuna.db"
+SPACE_COPY = "space.yaml"
+VAL_PREDICTIONS = "best_val_predictions.json"
+STATES = ("finished", "stopped early", "failed", "unfinished")
+# Short names for parameters in tables (the CSV keeps the TrainConfig field names).
+SHORT = {"learning_rate": "lr", "class_weights": "w1/w0", "dropout": "dropout", "threshold": "thr",
+         "weight_decay": "wd", "warmup_ratio": "warmup", "per_device_batch_size": "batch",
+         "num_epochs": "epochs", "gradient_accumulation_steps": "accum", "attention_dropout": "attn_drop",
+         "max_grad_norm": "clip", "tiny_num_layers": "layers", "tiny_hidden_size": "hidden"}
+# The best evaluation's metrics that go into the tables (CSV name, Markdown header, format).
+METRICS = [(PRIMARY, "val F1", "{:.4f}"), ("val/f1_macro_at_best_threshold", "F1@thr*", "{:.4f}"),
+           ("val/best_threshold", "thr*", "{:.2f}"), ("val/accuracy", "acc", "{:.4f}"),
+           ("val/f1_0", "F1 neg", "{:.4f}"), ("val/f1_1", "F1 pos", "{:.4f}")]
+
+
+@dataclass
+class Reports:
+    """What `write_reports` wrote."""
+
+    experiment_dir: Path
+    frame: pd.DataFrame
+    summary: dict[str, Any]
+    best: TrialRecord | None
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+
+def param_names(trials: list[TrialRecord], state: dict[str, Any]) -> list[str]:
+    """The searched parameters, in the order of the space file."""
+    names = list(state.get("baseline") or {})
+    return names + sorted({k for t in trials for k in t.params} - set(names))
+
+
+def best_row(trial: TrialRecord) -> dict[str, Any]:
+    """The metrics of the trial's best evaluation (the one its best checkpoint holds)."""
+    for row in trial.history:
+        if row.get("evals") == trial.best_evals:
+            return row
+    return {}
+
+
+def trials_frame(trials: list[TrialRecord], state: dict[str, Any]) -> pd.DataFrame:
+    """One row per trial, in trial order; the columns of trials.csv."""
+    params = param_names(trials, state)
+    baseline = next((t for t in trials if t.is_baseline), None)
+    base_value = baseline.best_value if baseline else None
+    rows = []
+    for t in trials:
+        best = best_row(t)
+        row: dict[str, Any] = {"trial": t.number, "trial_id": t.trial_id, "state": t.state, "reason": t.reason,
+                               "baseline": int(t.is_baseline)}
+        row.update({name: _plain(t.params.get(name)) for name in params})
+        row.update({"evals": t.evals, "planned_evals": t.planned_evals, "steps": t.steps,
+                    "wall_time_s": None if t.wall_time_s is None else round(t.wall_time_s, 1)})
+        row[PRIMARY] = t.best_value
+        row["gain_vs_baseline"] = (t.best_value - base_value) if t.best_value is not None and base_value is not None \
+            else None
+        for key, *_ in METRICS[1:]:
+            row[key] = best.get(key)
+        if "threshold" not in params:  # the trial's own threshold, when it is not a searched column
+            row["val/threshold"] = best.get("val/threshold")
+        row.update({"val/loss": best.get("val/loss"), "best_evals": t.best_evals, "best_step": best.get("step"),
+                    "error": t.error or "", "checkpoint": t.best_checkpoint or "", "path": t.path})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    for col in ("evals", "steps", "best_evals", "best_step", "planned_evals"):
+        if col in frame:
+            frame[col] = frame[col].astype("Int64")
+    return frame
+
+
+def ranked(frame: pd.DataFrame, by: str = PRIMARY, ascending: bool = False) -> pd.DataFrame:
+    """Sorted by `by`; trials without a value last; ties by trial number."""
+    return frame.sort_values([by, "trial"], ascending=[ascending, True], na_position="last", kind="stable")
+
+
+# --- Markdown ------------------------------------------------------------------------------------
+
+
+def markdown_table(headers: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
+    """A GitHub Markdown table (pandas' to_markdown needs tabulate, which this project does not use)."""
+    right = set(range(len(headers))) if right is None else right
+    cells = [[str(c).replace("|", "\\|").replace("\n", " ") for c in r] for r in [headers, *rows]]
+    widths = [max(3, *(len(r[i]) for r in cells)) for i in range(len(headers))]
+
+    def line(r: list[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) \
+            + " |"
+
+    rule = "| " + " | ".join(("-" * (w - 1) + ":") if i in right else "-" * w for i, w in enumerate(widths)) + " |"
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])]) + "\n"
+
+
+def fmt(value: Any, spec: str = "{:.4f}") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)) or value is pd.NA:
+        return "-"
+    if isinstance(value, (float, np.floating)):
+        return spec.format(float(value))
+    return str(value)
+
+
+def fmt_param(value: Any) -> str:
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if not math.isfinite(value):
+            return "-"
+        return f"{value:.2e}" if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4) else f"{value:.3g}"
+    return "-" if value is None or value is pd.NA else str(value)
+
+
+def fmt_gain(value: Any) -> str:
+    return "-" if value is None or value is pd.NA or not math.isfinite(float(value)) else f"{float(value):+.4f}"
+
+
+STATE_LABEL = {"finished": "finished", "stopped early": "stopped (ASHA)", "failed": "failed",
+               "unfinished": "unfinished"}
+
+
+def leaderboard_rows(frame: pd.DataFrame, params: list[str], search: str | None = None,
+                     rank: bool = True) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of a leaderboard of `frame` in its order (the caller sorts it)."""
+    headers = (["rank"] if rank else []) + (["search"] if search is not None else []) + \
+              ["trial", "state", "evals", "steps", "val F1", "gain"] + [h for _, h, _ in METRICS[1:]] + \
+              [SHORT.get(p, p) for p in params] + ["min"]
+    rows = []
+    for i, r in enumerate(frame.to_dict("records"), start=1):
+        trial = f"{r['trial']}" + (" (baseline)" if r["baseline"] else "")
+        cells = ([str(i)] if rank else []) + ([str(r.get("search", search))] if search is not None else [])
+        cells += [trial, STATE_LABEL.get(r["state"], r["state"]), fmt(r["evals"]), fmt(r["steps"]),
+                  fmt(r[PRIMARY]), fmt_gain(r["gain_vs_baseline"])]
+        cells += [fmt(r.get(key), spec) for key, _, spec in METRICS[1:]]
+        cells += [fmt_param(r.get(p)) for p in params]
+        cells += [fmt(None if r["wall_time_s"] is None or pd.isna(r["wall_time_s"]) else r["wall_time_s"] / 60,
+                      "{:.1f}")]
+        rows.append(cells)
+    return headers, rows
+
+
+def trials_markdown(name: str, frame: pd.DataFrame, params: list[str], summary: dict[str, Any]) -> str:
+    counts = summary["counts"]
+    budget = summary["budget"]
+    settings = summary.get("settings") or {}
+    best, base = summary["best"], summary["baseline"]
+    lines = [f"# Search `{name}`: trials by val F1-macro", ""]
+    how = (f"ASHA (grace {settings.get('grace_period')}, reduction factor {settings.get('reduction_factor')})"
+           if summary.get("scheduler") == "asha" else "FIFO")
+    lines.append(f"{summary['trials']} of {summary['num_samples']} trials, up to {settings.get('max_evals', '?')} "
+                 f"evaluations each, {how}, TPE seed {settings.get('seed', '?')}: " +
+                 ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "unfinished") + ".")
+    used = f"{budget['evals']} of {budget['max_evals_total']} evaluations ({budget['evals_fraction']:.0%})" \
+        if budget.get("max_evals_total") else f"{budget['evals']} evaluations"
+    lines.append(f"Budget used: {used}, {budget['optimizer_steps']:,} optimizer steps, "
+                 f"{budget['trial_seconds'] / 60:.1f} trial-minutes in {budget['wall_seconds'] / 60:.1f} minutes.")
+    lines.append("")
+    if best:
+        if best["trial"] == (base or {}).get("trial"):
+            gain = " (the baseline itself)"
+        elif best.get("gain_vs_baseline") is not None:
+            gain = f" ({best['gain_vs_baseline']:+.4f} over the baseline)"
+        else:
+            gain = ""
+        lines.append(f"Best: trial {best['trial']}, val F1-macro {best[PRIMARY]:.4f}{gain}, at step "
+                     f"{best['best_step']}; config in `best_config.yaml`, model in `best_model/`.")
+    if base:
+        value = f"val F1-macro {base[PRIMARY]:.4f} (rank {base.get('rank') or '-'})" if base.get(PRIMARY) is not None \
+            else base["reason"] or base["state"]
+        lines.append(f"Baseline: trial {base['trial']}, {value}.")
+    lines += ["", "val F1: the trial's best evaluation, at its own threshold; gain: over the baseline; "
+                  "F1@thr*: F1-macro at the best threshold thr* on val; F1 neg/pos: per-class F1; "
+                  "min: wall time of the trial.", ""]
+    headers, rows = leaderboard_rows(ranked(frame), params)
+    lines.append(markdown_table(headers, rows, right={i for i, h in enumerate(headers) if h not in ("trial", "state")}))
+    imp = summary.get("importance") or {}
+    if imp.get("values"):
+        lines.append(f"Parameter importance ({imp['method']} on the Optuna study, {imp['trials']} trials): " +
+                     ", ".join(f"{SHORT.get(k, k)} {v:.2f}" for k, v in imp["values"].items()) + ".")
+        lines.append("")
+    failed = frame[frame["state"] == "failed"]
+    if len(failed):
+        lines.append("Failed trials:")
+        lines += [f"- trial {r['trial']}: {r['reason']}" for r in failed.to_dict("records")]
+        lines.append("")
+    if summary.get("plots"):
+        lines.append("Plots: " + ", ".join(f"[{Path(p).stem}]({p})" for p in summary["plots"]) + ".")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --- the Optuna study ----------------------------------------------------------------------------
+
+
+def load_study(experiment_dir: Path):
+    """The search's Optuna study from optuna.db (its only study; the folder may have been renamed)."""
+    import optuna
+
+    db = experiment_dir / STUDY_DB
+    if not db.is_file():
+        return None
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    names = optuna.get_all_study_names(storage)
+    if not names:
+        return None
+    name = experiment_dir.name if experiment_dir.name in names else names[0]
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def param_importances(experiment_dir: Path, seed: int = 0) -> dict[str, Any]:
+    """fANOVA importances of the searched parameters for the study's value (a trial's best val F1-macro)."""
+    import optuna
+
+    try:
+        study = load_study(experiment_dir)
+        if study is None:
+            return {"method": "fANOVA", "values": {}, "trials": 0, "error": f"no Optuna study in {STUDY_DB}"}
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if len(complete) < 2:
+            return {"method": "fANOVA", "values": {}, "trials": len(complete),
+                    "error": "fewer than 2 completed trials in the study"}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+        values = {k: float(v) for k, v in values.items() if math.isfinite(v)}
+        return {"method": "fANOVA", "values": values, "trials": len(complete)}
+    except Exception as exc:  # the tables must not depend on it
+        return {"method": "fANOVA", "values": {}, "trials": 0, "error": f"{type(exc).__name__}: {exc}"}
+
+
+# --- the best trial's val predictions (threshold curve) ------------------------------------------
+
+
+def best_val_predictions(experiment_dir: Path, best: TrialRecord) -> dict[str, Any]:
+    """Labels and P(label = 1) of the best model on the search's val split (cached in the folder)."""
+    cache = experiment_dir / VAL_PREDICTIONS
+    if cache.is_file():
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        if cached.get("trial_id") == best.trial_id and cached.get("best_evals") == best.best_evals:
+            return cached
+    import torch
+
+    from afqmc.config import load_config
+    from afqmc.data import load_pairs, split_train_val
+    from afqmc.metrics import classification_metrics
+    from afqmc.predict import load_saved_model, predict_probs
+
+    model_dir = Path(best.best_checkpoint) / "model"
+    cfg = load_config(model_dir / "train_config.yaml")
+    # The same load and split as afqmc.train.prepare_data, from the trial's own (absolute) paths.
+    if cfg.val_file:
+        val = load_pairs(cfg.val_file, require_labels=True, skip_empty=cfg.skip_empty)
+    else:
+        full = load_pairs(cfg.train_file, require_labels=True, skip_empty=cfg.skip_empty,
+                          max_rows=cfg.max_train_samples)
+        _, val = split_train_val(full, cfg.val_ratio, cfg.seed)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the search's output
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer, _ = load_saved_model(model_dir, device)
+    probs = predict_probs(model, tokenizer, val, cfg.max_length, cfg.eval_batch_size, device)
+    recomputed = classification_metrics(val.labels, probs, cfg.threshold)[PRIMARY]
+    out = {"trial_id": best.trial_id, "trial": best.number, "best_evals": best.best_evals,
+           "threshold": cfg.threshold, "stored_f1_macro": best.best_value, "recomputed_f1_macro": recomputed,
+           "source": f"{cfg.val_file or cfg.train_file} (val split: ratio {cfg.val_ratio}, seed {cfg.seed}, "
+                     f"max_train_samples {cfg.max_train_samples}) predicted with {model_dir}",
+           "labels": [int(y) for y in val.labels], "probs": [round(float(p), 7) for p in probs]}
+    cache.write_text(json.dumps(out) + "\n", encoding="utf-8")
+    return out
+
+
+# --- everything ----------------------------------------------------------------------------------
+
+
+def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None = None,
+                  test_file: str | None = None, plots: bool = True, log=print) -> Reports:
+    """Write trials.csv, trials.md, summary.json, best_config.yaml (+ best_model/) and plots/.
+
+    Reads only the experiment folder (and, once, the val data for the threshold curve); works on a
+    finished, interrupted or running search. `test_file` goes into best_config.yaml; by default the
+    space's own.
+    """
+    experiment_dir = Path(experiment_dir).resolve()
+    state = load_state(experiment_dir)
+    if not state:
+        raise FileNotFoundError(f"{experiment_dir}: not a search folder (no search.json)")
+    trials = collect_trials(experiment_dir) if trials is None else trials
+    settings = state.get("settings", {})
+    notes: list[str] = []
+    files: list[Path] = []
+
+    frame = trials_frame(trials, state)
+    params = param_names(trials, state)
+    frame.drop(columns=["path"]).to_csv(experiment_dir / "trials.csv", index=False)
+    files.append(experiment_dir / "trials.csv")
+
+    best = best_trial(trials)
+    if best is not None:
+        export_best(trials, experiment_dir, test_file if test_file is not None else _space_test_file(experiment_dir, state))
+        files += [experiment_dir / "best_config.yaml", experiment_dir / "best_model"]
+    else:
+        notes.append("no trial has a checkpoint with a val F1-macro yet: no best_config.yaml")
+
+    importance = param_importances(experiment_dir, seed=settings.get("seed", 0))
+    if importance.get("error"):
+        notes.append(f"parameter importance: {importance['error']}")
+    summary = _summary(experiment_dir, trials, frame, state, best, importance)
+
+    if plots:
+        from tune import figures
+
+        plot_dir = experiment_dir / "plots"
+        plot_dir.mkdir(exist_ok=True)
+        made = []
+        jobs = [("learning_curves.png", lambda p: figures.learning_curves(trials, p)),
+                ("params_vs_f1.png", lambda p: figures.params_vs_metric(trials, params, *_scales(experiment_dir, state),
+                                                                        path=p))]
+        if importance.get("values"):
+            jobs.append(("importance.png", lambda p: figures.importance(importance["values"], importance["method"],
+                                                                        importance["trials"], p)))
+        preds = None
+        if best is not None:
+            try:
+                preds = best_val_predictions(experiment_dir, best)
+                summary["threshold_curve"] = {k: preds[k] for k in ("trial", "threshold", "stored_f1_macro",
+                                                                     "recomputed_f1_macro", "source")}
+                if abs(preds["recomputed_f1_macro"] - best.best_value) > 1e-4:
+                    notes.append(f"the best model's recomputed val F1-macro {preds['recomputed_f1_macro']:.4f} differs "
+                                 f"from the search's {best.best_value:.4f}: has the data file changed?")
+            except Exception as exc:
+                notes.append(f"threshold curve skipped: the val data or the best model could not be read "
+                             f"({type(exc).__name__}: {exc})")
+            jobs.append(("confusion_matrix.png", lambda p: figures.confusion_matrices(best, best_row(best), preds, p)))
+            if preds is not None:
+                jobs.append(("threshold_curve.png", lambda p: figures.threshold_curve(best, best_row(best), preds, p)))
+        for name, job in jobs:
+            path = plot_dir / name
+            try:
+                job(path)
+                made.append(path)
+            except Exception as exc:  # a plot must not cost the tables
+                notes.append(f"{name} not drawn: {type(exc).__name__}: {exc}")
+        for stale in set(plot_dir.glob("*.png")) - set(made):  # e.g. from before a resume
+            stale.unlink()
+        summary["plots"] = [str(p.relative_to(experiment_dir)) for p in made]
+        files += made
+
+    else:  # tables only: the plots already there stay listed
+        summary["plots"] = sorted(str(p.relative_to(experiment_dir)) for p in (experiment_dir / "plots").glob("*.png"))
+    summary["notes"] = notes
+    (experiment_dir / "trials.md").write_text(trials_markdown(experiment_dir.name, frame, params, summary),
+                                              encoding="utf-8")
+    (experiment_dir / "summary.json").write_text(json.dumps(_clean(summary), indent=2, allow_nan=False) + "\n",
+                                                 encoding="utf-8")
+    files += [experiment_dir / "trials.md", experiment_dir / "summary.json"]
+    for note in notes:
+        log(f"note: {note}")
+    return Reports(experiment_dir, frame, summary, best, files, notes)
+
+
+def _summary(experiment_dir: Path, trials: list[TrialRecord], frame: pd.DataFrame, state: dict[str, Any],
+             best: TrialRecord | None, importance: dict[str, Any]) -> dict[str, Any]:
+    settings = state.get("settings", {})
+    num_samples = state.get("num_samples") or settings.get("num_samples") or len(trials)
+    max_evals = settings.get("max_evals")
+    order = ranked(frame)
+    ranks = {int(t): i for i, t in enumerate(order[order[PRIMARY].notna()]["trial"], start=1)}
+
+    def describe(t: TrialRecord | None) -> dict[str, Any] | None:
+        if t is None:
+            return None
+        row = frame[frame["trial"] == t.number].iloc[0].to_dict()
+        out = {"trial": t.number, "trial_id": t.trial_id, "state": t.state, "reason": t.reason,
+               PRIMARY: t.best_value, "gain_vs_baseline": row["gain_vs_baseline"], "rank": ranks.get(t.number),
+               "evals": t.evals, "best_evals": t.best_evals, "best_step": row["best_step"], "steps": t.steps,
+               "wall_time_s": t.wall_time_s, "params": t.params,
+               "metrics": {k: v for k, v in best_row(t).items()
+                           if k.startswith("val/") or k in ("step", "epoch", "train/loss")},
+               "checkpoint": t.best_checkpoint}
+        return out
+
+    baseline = next((t for t in trials if t.is_baseline), None)
+    walls = [t.wall_time_s for t in trials if t.wall_time_s is not None]
+    stamps = [(r.get("timestamp"), r.get("time_total_s")) for t in trials for r in t.history[:1] + t.history[-1:]]
+    starts = [s - (tt or 0) for s, tt in stamps if s is not None]
+    ends = [s for s, _ in stamps if s is not None]
+    evals_done = int(sum(t.evals for t in trials))
+    max_total = int(num_samples * max_evals) if max_evals else None
+    return {
+        "name": experiment_dir.name, "experiment_dir": str(experiment_dir), "metric": PRIMARY,
+        "generated": datetime.datetime.now().isoformat(timespec="seconds"),
+        "num_samples": num_samples, "trials": len(trials),
+        "complete": len(trials) >= num_samples and all(t.state in STATES[:3] for t in trials),
+        "counts": {s: sum(t.state == s for t in trials) for s in STATES},
+        "best": describe(best), "baseline": describe(baseline),
+        "budget": {"evals": evals_done, "max_evals_total": max_total,
+                   "evals_fraction": evals_done / max_total if max_total else None,
+                   "optimizer_steps": int(sum(t.steps for t in trials)),
+                   "trial_seconds": float(sum(walls)),
+                   "wall_seconds": float(max(ends) - min(starts)) if starts else 0.0},
+        "settings": settings, "scheduler": state.get("scheduler"),
+        "importance": importance,
+    }
+
+
+def _space(experiment_dir: Path, state: dict[str, Any]):
+    from tune.space import load_space
+
+    try:
+        return load_space(experiment_dir / SPACE_COPY, state.get("overrides"), state.get("num_samples"))
+    except Exception:
+        return None
+
+
+def _space_test_file(experiment_dir: Path, state: dict[str, Any]) -> str | None:
+    space = _space(experiment_dir, state)
+    if space is None or not space.base.test_file:
+        return None
+    return str((Path(state.get("cwd", ".")) / space.base.test_file).resolve())
+
+
+def _scales(experiment_dir: Path, state: dict[str, Any]) -> tuple[set[str], dict[str, tuple[float, float]]]:
+    """The parameters searched on a log scale, and the range of each numeric one (from space.yaml)."""
+    space = _space(experiment_dir, state)
+    if space is None:
+        return {"learning_rate"}, {}
+    logs = {n for n, p in space.params.items() if p.type == "loguniform" or p.log}
+    return logs, {n: (p.low, p.high) for n, p in space.params.items() if p.type != "choice"}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, list) and len(value) == 2 and value[0] == 1:  # class weights [1, r]
+        return value[1]
+    return value
+
+
+def _clean(value: Any) -> Any:
+    """Plain JSON: numpy numbers as Python ones, NaN and pandas' NA as null."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if value is None or value is pd.NA or isinstance(value, (bool, str)):
+        return None if value is pd.NA else value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Rebuild the tables and plots of searches from their folders.")
+    parser.add_argument("experiments", nargs="+", metavar="results/NAME")
+    parser.add_argument("--no_plots", action="store_true", help="tables only")
+    args = parser.parse_args(argv)
+    for exp in args.experiments:
+        try:
+            reports = write_reports(exp, plots=not args.no_plots)
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{exp}: wrote " + ", ".join(str(p.relative_to(reports.experiment_dir)) for p in reports.files))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
