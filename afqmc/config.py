@@ -46,6 +46,9 @@ class TrainConfig:
     max_train_samples: int | None = None  # first N rows of train_file (quick runs)
     skip_empty: bool = False  # skip (and count) pairs with an empty sentence instead of failing
     max_length: int = 64
+    # Batches of pairs of similar length (shuffled; seeded per epoch), so dynamic padding pads little:
+    # 1.6-1.8x samples/s on AFQMC (benchmarks/README.md). A speed option, not one to search.
+    group_by_length: bool = False
     # --- optimisation ------------------------------------------------------------------------
     learning_rate: float = 2e-5
     weight_decay: float = 0.01

@@ -1,5 +1,5 @@
 """Sentence-pair data: JSON-lines loading with errors that name file, line and field, the seeded
-stratified split, tokenization (once per data set) and dynamic padding."""
+stratified split, tokenization (once per data set), length-grouped batches and dynamic padding."""
 
 from __future__ import annotations
 
@@ -169,6 +169,53 @@ class PairDataset(torch.utils.data.Dataset):
         if self.encoded.labels is not None:
             item["labels"] = self.encoded.labels[i]
         return item
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler[int]):
+    """Shuffled batches of pairs of similar length, so dynamic padding pads little (`group_by_length`).
+
+    Per epoch, like Hugging Face's `group_by_length`: a random permutation cut into mega-batches of
+    `megabatch` batches, each sorted by length and cut into batches; then the batches are shuffled
+    (HF keeps each mega-batch's batches together), except that the one holding the longest pair goes
+    first, so an out-of-memory error shows at the first step, and the one short batch (if any) goes
+    last. Yields indices: with `DataLoader(batch_size=batch_size)` its consecutive chunks are exactly
+    those batches.
+
+    The order depends only on `seed + epoch` (as Accelerate's seedable sampler), never on a global
+    RNG: the same seed gives the same batches, each epoch others, and a resumed run (which skips the
+    batches already used of its epoch) the same ones as an unbroken run. `set_epoch` is called by
+    Accelerate's prepared loader (also through its per-process shard), as for its own sampler.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, megabatch: int = 50):
+        self.lengths, self.batch_size, self.seed, self.megabatch = list(lengths), batch_size, seed, megabatch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batches(self) -> list[list[int]]:
+        """This epoch's batches, in order."""
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(len(self.lengths), generator=g).tolist()
+        size, step = self.batch_size, self.batch_size * self.megabatch
+        batches = []
+        for start in range(0, len(perm), step):
+            mega = sorted(perm[start:start + step], key=self.lengths.__getitem__, reverse=True)
+            batches += [mega[i:i + size] for i in range(0, len(mega), size)]
+        short = [batches.pop()] if batches and len(batches[-1]) < size else []  # only the last can be short
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        if batches:
+            longest = max(range(len(batches)), key=lambda i: self.lengths[batches[i][0]])  # sorted: [0] is longest
+            batches.insert(0, batches.pop(longest))
+        return batches + short
+
+    def __iter__(self):
+        for batch in self.batches():
+            yield from batch
 
 
 def collate(batch: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Tensor]:

@@ -36,8 +36,8 @@ from transformers.utils import logging as hf_logging
 from afqmc.checkpoint import (TRAINER_STATE_NAME, CheckpointError, atomic_directory, resolve_directory,
                               save_model_dir, write_json)
 from afqmc.config import ConfigError, TrainConfig, load_config, parse_overrides
-from afqmc.data import (DataError, Encoded, PairDataset, collate, count_overlap, encode, load_pairs,
-                        split_train_val)
+from afqmc.data import (DataError, Encoded, LengthGroupedSampler, PairDataset, collate, count_overlap, encode,
+                        load_pairs, split_train_val)
 from afqmc.metrics import best_threshold, classification_metrics
 from afqmc.modeling import load_model, load_tokenizer
 
@@ -160,8 +160,11 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
     pad = functools.partial(collate, pad_id=data.tokenizer.pad_token_id or 0)
     # An own generator: DataLoader draws each iterator's base seed from it, not from the global RNG
     # that dropout uses, so a resumed run (new iterator after restoring the RNG) matches an unbroken one.
+    # group_by_length: batches of similar length, in an order seeded by cfg.seed + epoch (set_epoch below).
+    grouped = LengthGroupedSampler([len(x) for x in data.train.input_ids], cfg.per_device_batch_size,
+                                   seed=cfg.seed) if cfg.group_by_length else None
     train_loader = torch.utils.data.DataLoader(PairDataset(data.train), batch_size=cfg.per_device_batch_size,
-                                               shuffle=True, collate_fn=pad,
+                                               shuffle=grouped is None, sampler=grouped, collate_fn=pad,
                                                generator=torch.Generator().manual_seed(cfg.seed))
     val_loader = torch.utils.data.DataLoader(PairDataset(data.val), batch_size=cfg.eval_batch_size,
                                              collate_fn=pad)

@@ -17,6 +17,8 @@ def test_yaml_then_cli_override(tmp_path):
     assert cfg.per_device_batch_size == 8
     assert cfg.class_weights == [0.72, 1.62]
     assert load_config(path).learning_rate == pytest.approx(2e-5)
+    assert TrainConfig().group_by_length is False
+    assert load_config(path, parse_overrides(["--group_by_length", "true"])).group_by_length is True
 
 
 def test_class_weight_shorthand_and_balanced():
@@ -44,6 +46,8 @@ def test_class_weight_shorthand_and_balanced():
     ({"per_device_batch_size": "many"}, "per_device_batch_size"),
     ({"learning_rate": float("nan")}, "learning_rate"),
     ({"lerning_rate": 1e-3}, "lerning_rate"),
+    ({"group_by_length": "sometimes"}, "group_by_length"),
+    ({"group_by_length": 1}, "group_by_length"),
 ])
 def test_invalid_values_name_the_field(values, field):
     with pytest.raises(ConfigError) as err:

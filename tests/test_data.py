@@ -3,7 +3,8 @@ import json
 import pytest
 
 from afqmc.config import from_dict
-from afqmc.data import (DataError, collate, count_overlap, encode, load_pairs, split_train_val, PairDataset)
+from afqmc.data import (DataError, LengthGroupedSampler, PairDataset, collate, count_overlap, encode, load_pairs,
+                        split_train_val)
 from afqmc.make_demo import generate
 from afqmc.modeling import load_tokenizer
 from conftest import AFQMC_TRAIN, DEMO_TEST, DEMO_TRAIN, VOCAB, need_shared, write_lines
@@ -114,3 +115,40 @@ def test_unk_rate_on_real_afqmc_with_the_macbert_vocab():
     enc = encode(tok, data, 64)
     unk = sum(ids.count(tok.unk_token_id) for ids in enc.input_ids)
     assert unk / enc.num_tokens() < 0.01
+
+
+def test_length_grouped_batches_are_seeded_per_epoch_and_cover_every_pair_once():
+    lengths = [(i * 37) % 61 + 4 for i in range(1000)]  # 1000 pairs: 31 batches of 32, one of 8
+    sampler = LengthGroupedSampler(lengths, batch_size=32, seed=7, megabatch=5)
+    epoch0 = sampler.batches()
+    assert LengthGroupedSampler(lengths, 32, seed=7, megabatch=5).batches() == epoch0  # same seed, same batches
+    assert LengthGroupedSampler(lengths, 32, seed=8, megabatch=5).batches() != epoch0
+    assert list(sampler) == [i for b in epoch0 for i in b]  # DataLoader(batch_size=32) cuts exactly these
+    sampler.set_epoch(1)
+    epoch1 = sampler.batches()
+    assert epoch1 != epoch0
+    for batches in (epoch0, epoch1):
+        assert sorted(i for b in batches for i in b) == list(range(1000))  # every pair once per epoch
+        assert [len(b) for b in batches] == [32] * 31 + [8]  # the short batch last
+        assert max(lengths[i] for i in batches[0]) == max(lengths)  # the longest first (OOM shows at once)
+        # Within a batch the lengths are close: a sorted mega-batch of 160 pairs spans all 61 lengths in
+        # 5 batches, ~12 each (random batches of 32 span ~55).
+        assert sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches) < 16
+    sampler.set_epoch(0)
+    assert sampler.batches() == epoch0  # an epoch's order depends on seed + epoch only (resume)
+
+
+def test_length_grouping_cuts_padding_on_real_afqmc():
+    """Mean padded width per batch of 32 (what dynamic padding pads to) on 6,400 AFQMC pairs."""
+    need_shared()
+    import torch
+
+    tok = load_tokenizer(from_dict({"model_name_or_path": "tiny", "vocab_file": str(VOCAB)}))
+    lengths = [len(x) for x in encode(tok, load_pairs(AFQMC_TRAIN, max_rows=6400), 64).input_ids]
+    perm = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist()
+    random_width = sum(max(lengths[i] for i in perm[k:k + 32]) for k in range(0, len(perm), 32)) / 200
+    batches = LengthGroupedSampler(lengths, 32, seed=0).batches()
+    grouped_width = sum(max(lengths[i] for i in b) for b in batches) / len(batches)
+    mean_length = sum(lengths) / len(lengths)
+    assert 20 < mean_length < 40 and random_width > 50  # AFQMC: ~30 tokens a pair, a long tail
+    assert grouped_width < 1.1 * mean_length < 0.7 * random_width

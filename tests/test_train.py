@@ -104,9 +104,10 @@ def test_metrics_reported_at_every_evaluation_and_best_model_reloads(tiny_cfg, t
     assert json.loads((out / "summary.json").read_text())["best_step"] == summary["best_step"]
 
 
-def test_resume_matches_an_uninterrupted_run(tiny_cfg, tmp_path):
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_resume_matches_an_uninterrupted_run(tiny_cfg, tmp_path, group_by_length):
     """Stop after the 2nd evaluation (mid-epoch), resume from the checkpoint, end where one run ends."""
-    common = dict(eval_steps=4, max_steps=12, max_train_samples=800, dropout=0.1)
+    common = dict(eval_steps=4, max_steps=12, max_train_samples=800, dropout=0.1, group_by_length=group_by_length)
     full = []
     train(tiny_cfg(output_dir=str(tmp_path / "full"), **common), report=lambda m, c: full.append(m), progress=False)
 
@@ -126,6 +127,32 @@ def test_resume_matches_an_uninterrupted_run(tiny_cfg, tmp_path):
     assert [m["step"] for m in resumed] == [12]
     for key in ("train/loss", "val/loss", "val/f1_macro", "train/lr"):
         assert resumed[-1][key] == pytest.approx(full[-1][key], rel=1e-4, abs=1e-6), key
+
+
+def test_group_by_length_trains_on_the_samplers_batches_each_epoch(tiny_cfg, monkeypatch):
+    """train() with group_by_length takes its batches from LengthGroupedSampler, re-drawn per epoch
+    (Accelerate's prepared loader passes set_epoch on to it)."""
+    import afqmc.train as afqmc_train
+    from afqmc.data import LengthGroupedSampler
+
+    cfg = tiny_cfg(group_by_length=True, max_steps=30, eval_steps=30, max_train_samples=400)  # 320 train pairs: 10 batches
+    data = prepare_data(cfg)
+    seen, original = [], afqmc_train.collate
+
+    def recording(batch, pad_id=0):
+        seen.append(sorted(tuple(x["input_ids"]) for x in batch))
+        return original(batch, pad_id=pad_id)
+
+    monkeypatch.setattr(afqmc_train, "collate", recording)
+    train(cfg, data=data, progress=False)
+    lengths = [len(x) for x in data.train.input_ids]
+    sampler = LengthGroupedSampler(lengths, cfg.per_device_batch_size, seed=cfg.seed)
+    expected = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        expected += [sorted(tuple(data.train.input_ids[i]) for i in b) for b in sampler.batches()]
+    assert seen[:30] == expected  # (the val batches follow)
+    assert expected[:10] != expected[10:20]
 
 
 def test_nan_loss_stops_the_run_with_the_reason(tiny_cfg):
