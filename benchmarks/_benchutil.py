@@ -19,6 +19,10 @@ from typing import Any, Iterable, Sequence
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # a fresh clone without `pip install -e .` still finds afqmc/ and tune/
     sys.path.insert(1, str(REPO))
+# ... and so do the processes started from here: Ray's trial workers (which see the driver's script
+# folder and working directory, neither of them the repository) and the peer's worker process.
+if str(REPO) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO), os.environ.get("PYTHONPATH")) if x)
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"  # never copied into the repository
 
@@ -123,3 +127,56 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class DualClock:
+    """Stands in for the `time` module of afqmc.train: `perf_counter()` returns this process's CPU
+    time, so train()'s own `train/samples_per_second` counts CPU seconds, and every call also notes
+    the wall time, so the wall-clock figure of the same span can be read back (`wall_between`).
+
+    Why: on a machine shared with other work, wall time swings with their load (per-pair ratios of
+    0.90 to 1.26 were seen for identical work), while a 1-thread process's CPU time measures the
+    work itself; on an otherwise idle machine the two agree.
+    """
+
+    def __init__(self):
+        import time as _time
+
+        self._time = _time
+        self.calls: list[tuple[float, float]] = []  # (cpu, wall) at each perf_counter() call
+
+    def perf_counter(self) -> float:
+        cpu, wall = self._time.process_time(), self._time.perf_counter()
+        self.calls.append((cpu, wall))
+        return cpu
+
+    def __getattr__(self, name: str):
+        return getattr(self._time, name)
+
+    def spans(self) -> tuple[float, float]:
+        """CPU and wall seconds summed over the timed spans. train() alternates `started = clock()` and
+        `train_seconds += clock() - started`, so the spans are calls (0, 1), (2, 3), ...; a last
+        unpaired call (the restart after the final evaluation) times nothing."""
+        cpu = sum(self.calls[i + 1][0] - self.calls[i][0] for i in range(0, len(self.calls) - 1, 2))
+        wall = sum(self.calls[i + 1][1] - self.calls[i][1] for i in range(0, len(self.calls) - 1, 2))
+        return cpu, wall
+
+
+class Span:
+    """CPU and wall seconds of a block: `with Span() as s: ...; s.cpu, s.wall`."""
+
+    def __enter__(self):
+        import time as _time
+
+        self._t = _time
+        self._cpu, self._wall = _time.process_time(), _time.perf_counter()
+        return self
+
+    def stop(self) -> "Span":
+        self.cpu = self._t.process_time() - self._cpu
+        self.wall = self._t.perf_counter() - self._wall
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False

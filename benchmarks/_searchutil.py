@@ -19,17 +19,25 @@ import _benchutil as bu
 
 CPU_SPACE = bu.REPO / "search_spaces" / "afqmc_cpu.yaml"
 
-# Full and quick budgets. Full: 2 epochs of the 28.8k AFQMC training pairs at batch 64, one evaluation
-# per 150 updates (1/3 epoch). Quick: the first 2,000 pairs, 30 updates.
-FULL = dict(num_samples=8, n_startup_trials=4, max_evals=6, grace_period=1, reduction_factor=3,
-            eval_steps=150, max_train_samples=None)
+# The full budget is the product's CPU space as shipped (its search settings and eval_steps: 2 epochs of
+# the 28.8k AFQMC training pairs at batch 64, one evaluation per 150 updates). Quick: the first 2,000
+# pairs, 4 trials of up to 30 updates.
+BUDGET_KEYS = ("num_samples", "n_startup_trials", "max_evals", "grace_period", "reduction_factor", "eval_steps",
+               "max_train_samples")
 QUICK = dict(num_samples=4, n_startup_trials=2, max_evals=3, grace_period=1, reduction_factor=2,
              eval_steps=10, max_train_samples=2000)
 
 
+def full_budget() -> dict[str, Any]:
+    space = yaml.safe_load(CPU_SPACE.read_text(encoding="utf-8"))
+    out = {k: space["search"][k] for k in BUDGET_KEYS[:5]}
+    out.update(eval_steps=space["params"]["eval_steps"], max_train_samples=space["params"].get("max_train_samples"))
+    return out
+
+
 def budget(args) -> dict[str, Any]:
-    """FULL or QUICK, with any of its keys overridden by a command-line option of the same name."""
-    out = dict(QUICK if args.quick else FULL)
+    """The full or quick budget, with any of its keys overridden by a command-line option of the same name."""
+    out = dict(QUICK) if args.quick else full_budget()
     for key in out:
         value = getattr(args, key, None)
         if value is not None:
@@ -38,9 +46,11 @@ def budget(args) -> dict[str, Any]:
 
 
 def add_budget_args(p) -> None:
-    for key in FULL:
+    full = full_budget()
+    for key in BUDGET_KEYS:
         p.add_argument(f"--{key}", type=float if key == "reduction_factor" else int,
-                       help=f"override the budget's {key} (full {FULL[key]}, quick {QUICK[key]})")
+                       help=f"override the budget's {key} (full: search_spaces/afqmc_cpu.yaml's {full[key]}; "
+                            f"quick {QUICK[key]})")
 
 
 def write_space(path: Path, data_dir: Path, b: dict[str, Any], seed: int = 0) -> Path:
@@ -82,15 +92,12 @@ def run_search(space_path: Path, name: str, scheduler: str, results_dir: Path, e
     return {"wall_s": wall, **search_figures(results_dir / name)}
 
 
-def trial_steps(trial_dir: Path) -> int:
-    """Optimizer updates a trial ran: the last `step` it reported (Ray's result.json, one line per report)."""
+def trial_reports(trial_dir: Path) -> list[dict[str, Any]]:
+    """What a trial reported, one dict per evaluation (Ray's result.json, one JSON line per report)."""
     path = Path(trial_dir) / "result.json"
-    steps = 0
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                steps = max(steps, int(json.loads(line).get("step", 0)))
-    return steps
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def search_figures(exp_dir: Path) -> dict[str, Any]:
@@ -98,11 +105,50 @@ def search_figures(exp_dir: Path) -> dict[str, Any]:
 
     trials = collect_trials(exp_dir)
     rows = []
+    curves = {}
     for t in trials:
-        rows.append({"trial": t.number, "state": t.state, "evals": t.evals, "steps": trial_steps(Path(t.path)),
+        reports = trial_reports(Path(t.path))
+        curves[t.number] = [r.get("val/f1_macro") for r in reports]
+        rows.append({"trial": t.number, "state": t.state, "evals": t.evals,
+                     "steps": max((int(r.get("step", 0)) for r in reports), default=0),  # optimizer updates run
                      "best_f1": t.best_value, **t.params})
     best = [r["best_f1"] for r in rows if r["best_f1"] is not None and math.isfinite(r["best_f1"])]
-    return {"trials": rows, "total_steps": sum(r["steps"] for r in rows),
+    return {"trials": rows, "curves": curves, "total_steps": sum(r["steps"] for r in rows),
             "best_f1_macro": max(best) if best else None,
             "stopped_early": sum(r["state"] == "stopped early" for r in rows),
             "failed": sum(r["state"] == "failed" for r in rows)}
+
+
+def asha_milestones(max_t: int, grace: int, rf: float) -> list[int]:
+    """Ray's AsyncHyperBandScheduler rungs (one bracket): grace * rf^k below max_t."""
+    n = int(math.log(max_t / grace) / math.log(rf) + 1)
+    return [int(grace * rf ** k) for k in range(n) if grace * rf ** k < max_t]
+
+
+def simulate_asha(curves: dict[int, list[float]], max_t: int, grace: int, rf: float) -> dict[str, Any]:
+    """ASHA's stopping rule replayed on full learning curves (FIFO's), trials taken in order.
+
+    Ray's rule: when a trial reaches a rung, it stops if its current value is below the
+    (1 - 1/rf) quantile of the values recorded at that rung so far (the first one always goes on).
+    A replay, not a measurement: the real search would also sample other trials after TPE's start.
+    """
+    import numpy as np
+
+    rungs: dict[int, list[float]] = {m: [] for m in asha_milestones(max_t, grace, rf)}
+    used, best = 0, -math.inf
+    for number in sorted(curves):
+        curve = curves[number][:max_t]
+        stop_at = len(curve)
+        for i, value in enumerate(curve, start=1):
+            if i in rungs:
+                recorded = rungs[i]
+                cutoff = np.nanpercentile(recorded, (1 - 1 / rf) * 100) if recorded else None
+                recorded.append(value)
+                if cutoff is not None and value < cutoff:
+                    stop_at = i
+                    break
+        used += stop_at
+        best = max([best, *[v for v in curve[:stop_at] if v is not None]])
+    full = sum(len(c[:max_t]) for c in curves.values())
+    return {"grace_period": grace, "reduction_factor": rf, "rungs": list(rungs), "evals_used": used,
+            "evals_fifo": full, "steps_ratio": used / full if full else None, "best_f1_macro": best}

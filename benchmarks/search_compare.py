@@ -78,27 +78,39 @@ def hf_search(space_path: Path, b: dict[str, Any], backend: str, workdir: Path, 
     data = prepare_data(cfg)
     current: dict[str, Any] = {"number": -1, **baseline}  # the running trial's sampled values
     evals: list[dict[str, Any]] = []  # every evaluation of every trial (optuna backend: same process)
+    current_log: dict[int, dict[str, Any]] = {}  # the values each trial's model, loss and metrics used
+    curves: dict[int, list[float]] = {}
+    used: dict[int, Any] = {}
+
+    def suggest(trial) -> dict[str, Any]:
+        """The trial's values, in the space's order (as our OptunaSearch asks them). Optuna returns the
+        same value when a name is suggested again in a trial, so model_init and hp_space agree."""
+        return {name: trial.suggest_float(name, spec["low"], spec["high"], log=spec["type"] == "loguniform")
+                for name, spec in params.items()}
 
     def sampled(trial) -> dict[str, Any]:
-        if trial is None:
+        if trial is None:  # Trainer.__init__ builds one model before any trial
             return dict(baseline)
         if isinstance(trial, dict):  # the Ray backend passes the trial's config
-            return {**baseline, **{k: v for k, v in trial.items() if k in params}}
-        return {**baseline, **trial.params}  # Optuna: hp_space(trial) already ran for this trial
+            return {**baseline, **{("warmup_ratio" if k == "warmup_steps" else k): v for k, v in trial.items()}}
+        # Optuna: Trainer.train calls model_init(trial) before hp_space(trial), so nothing is
+        # suggested yet when the model is built; suggest here (dropout, class weights, threshold).
+        return {**baseline, **suggest(trial)}
 
     def model_init(trial=None):
         values = sampled(trial)
         current.update(values, number=getattr(trial, "number", current["number"] + 1))
+        if trial is not None:
+            current_log[current["number"]] = dict(current)
         return load_model(cfg.replace(dropout=values["dropout"]), data.tokenizer)
 
     def hp_space(trial) -> dict[str, Any]:
-        out = {}
-        for name, spec in params.items():  # the space's order, as our OptunaSearch asks them
-            if backend == "ray":
-                from ray import tune as rt
-                out[name] = (rt.loguniform if spec["type"] == "loguniform" else rt.uniform)(spec["low"], spec["high"])
-            else:
-                out[name] = trial.suggest_float(name, spec["low"], spec["high"], log=spec["type"] == "loguniform")
+        if backend == "ray":
+            from ray import tune as rt
+            out = {name: (rt.loguniform if spec["type"] == "loguniform" else rt.uniform)(spec["low"], spec["high"])
+                   for name, spec in params.items()}
+        else:
+            out = suggest(trial)
         if "warmup_ratio" in out:
             out["warmup_steps"] = out.pop("warmup_ratio")  # transformers 5: a float < 1 is a ratio
         return out
@@ -150,6 +162,8 @@ def hf_search(space_path: Path, b: dict[str, Any], backend: str, workdir: Path, 
             trials.append({"trial": t.number + 1, "state": t.state.name.lower(), "evals": len(mine),
                            "steps": max((e["step"] for e in mine), default=0),
                            "best_f1": max((e["f1"] for e in mine), default=None), **t.params})
+            curves[t.number + 1] = [e["f1"] for e in mine]
+            used[t.number + 1] = {k: current_log[t.number][k] for k in params} if t.number in current_log else None
     else:
         from ray.tune.search.optuna import OptunaSearch
 
@@ -164,11 +178,17 @@ def hf_search(space_path: Path, b: dict[str, Any], backend: str, workdir: Path, 
         for i, t in enumerate(analysis.trials):
             df = analysis.trial_dataframes.get(t.trial_id)
             f1s = list(df["eval_f1_macro"].dropna()) if df is not None and "eval_f1_macro" in df else []
+            curves[i + 1] = f1s
             trials.append({"trial": i + 1, "state": t.status.lower(), "evals": len(f1s),
                            "steps": len(f1s) * b["eval_steps"], "best_f1": max(f1s) if f1s else None,
                            **{k: t.config.get(k, t.config.get("warmup_steps")) for k in params}})
     scored = [t["best_f1"] for t in trials if t["best_f1"] is not None]
-    return {"wall_s": wall, "trials": trials, "total_steps": sum(t["steps"] for t in trials),
+    if used and any(u is not None for u in used.values()):
+        # The values the model, loss and metrics used must be the trial's (Optuna's record of it).
+        for t in trials:
+            u = used.get(t["trial"])
+            assert u is None or all(abs(u[k] - t[k]) < 1e-12 for k in params), (u, t)
+    return {"wall_s": wall, "trials": trials, "curves": curves, "total_steps": sum(t["steps"] for t in trials),
             "best_f1_macro": max(scored) if scored else None, "best_run_objective": best.objective,
             "pruned": sum(t["state"] == "pruned" for t in trials), "threads": threads}
 
@@ -235,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name] = {**su.run_search(space, name, name, workdir / "results"), "load_at_start": load}
             else:
                 runs[name] = run_peer(backend, space, workdir, budget_file, args.hf_threads)
+            if args.json:  # what is done so far survives an interrupted run
+                bu.write_json(args.json, {"benchmark": "search_compare", "partial": True, "budget": b, "runs": runs})
 
     asha, fifo = runs["asha"], runs["fifo"]
     result: dict[str, Any] = {"benchmark": "search_compare", "quick": args.quick, "machine": info, "budget": b,
@@ -262,6 +284,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ASHA / FIFO: updates {result['steps_ratio']:.3f} (goal <= {GOAL_STEPS}), best F1-macro "
           f"{result['f1_ratio']:.4f} (goal >= {GOAL_F1}), wall time {result['asha_fifo_wall_ratio']:.3f}: "
           f"{'MET' if result['goal_met_asha'] else 'MISSED'}")
+
+    # ASHA's rule replayed on FIFO's full learning curves, for other settings than the space's
+    fifo_curves = {int(k): v for k, v in fifo["curves"].items()}
+    sims = []
+    for grace, rf in ((1, 2), (1, 3), (2, 2), (2, 3), (b["grace_period"], b["reduction_factor"])):
+        if grace >= b["max_evals"] or any(s["grace_period"] == grace and s["reduction_factor"] == rf for s in sims):
+            continue
+        sim = su.simulate_asha(fifo_curves, b["max_evals"], grace, rf)
+        sim["f1_ratio"] = sim["best_f1_macro"] / fifo["best_f1_macro"] if fifo["best_f1_macro"] else None
+        sims.append(sim)
+    result["asha_replayed_on_fifo"] = sims
+    print()
+    print(bu.table(sims, ["grace_period", "reduction_factor", "rungs", "steps_ratio", "best_f1_macro", "f1_ratio"],
+                   "ASHA's rule replayed on FIFO's learning curves (a replay, not a measured search)"))
 
     # 2. ours (ASHA) against the peer
     for name, r in runs.items():

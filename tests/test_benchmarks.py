@@ -40,9 +40,13 @@ def test_loop_overhead_quick(tmp_path):
                             "--data", str(SHARED))
     assert res["identical_batches"]  # the plain loop trained on exactly train()'s batches
     assert res["train_loss_ours"] == pytest.approx(res["train_loss_plain"], rel=1e-4)  # ... and did the same work
-    assert positive(res["ours_samples_per_second"]) and positive(res["plain_samples_per_second"])
-    assert res["ratio"] == pytest.approx(res["pairs"][0]["ours_samples_s"] / res["pairs"][0]["plain_samples_s"])
-    assert "ours / plain samples/s" in stdout
+    for key in ("ours_samples_per_second", "plain_samples_per_second", "ours_samples_per_cpu_second",
+                "plain_samples_per_cpu_second"):
+        assert positive(res[key]), key
+    pair = res["pairs"][0]
+    assert res["ratio"] == pytest.approx(pair["ours_cpu"] / pair["plain_cpu"])
+    assert res["ratio_wall"] == pytest.approx(pair["ours_wall"] / pair["plain_wall"])
+    assert "ours / plain samples per CPU second" in stdout
 
 
 @pytest.mark.slow
@@ -52,11 +56,13 @@ def test_dynamic_padding_quick(tmp_path):
                             "--quality_pairs", "320", "--val_pairs", "256", "--data", str(SHARED))
     assert 20 < res["padding"]["mean_pair_tokens"] < 40  # AFQMC pairs are about 30 tokens
     assert res["padding"]["grouped_mean_width"] < res["padding"]["dynamic_mean_width"] <= 64
-    assert all(positive(r["samples_s_median"]) for r in res["speed"]) and len(res["speed"]) == 5
-    assert all(positive(v) for v in res["ratios"].values())
-    assert [q["variant"] for q in res["quality"]] == ["ours/dynamic", "ours/pad64", "plain/grouped"]
+    assert all(positive(r["cpu_median"]) and positive(r["wall_median"]) for r in res["speed"]) and len(res["speed"]) == 6
+    assert len(res["ratios"]) == 7 and all(positive(v) for v in [*res["ratios"].values(), *res["ratios_wall"].values()])
+    runs = res["speed_runs_cpu"]
+    assert res["ratios"]["ours_grouped_vs_pad64"] == pytest.approx(runs["ours/grouped"][0] / runs["ours/pad64"][0])
+    assert [q["variant"] for q in res["quality"]] == ["ours/grouped", "ours/dynamic", "ours/pad64"]
     assert all(f1(q["val_f1_macro"]) and q["steps"] == 10 for q in res["quality"])
-    assert "ours/dynamic vs ours/pad64" in stdout
+    assert "ours/grouped vs ours/pad64 (group_by_length: true)" in stdout
 
 
 @pytest.mark.slow
