@@ -2,7 +2,11 @@
 security defaults. (Faults of a search are tested with the search.)"""
 
 import errno
+import ipaddress
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,3 +166,39 @@ def test_saved_weights_are_safetensors_only(tiny_cfg, tmp_path):
 def test_bad_model_paths(path, message):
     with pytest.raises(ConfigError, match=f"model_name_or_path.*{message}"):
         modeling.load_tokenizer(from_dict({"model_name_or_path": path}))
+
+
+# Starts Ray as `python tune/search.py` does (local, no --address), runs a task so that a worker process
+# exists too, then lists every listening socket of this process and its descendants.
+LISTENERS = """
+import json, sys
+sys.argv = ["tune/search.py"]
+import tune.search as search  # sets the loopback switch before Ray is imported
+import psutil, ray
+search._init_ray(None)
+ray.get(ray.remote(lambda: 1).remote())
+me = psutil.Process()
+listening = []
+for p in [me, *me.children(recursive=True)]:
+    try:
+        listening += [(p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections(kind="inet")
+                      if c.status == psutil.CONN_LISTEN]
+    except psutil.Error:
+        pass
+print(json.dumps(listening))
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_the_local_ray_of_a_search_listens_on_loopback_only():
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", LISTENERS], cwd=root, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    listening = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {name for name, _, _ in listening} >= {"gcs_server", "raylet"}  # Ray's own servers were seen
+    for name, ip, port in listening:
+        addr = ipaddress.ip_address(ip)
+        addr = getattr(addr, "ipv4_mapped", None) or addr
+        assert addr.is_loopback, f"{name} listens on {ip}:{port}"
+    assert "dashboard" not in " ".join(name for name, _, _ in listening).lower()

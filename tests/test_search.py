@@ -127,6 +127,7 @@ def test_overrides_fix_a_searched_field(tmp_path):
 
 def test_trial_state_tells_asha_stops_from_finished_trials():
     assert trial_state("ERROR", {"evals": 1}, 6) == "failed"
+    assert trial_state("TERMINATED", {"evals": 2, "failed": "training loss is nan"}, 6) == "failed"  # run_trial's
     assert trial_state("RUNNING", {"evals": 1}, 6) == "unfinished"
     assert trial_state("TERMINATED", {"evals": 6, "planned_evals": 6, "done": True}, 6) == "finished"
     assert trial_state("TERMINATED", {"evals": 4, "planned_evals": 4, "done": True}, 6) == "finished"  # own schedule
@@ -347,3 +348,98 @@ def test_interrupted_search_resumes_and_accounts_for_every_trial_once(tmp_path):
 
     study = optuna.load_study(study_name="intr", storage=f"sqlite:///{exp_dir / 'optuna.db'}")
     assert len(study.trials) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+# Runs the search with the given arguments; on a search of _fault_space, trial 1 (the baseline) is good
+# and every trial with learning rate 1e4 diverges to a NaN loss within a few updates.
+def _fault_space(tmp_path: Path, num_samples: int) -> Path:
+    path = _test_space(tmp_path, ROOT / "afqmc/demo_data/train.jsonl", num_samples=num_samples, max_steps=40)
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    spec["search"].update(n_startup_trials=num_samples, max_failures=2)  # every trial sampled by the seeded RNG
+    spec["params"]["learning_rate"] = {"type": "choice", "values": [5.0e-4, 1.0e4], "baseline": 5.0e-4}
+    spec["params"]["max_grad_norm"] = 1.0e9  # no clipping: lr 1e4 reaches NaN at once
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _trial_dir_of(exp_dir: Path, params: dict) -> Path:
+    for d in exp_dir.glob("trial_*"):
+        if (d / "params.json").is_file() and json.loads((d / "params.json").read_text()) == params:
+            return d
+    raise AssertionError(f"no trial folder with {params}")
+
+
+@pytest.mark.slow
+def test_search_survives_a_nan_trial_a_killed_worker_and_a_killed_driver(tmp_path):
+    """Issue 5, cases 9, 12 and 13 in one search: a trial whose loss turns NaN fails alone, with the
+    reason; the baseline trial's worker is killed (SIGKILL) after its second evaluation and the
+    trial goes on from its checkpoint; then the driver itself is killed (SIGKILL) and
+    `--resume` finishes the search, with the Optuna study intact."""
+    num_samples = 5
+    space_file = _fault_space(tmp_path, num_samples)
+    space = load_space(space_file)
+    exp_dir = tmp_path / "results" / "faults"
+    proc = subprocess.Popen([sys.executable, "tune/search.py", "--space", str(space_file), "--name", "faults",
+                             "--results_dir", str(tmp_path / "results")], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out, worker_pid, killed_driver = [], None, False
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            if worker_pid is None and re.search(r"trial 1 eval 2/", line):
+                rows = _rows(_trial_dir_of(exp_dir, space.baseline()))
+                worker_pid = rows[-1]["pid"]
+                os.kill(worker_pid, signal.SIGKILL)  # the trial's worker process, not the search
+            if worker_pid and re.search(r"trial 1 eval [3-8]/", line):
+                os.kill(proc.pid, signal.SIGKILL)  # the search driver: no chance to save anything
+                killed_driver = True
+                break
+        proc.wait(timeout=60)
+    finally:
+        time.sleep(3)  # Ray's own processes notice that their driver is gone
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of this search's processes
+        except ProcessLookupError:
+            pass
+    first = "".join(out)
+    assert killed_driver and proc.returncode == -signal.SIGKILL, first[-4000:]
+    assert re.search(r"trial 1 lost its worker .*retrying from its last checkpoint", first), first[-4000:]
+
+    second = subprocess.run([sys.executable, "tune/search.py", "--resume", str(exp_dir)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-3000:]
+
+    trials = _trials_csv(exp_dir)
+    assert len(trials) == num_samples and len({t["trial_id"] for t in trials}) == num_samples
+    assert sorted(int(t["trial"]) for t in trials) == list(range(1, num_samples + 1))
+    assert all(t["state"] in DONE_STATES for t in trials)
+
+    # 9: the NaN trials failed, with the reason in the tables; the others did not.
+    nan_trials = [t for t in trials if float(t["learning_rate"]) == 1e4]
+    assert nan_trials, "the seeded sampler picked no lr 1e4: change the seed of the test"
+    for t in trials:
+        if t in nan_trials:
+            assert t["state"] == "failed" and re.search(r"training loss is (nan|inf)", t["reason"]), t
+        else:
+            assert t["state"] != "failed", t
+    table = (exp_dir / "trials.md").read_text(encoding="utf-8")
+    assert table.count("| failed ") == len(nan_trials) and "training loss is" in table
+
+    # 13: the baseline went on from the checkpoint it had when its worker died: evaluation 1 ran once,
+    # and after the restart its iteration counter started again from a restored checkpoint.
+    rows = _rows(_trial_dir_of(exp_dir, space.baseline()))
+    evals = [r["evals"] for r in rows]
+    assert evals.count(1) == 1 and sorted(set(evals)) == list(range(1, max(evals) + 1)), evals
+    assert any(r["iterations_since_restore"] < r["training_iteration"] for r in rows)
+    assert len({r["pid"] for r in rows}) >= 2  # another worker process took over
+
+    # 12: the study holds every trial once: the NaN ones FAIL with the reason, the others COMPLETE.
+    import optuna
+
+    study = optuna.load_study(study_name="faults", storage=f"sqlite:///{exp_dir / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert len(study.trials) == num_samples, states
+    assert states.count(optuna.trial.TrialState.FAIL) == len(nan_trials), states
+    assert states.count(optuna.trial.TrialState.COMPLETE) == num_samples - len(nan_trials), states
+    assert all("training loss is" in t.user_attrs["failed"] for t in study.trials
+               if t.state == optuna.trial.TrialState.FAIL)

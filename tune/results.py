@@ -19,6 +19,8 @@ from afqmc.checkpoint import atomic_directory
 from afqmc.config import load_config
 
 PRIMARY = "val/f1_macro"
+SEARCHER_METRIC = "best/val_f1_macro"  # a trial's value for TPE: its best val F1-macro so far
+FAILED = "failed"  # the key of a trial's last report when it failed on its own (NaN loss): the reason
 STATE_NAME = "search.json"
 # Metrics of a trial's best evaluation kept in the table (besides PRIMARY).
 BEST_COLUMNS = ("val/accuracy", "val/f1_0", "val/f1_1", "val/loss", "val/best_threshold",
@@ -55,11 +57,11 @@ def trial_state(status: str, last_result: dict[str, Any] | None, max_evals: int)
     ASHA stopped it. A trial that ASHA stopped reached neither the search's budget (`max_evals`),
     nor its own last evaluation (`planned_evals`, reported by the trainable), nor its patience.
     """
-    if status == "ERROR":
+    last = last_result or {}
+    if status == "ERROR" or (status == "TERMINATED" and last.get(FAILED)):
         return "failed"
     if status != "TERMINATED":
         return "unfinished"
-    last = last_result or {}
     evals = last.get("evals", 0)
     if last.get("early_stopped") or evals >= min(max_evals, last.get("planned_evals", math.inf)):
         return "finished"
@@ -150,7 +152,7 @@ def collect_trials(experiment_dir: str | Path) -> list[TrialRecord]:
             if kept:
                 rec.best_checkpoint = str(trial_dir / best["checkpoint_dir_name"])
         if rec.state == "failed":
-            rec.error = _error_reason(trial_dir)
+            rec.error = (last.get(FAILED) if status == "TERMINATED" else None) or _error_reason(trial_dir)
         rec.reason = state_reason(rec, max_evals)
         records.append(rec)
     for rec in sorted(records, key=lambda r: r.number):  # the baseline is the first trial with its values

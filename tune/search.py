@@ -57,23 +57,22 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from afqmc.config import ConfigError, TrainConfig, parse_overrides
 from afqmc.data import DataError
 from afqmc.train import PRIMARY, TaskData, prepare_data
 from tune.reports import write_reports
-from tune.results import DONE_STATES, collect_trials
+from tune.results import DONE_STATES, SEARCHER_METRIC, collect_trials
 from tune.space import SearchSpace, load_space
 from tune.terminal import LiveView, print_leaderboard
-from tune.trial import KeepBestCheckpoint, run_trial, trial_dirname
+from tune.trial import TRAIN_RUNS, KeepBestCheckpoint, ReleaseTrainWorkers, StudySearch, run_trial, trial_dirname
 
 RESULTS_DIR = "results"
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
 STATE_NAME = "search.json"  # how the search was started: what --resume needs to rebuild it
 SPACE_COPY = "space.yaml"  # the space file as it was when the search started
 STUDY_DB = "optuna.db"
-SEARCHER_METRIC = "best/val_f1_macro"  # a trial's value for TPE: its best val F1-macro so far
+DRIVER_MEMORY = 256 * 2**20  # bytes reserved for the driver of a multi-worker trial
 # Fields that name files: made absolute, since trials run in their own working directories.
 PATH_FIELDS = ("train_file", "val_file", "test_file", "vocab_file")
 
@@ -85,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
             exp_dir = Path(args.resume).resolve()
             state = _load_state(exp_dir)
             space = load_space(exp_dir / SPACE_COPY, state["overrides"], state["num_samples"])
+            space.settings.workers_per_trial = state.get("workers_per_trial", space.settings.workers_per_trial)
         else:
             space = load_space(args.space, overrides, args.num_samples)
+            if args.workers_per_trial:
+                space.settings.workers_per_trial = args.workers_per_trial
             name = args.name or f"{Path(args.space).stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
             exp_dir = (Path(args.results_dir) / name).resolve()
             if exp_dir.exists():
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                                   f"or choose another --name")
             state = {"space": str(args.space), "overrides": overrides, "num_samples": space.settings.num_samples,
                      "scheduler": args.scheduler, "baseline": space.baseline(),
+                     "workers_per_trial": space.settings.workers_per_trial,
                      "settings": asdict(space.settings), "cwd": os.getcwd(),  # relative paths resolve from here
                      "started": datetime.datetime.now().isoformat(timespec="seconds")}
         base = _absolute_paths(space.base, state["cwd"])
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     _init_ray(args.address)
     try:
         resources = _trial_resources(space)
-        trainable = _trainable(data, base, resources)
+        trainable = _trainable(data, base, resources, space.settings.workers_per_trial, exp_dir)
         if args.resume:
             print(f"resuming {_rel(exp_dir)}: finished trials are kept, unfinished ones continue from "
                   f"their last checkpoint")
@@ -141,7 +144,7 @@ def _new_tuner(space: SearchSpace, scheduler_name: str, exp_dir: Path, trainable
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(multivariate=True, seed=settings.seed,
                                              n_startup_trials=settings.n_startup_trials)
-    searcher = OptunaSearch(
+    searcher = StudySearch(
         space=space.distributions(), metric=SEARCHER_METRIC, mode="max",
         points_to_evaluate=[space.baseline()],  # every search contains the baseline it must beat
         sampler=sampler, study_name=exp_dir.name, storage=storage,
@@ -157,26 +160,36 @@ def _new_tuner(space: SearchSpace, scheduler_name: str, exp_dir: Path, trainable
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
             max_concurrent_trials=_max_concurrent(settings, resources), trial_dirname_creator=trial_dirname,
-            reuse_actors=True,  # a new trial reuses a finished trial's worker: no torch import per trial
+            # A new trial reuses a finished trial's worker: no torch import per trial. Not with Train
+            # workers: a stopped trial's actor must go, and its Train run with it.
+            reuse_actors=space.settings.workers_per_trial == 1,
         ),
         run_config=tune.RunConfig(
             name=exp_dir.name, storage_path=str(exp_dir.parent),
             stop={"evals": settings.max_evals},  # the budget; FIFO runs every trial to it
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=PRIMARY,
                                                     checkpoint_score_order="max"),
-            failure_config=tune.FailureConfig(max_failures=0),  # a NaN trial fails once; the search goes on
-            callbacks=[LiveView(settings.max_evals), KeepBestCheckpoint()],
+            # A trial whose worker died is retried from its last checkpoint; one that fails on
+            # its own (NaN loss) ends as failed without a retry (run_trial); the search goes on.
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            callbacks=[LiveView(settings.max_evals), KeepBestCheckpoint(), ReleaseTrainWorkers()],
             verbose=0,  # LiveView prints the trials
         ),
     )
 
 
-def _trainable(data: TaskData, base: TrainConfig, resources: dict[str, float]):
+def _trainable(data: TaskData, base: TrainConfig, resources: dict[str, float], workers: int, exp_dir: Path):
     # with_parameters puts `data` into the object store once; every trial reads that one copy.
-    return tune.with_resources(tune.with_parameters(run_trial, data=data, base=base.to_dict()), resources)
+    trainable = tune.with_parameters(run_trial, data=data, base=base.to_dict(), workers=workers,
+                                     worker_resources={"CPU": resources["cpu"], "GPU": resources["gpu"]},
+                                     train_storage=str(exp_dir / TRAIN_RUNS))
+    # A trial of several workers is only their driver: it takes no CPU itself (its Train workers
+    # take theirs), so that two workers fit on two cores; Ray needs some resource in its bundle.
+    return tune.with_resources(trainable, resources if workers == 1 else {"cpu": 0, "memory": DRIVER_MEMORY})
 
 
 def _trial_resources(space: SearchSpace) -> dict[str, float]:
+    """CPUs and GPUs of one trial's process, or of each of its workers."""
     settings = space.settings
     gpus = settings.gpus_per_trial
     if gpus and not ray.cluster_resources().get("GPU"):
@@ -186,13 +199,15 @@ def _trial_resources(space: SearchSpace) -> dict[str, float]:
 
 
 def _max_concurrent(settings, resources: dict[str, float]) -> int:
-    """As many trials as the cluster's CPUs and GPUs hold at once, unless the space says fewer."""
+    """As many trials as the cluster's CPUs and GPUs hold at once (all workers of each), unless the
+    space says fewer. With Train workers this also keeps trials from waiting on each other's CPUs."""
     if settings.max_concurrent_trials:
         return settings.max_concurrent_trials
     total = ray.cluster_resources()
-    fits = [int(total.get("CPU", 1) // resources["cpu"])]
+    workers = settings.workers_per_trial
+    fits = [int(total.get("CPU", 1) // (resources["cpu"] * workers))]
     if resources["gpu"]:
-        fits.append(int(total.get("GPU", 0) / resources["gpu"] + 1e-9))
+        fits.append(int(total.get("GPU", 0) / (resources["gpu"] * workers) + 1e-9))
     return max(1, min(fits))
 
 
@@ -266,21 +281,26 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, A
     parser.add_argument("--address", help="attach to a running Ray cluster (auto or HOST:PORT) "
                                           "instead of starting a local one")
     parser.add_argument("--results_dir", default=RESULTS_DIR, help="where NAME/ is created (default: results)")
+    parser.add_argument("--workers_per_trial", type=int,
+                        help="run each trial as a Ray Train TorchTrainer of N data-parallel workers (default: the "
+                             "space's search.workers_per_trial, 1); cpus_per_trial/gpus_per_trial are then per worker")
     args, rest = parser.parse_known_args(argv)
     try:
         overrides = parse_overrides(rest)
     except ConfigError as exc:
         parser.error(str(exc))
     if args.resume:
-        given = [f"--{k}" for k in ("space", "name", "num_samples", "scheduler") if getattr(args, k) is not None]
+        given = [f"--{k}" for k in ("space", "name", "num_samples", "scheduler", "workers_per_trial")
+                 if getattr(args, k) is not None]
         given += [f"--{k}" for k in overrides]
         if given:
             parser.error(f"--resume continues the search as it was started; drop {', '.join(given)}")
     else:
         args.space = args.space or _rel(DEFAULT_SPACE)
         args.scheduler = args.scheduler or "asha"
-    if args.num_samples is not None and args.num_samples < 1:
-        parser.error("--num_samples must be >= 1")
+    for key in ("num_samples", "workers_per_trial"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            parser.error(f"--{key} must be >= 1")
     return args, overrides
 
 
@@ -297,7 +317,8 @@ def _describe(space: SearchSpace, scheduler: str, exp_dir: Path, resuming: bool)
              f"up to {s.max_evals} evaluations each, "
              + (f"ASHA (grace {s.grace_period}, reduction factor {s.reduction_factor:g})" if scheduler == "asha"
                 else "FIFO (no early stopping)")
-             + f", TPE seed {s.seed}"]
+             + f", TPE seed {s.seed}"
+             + (f", {s.workers_per_trial} Ray Train workers per trial" if s.workers_per_trial > 1 else "")]
     for name, p in space.params.items():
         lines.append(f"  {name:<24} {p.describe():<34} baseline {p.baseline!r}")
     for name in space.fixed_by_command_line:

@@ -59,6 +59,12 @@ class SearchSettings:
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0  # a fraction shares one GPU between trials; ignored without a GPU
     max_concurrent_trials: int | None = None  # None: as many as the resources allow
+    # Retries of a trial whose worker died (killed, node lost): each one continues from the
+    # trial's last checkpoint. A trial that fails on its own (NaN loss) is never retried.
+    max_failures: int = 2
+    # Workers (processes) per trial: above 1, each trial is a Ray Train TorchTrainer (data parallel)
+    # and cpus_per_trial / gpus_per_trial are per worker.
+    workers_per_trial: int = 1
 
 
 @dataclass
@@ -168,9 +174,9 @@ def _parse_settings(search: dict[str, Any], where) -> SearchSettings:
         src = where(f"search.{key}")
         if key not in known:
             raise SpaceError(f"{src}: unknown key 'search.{key}' (known: {', '.join(sorted(known))})", key)
-        if key in ("num_samples", "max_evals", "grace_period"):
+        if key in ("num_samples", "max_evals", "grace_period", "workers_per_trial"):
             value = _check_int(key, value, 1, src)
-        elif key in ("seed", "n_startup_trials"):
+        elif key in ("seed", "n_startup_trials", "max_failures"):
             value = _check_int(key, value, 0, src)
         elif key == "max_concurrent_trials":
             value = None if value is None else _check_int(key, value, 1, src)

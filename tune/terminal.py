@@ -8,7 +8,7 @@ from typing import Any
 
 from ray import tune
 
-from tune.results import PRIMARY, TrialRecord, trial_number, trial_state
+from tune.results import FAILED, PRIMARY, TrialRecord, trial_number, trial_state
 
 SHORT = {"learning_rate": "lr", "class_weights": "w1/w0", "dropout": "dropout", "threshold": "thr",
          "weight_decay": "wd", "warmup_ratio": "warmup", "per_device_batch_size": "batch",
@@ -52,7 +52,7 @@ class LiveView(tune.Callback):
         self._print(f"trial {trial_number(trial)} started{tag}: {format_params(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if PRIMARY not in result:
+        if PRIMARY not in result or result.get(FAILED):  # a failure is printed when the trial ends
             return
         self._print(f"trial {trial_number(trial)} eval {result.get('evals')}/{self.max_evals}: {PRIMARY} "
                     f"{result[PRIMARY]:.4f} (trial best {result.get('best/val_f1_macro', math.nan):.4f}, "
@@ -61,6 +61,10 @@ class LiveView(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         state = trial_state("TERMINATED", last, self.max_evals)
+        if state == "failed":
+            self._print(f"trial {trial_number(trial)} FAILED after {last.get('evals', 0)} evals: {last[FAILED]}")
+            self._status(trials, ended=(trial, "TERMINATED"))
+            return
         how = "stopped early by ASHA" if state == "stopped early" else "finished"
         self._print(f"trial {trial_number(trial)} {how} after {last.get('evals', 0)} evals: best {PRIMARY} "
                     f"{last.get('best/val_f1_macro', math.nan):.4f}")
@@ -69,6 +73,10 @@ class LiveView(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(f"trial {trial_number(trial)} FAILED: {_short_error(trial)}")
         self._status(trials, ended=(trial, "ERROR"))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._print(f"trial {trial_number(trial)} lost its worker ({_short_error(trial)}); retrying from its "
+                    f"last checkpoint (failure {trial.run_metadata.num_failures} of at most {trial.max_failures} retried)")
 
     def on_step_end(self, iteration, trials, **info):
         if time.time() - self._last_status >= self.status_every_s:
@@ -84,7 +92,7 @@ class LiveView(tune.Callback):
         running = sum(status[t.trial_id] == "RUNNING" for t in trials)
         counts = (f"{running} running, {states.count('finished')} finished, "
                   f"{states.count('stopped early')} stopped early, {states.count('failed')} failed")
-        scored = [t for t in trials if (t.last_result or {}).get("best/val_f1_macro") is not None]
+        scored = [t for t in trials if _finite((t.last_result or {}).get("best/val_f1_macro"))]
         if scored:
             best = max(scored, key=lambda t: (t.last_result["best/val_f1_macro"], -trial_number(t)))
             counts += (f" | best so far: trial {trial_number(best)} {PRIMARY} "
@@ -126,5 +134,9 @@ def print_leaderboard(trials: list[TrialRecord], param_names: list[str], max_row
               f"rank {ranked.index(baseline) + 1}")
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _fmt(value: Any, fmt: str = "{:.4f}") -> str:
-    return fmt.format(value) if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+    return fmt.format(value) if _finite(value) else "-"

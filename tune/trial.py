@@ -10,56 +10,222 @@ import logging
 import math
 import shutil
 import tempfile
+import threading
+import uuid
+from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
+from ray.tune.search.optuna import OptunaSearch
 
 from afqmc.config import TrainConfig, from_dict
-from afqmc.train import TaskData, train_with_oom_retry
-from tune.results import keep_best_checkpoint
+from afqmc.train import PRIMARY, TaskData, TrainingError, train, train_with_oom_retry
+from tune.results import FAILED, SEARCHER_METRIC, keep_best_checkpoint
 
 
-def run_trial(config: dict[str, Any], data: TaskData, base: dict[str, Any]) -> None:
+def run_trial(config: dict[str, Any], data: TaskData, base: dict[str, Any], workers: int = 1,
+              worker_resources: dict[str, float] | None = None, train_storage: str | None = None) -> None:
     """Train with `base` (the fixed fields) updated by `config` (the sampled ones).
 
     `data` arrives through Ray's object store (`tune.with_parameters`): the driver tokenized it
-    once, so a trial never reads or tokenizes the data files.
+    once, so a trial never reads or tokenizes the data files. With `workers` > 1 the trial is a
+    Ray Train `TorchTrainer` of that many workers (`_run_workers`); this function then only drives
+    it, and reports to Tune exactly what a one-process trial reports; `worker_resources` are each
+    worker's ({"CPU": n, "GPU": g}) and `train_storage` a folder every node can reach (the
+    experiment's) for Train's copy of the checkpoints.
     """
-    cfg = from_dict({**base, **config}, source=f"trial {tune.get_context().get_trial_id()}")
-    # A local scratch directory, outside the trial's working directory: Ray copies every reported
-    # checkpoint into the experiment, and would also sync anything left in the working directory.
-    work_dir = tempfile.mkdtemp(prefix=f"afqmc-{tune.get_context().get_trial_id()}-")
-    cfg.output_dir = work_dir
+    trial_id = tune.get_context().get_trial_id()
+    cfg = from_dict({**base, **config}, source=f"trial {trial_id}")
     logging.getLogger("ray").setLevel(logging.WARNING)  # not one "Checkpoint successfully created" per eval
+    # `planned_evals` tells a trial that ran its course from one that ASHA stopped (Ray marks both
+    # TERMINATED); `node_id` says which Ray node ran the trial (on a cluster).
+    extra = {"planned_evals": planned_evals(cfg, len(data.train), workers),
+             "node_id": ray.get_runtime_context().get_node_id()}
+    checkpoint = tune.get_checkpoint()  # set when Ray resumes or retries this trial
+    if workers > 1:
+        _run_workers(cfg, data, workers, worker_resources or {"CPU": 1}, extra, checkpoint, train_storage, trial_id)
+        return
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))  # one trial per core(s) it was given, not every core
 
-    planned = planned_evals(cfg, len(data.train))
-
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        # `planned_evals` tells a trial that ran its course from one that ASHA stopped (Ray marks
-        # both TERMINATED). Ray copies the checkpoint directory into the trial's storage before
-        # returning, so train() may overwrite it at the next evaluation.
-        tune.report({**metrics, "planned_evals": planned},
-                    checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+        # Ray copies the checkpoint directory into the trial's storage before returning, so
+        # train() may overwrite it at the next evaluation.
+        tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
     # train_with_oom_retry: trials that share a GPU halve their batch (and double the accumulation)
     # rather than fail when the card runs out of memory.
+    _train_or_fail(cfg, data, checkpoint, report, lambda failure: tune.report({**failure, **extra}),
+                   train_with_oom_retry, prefix=trial_id)
+
+
+def _train_or_fail(cfg: TrainConfig, data: TaskData, checkpoint, report, report_failure, train_fn,
+                   prefix: str, **train_kwargs: Any) -> None:
+    """Run `train_fn` (from `checkpoint` if given) in a scratch output folder; a TrainingError ends
+    in `report_failure(metrics)` instead of an exception.
+
+    A NaN/inf loss, or out of memory even at batch 1: running it again cannot help. The trial ends
+    normally with a last report that says why, so that Ray does not retry it (its retries,
+    FailureConfig, are for workers that died); the table shows it as failed and the searcher records
+    it as FAIL in the study. ASHA and the searcher need their metrics in every report: NaN, which
+    neither counts.
+    """
+    # A local scratch directory, outside the trial's working directory: Ray copies every reported
+    # checkpoint into the experiment, and would also sync anything left in the working directory.
+    work_dir = tempfile.mkdtemp(prefix=f"afqmc-{prefix}-")
+    last: dict[str, Any] = {}
+
+    def report_and_note(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        last.update(metrics)
+        report(metrics, checkpoint_dir)
+
     try:
-        checkpoint = tune.get_checkpoint()  # set when Ray resumes this trial after an interrupt
+        run_cfg = cfg.replace(output_dir=work_dir)
         if checkpoint is None:
-            train_with_oom_retry(cfg, report, data=data, progress=False)
+            train_fn(run_cfg, report_and_note, data=data, progress=False, **train_kwargs)
         else:
             with checkpoint.as_directory() as resume_dir:
-                train_with_oom_retry(cfg, report, data=data, resume_from=resume_dir, progress=False)
+                train_fn(run_cfg, report_and_note, data=data, resume_from=resume_dir, progress=False, **train_kwargs)
+    except TrainingError as exc:
+        report_failure({"evals": last.get("evals", 0), "step": last.get("step", 0), PRIMARY: math.nan,
+                        SEARCHER_METRIC: math.nan, FAILED: str(exc)})
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def planned_evals(cfg: TrainConfig, n_train: int) -> int:
-    """How many evaluations `train(cfg)` makes on `n_train` pairs on one process (its schedule)."""
-    updates_per_epoch = math.ceil(math.ceil(n_train / cfg.per_device_batch_size) / cfg.gradient_accumulation_steps)
+# --- a trial across several workers (Ray Train) ------------------------------------------------
+
+TRAIN_GROUP = "train_placement_group"
+TRAIN_RUNS = "train_runs"  # in the experiment: Ray Train's copy of the checkpoints (emptied as they go)
+
+
+def _run_workers(cfg: TrainConfig, data: TaskData, workers: int, per_worker: dict[str, float],
+                 extra: dict[str, Any], checkpoint, train_storage: str | None, trial_id: str) -> None:
+    """The trial as a Ray Train `TorchTrainer` of `workers` workers, each running `train()` under
+    Accelerate (which joins the process group Ray set up: gloo on CPU, NCCL on GPUs).
+
+    The workers' reports (the main worker's checkpoint) reach this driver through a forwarding
+    callback and a queue; it reports each to Tune with its checkpoint, so ASHA, the searcher, the
+    trial's checkpoints, resume and the results tables are those of a one-process trial. A worker
+    that dies fails the Train run and so this trial, which Tune retries from its last checkpoint
+    (Train itself does not retry: one place decides).
+    """
+    from ray import train as ray_train
+    from ray.util.queue import Empty, Queue
+
+    per_worker = {k: v for k, v in per_worker.items() if v}
+    queue, ack = Queue(actor_options={"num_cpus": 0}), Queue(actor_options={"num_cpus": 0})
+    run_name = f"{trial_id}-{uuid.uuid4().hex[:8]}"
+    storage = train_storage or tempfile.mkdtemp(prefix="afqmc-train-")
+    trainer = _trainer_class()(
+        _worker_loop,
+        train_loop_config={"cfg": cfg.to_dict(), "data": ray.put(data), "extra": extra, "trial_id": trial_id,
+                           "threads": max(1, int(per_worker.get("CPU", 1)))},
+        scaling_config=ray_train.ScalingConfig(num_workers=workers, use_gpu=bool(per_worker.get("GPU")),
+                                               resources_per_worker=per_worker),
+        run_config=ray_train.RunConfig(
+            name=run_name, storage_path=storage, callbacks=[_ForwardReports(queue, ack)],
+            failure_config=ray_train.FailureConfig(max_failures=0),
+            checkpoint_config=ray_train.CheckpointConfig(num_to_keep=None),  # this driver deletes each once copied
+        ),
+        resume_from_checkpoint=None if checkpoint is None else ray_train.Checkpoint(checkpoint.path,
+                                                                                  checkpoint.filesystem),
+    )
+    outcome: dict[str, BaseException] = {}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the trial's thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name=f"train-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive() or not queue.empty():
+            try:
+                metrics, path = queue.get(timeout=0.5)
+            except Empty:
+                continue
+            try:
+                tune.report(metrics, checkpoint=None if path is None else tune.Checkpoint.from_directory(path))
+            finally:
+                if path is not None:
+                    shutil.rmtree(path, ignore_errors=True)  # Tune has its copy now
+                ack.put(True)
+        thread.join()
+    finally:
+        shutil.rmtree(Path(storage) / run_name, ignore_errors=True)
+        if train_storage is None:
+            shutil.rmtree(storage, ignore_errors=True)
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+def _trainer_class():
+    from ray.train.torch import TorchTrainer
+
+    class Trainer(TorchTrainer):
+        """TorchTrainer without Ray Train's placement-group cleaner: that detached actor asks Ray's
+        state API (served by the dashboard, which the search's local Ray does not run) whether the
+        run's controller is alive, warns every second that it cannot tell, and never exits. The
+        search removes the workers' group itself (ReleaseTrainWorkers); a run that ends normally
+        removes it as usual."""
+
+        def _create_default_callbacks(self):
+            from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+            return [c for c in super()._create_default_callbacks() if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return Trainer
+
+
+class _ForwardReports(ray.train.UserCallback):
+    """Runs in the Train controller: sends each report (the workers' metrics, the checkpoint's
+    path) to the trial's driver and waits until it has copied the checkpoint."""
+
+    def __init__(self, queue, ack):
+        self.queue, self.ack = queue, ack
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        self.queue.put((dict(metrics[0]), None if checkpoint is None else checkpoint.path))
+        self.ack.get(timeout=3600)
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: `train()` on its shard; every worker reports (Train's report is a
+    barrier), the main one with the checkpoint."""
+    from ray import train as ray_train
+
+    ctx = ray_train.get_context()
+    for name in ("ray", "accelerate"):  # not a line per checkpoint and report from every worker
+        logging.getLogger(name).setLevel(logging.WARNING)
+    cfg = from_dict(config["cfg"], source=f"trial {config['trial_id']} worker {ctx.get_world_rank()}")
+    extra = config["extra"]
+    torch.set_num_threads(config["threads"])
+
+    # The workers' placement group, named in every report: if Tune stops this trial (ASHA), it ends
+    # its driver at once, and the search removes the group (ReleaseTrainWorkers) - Ray Train's own
+    # cleaner needs the state API of the dashboard, which the search does not run.
+    group = ray.util.get_current_placement_group()
+    extra = {**extra, "workers": ctx.get_world_size(), TRAIN_GROUP: group.id.hex() if group else None}
+
+    def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        ray_train.report({**metrics, **extra},
+                         checkpoint=None if checkpoint_dir is None else ray_train.Checkpoint.from_directory(checkpoint_dir))
+
+    _train_or_fail(cfg, ray.get(config["data"]), ray_train.get_checkpoint(), report,
+                   lambda failure: ray_train.report({**failure, **extra}), train,
+                   prefix=f"{config['trial_id']}-{ctx.get_world_rank()}", report_every_process=True)
+
+
+def planned_evals(cfg: TrainConfig, n_train: int, processes: int = 1) -> int:
+    """How many evaluations `train(cfg)` makes on `n_train` pairs on `processes` processes (its
+    schedule: Accelerate gives each process an equal share of the batches)."""
+    batches = math.ceil(math.ceil(n_train / cfg.per_device_batch_size) / processes)
+    updates_per_epoch = math.ceil(batches / cfg.gradient_accumulation_steps)
     total_steps = cfg.max_steps or math.ceil(updates_per_epoch * cfg.num_epochs)
     return math.ceil(total_steps / (cfg.eval_steps or updates_per_epoch))
 
@@ -67,6 +233,65 @@ def planned_evals(cfg: TrainConfig, n_train: int) -> int:
 def trial_dirname(trial) -> str:
     """`trial_<id>` instead of Ray's default name, which lists every parameter and the date."""
     return f"trial_{trial.trial_id}"
+
+
+class StudySearch(OptunaSearch):
+    """Ray's OptunaSearch, with two differences:
+
+    - a trial that failed on its own (its last report names the reason) goes into the study as FAIL
+      with that reason, rather than as a NaN value that Optuna refuses (which would leave the trial
+      RUNNING in the study forever);
+    - after the driver was killed, the study (written at once) can be ahead of Ray's last snapshot
+      of the experiment: a trial the study already holds as finished may run again on resume.
+      Its new reports leave the study's record as it is, instead of stopping the search.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if not self._finished_in_study(trial_id):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if self._finished_in_study(trial_id):
+            self._completed_trials.add(trial_id)
+            return
+        if result and result.get(FAILED):
+            if trial_id in self._ot_trials:
+                self._ot_trials[trial_id].set_user_attr(FAILED, str(result[FAILED]))
+            result, error = None, True
+        super().on_trial_complete(trial_id, result, error)
+
+    def _finished_in_study(self, trial_id: str) -> bool:
+        trial = self._ot_trials.get(trial_id)
+        return trial is not None and self._ot_study._storage.get_trial(trial._trial_id).state.is_finished()
+
+
+class ReleaseTrainWorkers(tune.Callback):
+    """When a multi-worker trial ends, remove its Ray Train workers' placement group (named in its
+    reports), which would otherwise hold their CPUs and GPUs after Tune stopped the trial, and what
+    its Train run left in the experiment's train_runs/."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._release(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._release(trial)
+
+    @staticmethod
+    def _release(trial) -> None:
+        group = (trial.last_result or {}).get(TRAIN_GROUP)
+        if not group:
+            return
+        from ray.util.placement_group import PlacementGroup
+
+        try:
+            ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group)))
+        except Exception:  # noqa: BLE001 -- already removed by Ray Train when its run ended normally
+            pass
+        runs = Path(trial.path).parent / TRAIN_RUNS
+        for run in runs.glob(f"{trial.trial_id}-*"):
+            shutil.rmtree(run, ignore_errors=True)
+        if runs.is_dir() and not any(runs.iterdir()):
+            runs.rmdir()
 
 
 class KeepBestCheckpoint(tune.Callback):
