@@ -140,11 +140,13 @@ def _class_weights(cfg: TrainConfig, labels: list[int]) -> torch.Tensor | None:
 
 
 def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | None = None,
-          resume_from: str | None = None, progress: bool = True) -> dict[str, Any]:
+          resume_from: str | None = None, progress: bool = True,
+          report_every_process: bool = False) -> dict[str, Any]:
     """Train one model; returns a summary with the best evaluation's metrics.
 
     `report(metrics, checkpoint_dir)` is called on the main process after every evaluation, once
-    the checkpoint for that evaluation is on disk.
+    the checkpoint for that evaluation is on disk; with `report_every_process` on every process
+    (the same metrics; checkpoint_dir None but on the main one), as Ray Train's report wants.
     """
     accelerator = _setup_accelerator(cfg)
     log = accelerator.print
@@ -222,7 +224,7 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
                 scheduler.step()
             state.step += 1
             bar.update(1)
-            if not torch.isfinite(window_loss):  # stop at once: nothing good comes after a NaN/inf loss
+            if not _finite_everywhere(accelerator, window_loss):  # stop at once: nothing good comes after a NaN/inf loss
                 raise TrainingError(f"training loss is {float(window_loss)} at step {state.step} "
                                     f"(learning_rate {cfg.learning_rate:g}); stopping this run")
             if state.step % eval_every == 0 or state.step >= total_steps:
@@ -230,7 +232,7 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
                 train_loss = accelerator.reduce(window_loss, "mean").item() / window_batches
                 epoch = state.epoch + state.batches_in_epoch / len(train_loader)
                 stop = _evaluate_and_report(cfg, accelerator, model, data, val_loader, weights, state,
-                                            scheduler, epoch, train_loss, report, bar)
+                                            scheduler, epoch, train_loss, report, bar, report_every_process)
                 window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
                 started = time.perf_counter()
                 model.train()
@@ -256,8 +258,17 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
     return summary
 
 
+def _finite_everywhere(accelerator: Accelerator, loss: torch.Tensor) -> bool:
+    """The loss is finite on every process. With several, one NaN makes every model NaN after the
+    next gradient all-reduce, so all must stop at the same update (not one waiting for the others)."""
+    finite = torch.isfinite(loss).float()
+    if accelerator.num_processes > 1:
+        finite = accelerator.reduce(finite, "sum") / accelerator.num_processes
+    return bool(finite.item() == 1.0)
+
+
 def _evaluate_and_report(cfg, accelerator, model, data, val_loader, weights, state, scheduler, epoch,
-                         train_loss, report, bar) -> bool:
+                         train_loss, report, bar, report_every_process=False) -> bool:
     """Evaluate, update early stopping, write checkpoint and best model, report. True means stop."""
     val = evaluate(accelerator, model, val_loader, weights, cfg.threshold)
     state.evals += 1
@@ -280,6 +291,8 @@ def _evaluate_and_report(cfg, accelerator, model, data, val_loader, weights, sta
     checkpoint_dir = _save_checkpoint(cfg, accelerator, model, data, state, metrics, improved)
     if report is not None and accelerator.is_main_process:
         report(metrics, checkpoint_dir)
+    elif report is not None and report_every_process:
+        report(metrics, None)
     return stop
 
 

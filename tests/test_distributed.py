@@ -33,6 +33,10 @@ def test_two_processes_match_one_with_the_same_effective_batch(tmp_path):
     one, _ = launch(tmp_path / "one", processes=1, batch=32)
     two, stdout = launch(tmp_path / "two", processes=2, batch=16)
     assert "x 2 processes" in stdout
+    for a, b in zip(one, two):  # shown with `pytest -s`: the figures compared below
+        print(f"step {a['step']}: train loss {a['train/loss']:.6f} / {b['train/loss']:.6f}, val loss "
+              f"{a['val/loss']:.6f} / {b['val/loss']:.6f}, val F1-macro {a['val/f1_macro']:.4f} / "
+              f"{b['val/f1_macro']:.4f}, val pairs {a['val/num_samples']} / {b['val/num_samples']} (1 x 32 / 2 x 16)")
     # Only the main process logs and saves: one metrics line per evaluation, one summary line.
     assert [m["step"] for m in two] == [1, 2, 3, 4]
     assert stdout.count("best val/f1_macro") == 1 and stdout.count("resolved config:") == 1
