@@ -137,13 +137,14 @@ def test_a_search_on_a_two_node_cluster_on_loopback(tmp_path, two_node_cluster):
         time.sleep(2)
     assert len(nodes) == 2, status.stdout + status.stderr
 
-    proc = subprocess.run([sys.executable, "tune/search.py", "--space", str(_space(tmp_path, 4)), "--name", "cluster",
+    # Two trials at once, one CPU each: one on each node, since each node has one CPU.
+    proc = subprocess.run([sys.executable, "tune/search.py", "--space", str(_space(tmp_path, 2)), "--name", "cluster",
                            "--results_dir", str(tmp_path / "results"), "--address", two_node_cluster["address"]],
                           cwd=ROOT, env=two_node_cluster["env"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert f"at {two_node_cluster['address']}" in proc.stdout and "2 CPUs" in proc.stdout
     exp_dir = tmp_path / "results" / "cluster"
-    _assert_complete(exp_dir, 4)
+    _assert_complete(exp_dir, 2)
     seen = {trial: {r["node_id"] for r in rows} for trial, rows in _rows(exp_dir).items()}
     used = set().union(*seen.values())
     print(f"node ids per trial: {seen}")

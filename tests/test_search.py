@@ -353,7 +353,7 @@ def test_interrupted_search_resumes_and_accounts_for_every_trial_once(tmp_path):
 # Runs the search with the given arguments; on a search of _fault_space, trial 1 (the baseline) is good
 # and every trial with learning rate 1e4 diverges to a NaN loss within a few updates.
 def _fault_space(tmp_path: Path, num_samples: int) -> Path:
-    path = _test_space(tmp_path, ROOT / "afqmc/demo_data/train.jsonl", num_samples=num_samples, max_steps=40)
+    path = _test_space(tmp_path, ROOT / "afqmc/demo_data/train.jsonl", num_samples=num_samples, max_steps=30)
     spec = yaml.safe_load(path.read_text(encoding="utf-8"))
     spec["search"].update(n_startup_trials=num_samples, max_failures=2)  # every trial sampled by the seeded RNG
     spec["params"]["learning_rate"] = {"type": "choice", "values": [5.0e-4, 1.0e4], "baseline": 5.0e-4}
@@ -375,7 +375,7 @@ def test_search_survives_a_nan_trial_a_killed_worker_and_a_killed_driver(tmp_pat
     reason; the baseline trial's worker is killed (SIGKILL) after its second evaluation and the
     trial goes on from its checkpoint; then the driver itself is killed (SIGKILL) and
     `--resume` finishes the search, with the Optuna study intact."""
-    num_samples = 5
+    num_samples = 4
     space_file = _fault_space(tmp_path, num_samples)
     space = load_space(space_file)
     exp_dir = tmp_path / "results" / "faults"
@@ -390,7 +390,7 @@ def test_search_survives_a_nan_trial_a_killed_worker_and_a_killed_driver(tmp_pat
                 rows = _rows(_trial_dir_of(exp_dir, space.baseline()))
                 worker_pid = rows[-1]["pid"]
                 os.kill(worker_pid, signal.SIGKILL)  # the trial's worker process, not the search
-            if worker_pid and re.search(r"trial 1 eval [3-8]/", line):
+            if worker_pid and re.search(r"trial 1 eval [3-6]/", line):
                 os.kill(proc.pid, signal.SIGKILL)  # the search driver: no chance to save anything
                 killed_driver = True
                 break
