@@ -24,6 +24,9 @@ from afqmc.config import TrainConfig, from_dict, load_config
 from tune import compare as compare_cli
 from tune.reports import markdown_table
 
+# Under pytest-xdist these tests run on one worker: most share one search (a module fixture).
+pytestmark = pytest.mark.xdist_group("results_search")
+
 ROOT = Path(__file__).resolve().parents[1]
 PRIMARY = "val/f1_macro"
 NUM_SAMPLES, MAX_STEPS, EVAL_STEPS = 8, 20, 5

@@ -215,6 +215,7 @@ def demo_search(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("demo_search")  # one search for these tests (the fixture is per worker)
 def test_demo_search_runs_every_trial_once_and_asha_stops_some(demo_search):
     exp_dir, space = demo_search["exp_dir"], demo_search["space"]
     trials = _trials_csv(exp_dir)
@@ -235,6 +236,7 @@ def test_demo_search_runs_every_trial_once_and_asha_stops_some(demo_search):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("demo_search")  # one search for these tests (the fixture is per worker)
 def test_demo_search_trials_never_tokenize(demo_search):
     # The driver tokenized once and deleted the train file before Ray started: every trial trained
     # on the copy in Ray's object store.
@@ -244,6 +246,7 @@ def test_demo_search_trials_never_tokenize(demo_search):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("demo_search")  # one search for these tests (the fixture is per worker)
 def test_demo_search_contains_the_baseline_and_reports_the_true_best(demo_search):
     exp_dir, space = demo_search["exp_dir"], demo_search["space"]
     trials = {t["trial_id"]: t for t in _trials_csv(exp_dir)}
@@ -271,6 +274,7 @@ def test_demo_search_contains_the_baseline_and_reports_the_true_best(demo_search
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("demo_search")  # one search for these tests (the fixture is per worker)
 def test_demo_search_best_model_reloads_and_reproduces_its_val_metrics(demo_search, tmp_path):
     exp_dir = demo_search["exp_dir"]
     metrics = json.loads((exp_dir / "best_model" / "metrics.json").read_text())
