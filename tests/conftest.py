@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
+# One thread per test process and its children (training subprocesses, search drivers): the suite
+# runs on two pytest-xdist workers on two cores, and more threads than cores only makes torch's
+# OpenMP threads spin against each other. Ray trials set their own threads (one per CPU given).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from afqmc.config import TrainConfig, from_dict
 
