@@ -297,6 +297,18 @@ def test_demo_search_best_model_reloads_and_reproduces_its_val_metrics(demo_sear
     assert best_cfg.learning_rate == cfg.learning_rate and best_cfg.threshold == cfg.threshold
 
 
+def _resume_and_count(resume_arg: str, exp_dir: Path, num_samples: int):
+    """`tune/search.py --resume`, then every trial counted exactly once and done."""
+    second = subprocess.run([sys.executable, "tune/search.py", "--resume", resume_arg], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-3000:]
+    trials = _trials_csv(exp_dir)
+    assert len(trials) == num_samples and len({t["trial_id"] for t in trials}) == num_samples
+    assert sorted(int(t["trial"]) for t in trials) == list(range(1, num_samples + 1))
+    assert all(t["state"] in DONE_STATES for t in trials)
+    return second, trials
+
+
 @pytest.mark.slow
 def test_interrupted_search_resumes_and_accounts_for_every_trial_once(tmp_path):
     num_samples = 5
@@ -324,13 +336,7 @@ def test_interrupted_search_resumes_and_accounts_for_every_trial_once(tmp_path):
     done_before = {t["trial_id"]: t for t in before if t["state"] in DONE_STATES}
     assert 0 < len(done_before) < num_samples
 
-    second = subprocess.run([sys.executable, "tune/search.py", "--resume", resume.group(1)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-3000:]
-    trials = _trials_csv(exp_dir)
-    assert len(trials) == num_samples and len({t["trial_id"] for t in trials}) == num_samples
-    assert sorted(int(t["trial"]) for t in trials) == list(range(1, num_samples + 1))
-    assert all(t["state"] in DONE_STATES for t in trials)
+    second, trials = _resume_and_count(resume.group(1), exp_dir, num_samples)
     continued = 0
     for t in trials:
         rows = _rows(exp_dir / f"trial_{t['trial_id']}")
@@ -410,14 +416,7 @@ def test_search_survives_a_nan_trial_a_killed_worker_and_a_killed_driver(tmp_pat
     assert killed_driver and proc.returncode == -signal.SIGKILL, first[-4000:]
     assert re.search(r"trial 1 lost its worker .*retrying from its last checkpoint", first), first[-4000:]
 
-    second = subprocess.run([sys.executable, "tune/search.py", "--resume", str(exp_dir)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-3000:]
-
-    trials = _trials_csv(exp_dir)
-    assert len(trials) == num_samples and len({t["trial_id"] for t in trials}) == num_samples
-    assert sorted(int(t["trial"]) for t in trials) == list(range(1, num_samples + 1))
-    assert all(t["state"] in DONE_STATES for t in trials)
+    _, trials = _resume_and_count(str(exp_dir), exp_dir, num_samples)
 
     # 9: the NaN trials failed, with the reason in the tables; the others did not.
     nan_trials = [t for t in trials if float(t["learning_rate"]) == 1e4]
