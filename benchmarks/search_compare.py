@@ -138,6 +138,8 @@ def hf_search(space_path: Path, b: dict[str, Any], backend: str, workdir: Path, 
         learning_rate=baseline["learning_rate"], warmup_steps=float(baseline["warmup_ratio"]),
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, lr_scheduler_type="linear",
         seed=cfg.seed, report_to="none", disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+        # the space's length-grouped batches, with the peer's own sampler of the same scheme
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
     )
     trainer = Trainer(model_init=model_init, args=args, train_dataset=PairDataset(data.train),
                       eval_dataset=PairDataset(data.val),
@@ -288,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     # ASHA's rule replayed on FIFO's full learning curves, for other settings than the space's
     fifo_curves = {int(k): v for k, v in fifo["curves"].items()}
     sims = []
-    for grace, rf in ((1, 2), (1, 3), (2, 2), (2, 3), (b["grace_period"], b["reduction_factor"])):
+    for grace, rf in ((1, 2), (1, 3), (2, 2), (2, 3), (3, 3), (b["grace_period"], b["reduction_factor"])):
         if grace >= b["max_evals"] or any(s["grace_period"] == grace and s["reduction_factor"] == rf for s in sims):
             continue
         sim = su.simulate_asha(fifo_curves, b["max_evals"], grace, rf)
@@ -298,6 +300,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(bu.table(sims, ["grace_period", "reduction_factor", "rungs", "steps_ratio", "best_f1_macro", "f1_ratio"],
                    "ASHA's rule replayed on FIFO's learning curves (a replay, not a measured search)"))
+    orders = [su.replay_orders(fifo_curves, b["max_evals"], s["grace_period"], s["reduction_factor"], GOAL_F1)
+              for s in sims]
+    result["asha_replayed_on_fifo_random_orders"] = orders
+    print()
+    print(bu.table(orders, ["grace_period", "reduction_factor", "rungs", "steps_ratio_mean", "steps_ratio_min",
+                            "steps_ratio_max", "f1_ratio_mean", "share_f1_goal_met"],
+                   f"the same replay over {orders[0]['orders'] if orders else 0} random orders of the trials "
+                   f"(share_f1_goal_met: how often the best F1-macro kept is >= {GOAL_F1} of FIFO's)"))
 
     # 2. ours (ASHA) against the peer
     for name, r in runs.items():
