@@ -22,7 +22,6 @@ tune.search that start Ray, write the reports and stop Ray are wrapped, and Tune
 the trial's start and its reports), against the same points of the direct run. A fresh
 interpreter's `import tune.trial` (what a trial process imports: torch, transformers, afqmc, Ray
 Tune) is timed alone, since a trial process pays it and the direct run, in a warm process, does not.
-Ray's own start-up (ray.init + ray.shutdown) is timed alone too.
 """
 
 from __future__ import annotations
@@ -197,15 +196,6 @@ def run_direct(space_path: Path, workdir: Path, t: dict[str, float] | None = Non
     return t["end"] - started
 
 
-def time_ray_start() -> float:
-    import ray
-
-    started = time.perf_counter()
-    ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="warning")
-    ray.shutdown()
-    return time.perf_counter() - started
-
-
 def main(argv: list[str] | None = None) -> int:
     p = bu.parser(__doc__.split("\n\n")[0])
     p.add_argument("--sizes", help="comma-separated data sizes in pairs (default 2000,8000 quick; 4000,32000 full)")
@@ -224,10 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         log = workdir / "tokenizer_calls.log"
         count_tokenization(log)
-        ray_start = time_ray_start()
         trial_imports = time_trial_imports()
         print(f"search overhead: one trial of {args.max_evals} x {eval_steps} updates (batch 64, tiny BERT), data sizes "
-              f"{sizes}, {rounds} round(s) each; Ray start + stop alone {ray_start:.1f} s; a trial process's "
+              f"{sizes}, {rounds} round(s) each; a trial process's "
               f"imports alone {trial_imports:.1f} s", flush=True)
         tokenization: dict[str, Any] = {}
         for size in sizes:
@@ -274,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                     for name, _, _ in SEARCH_STEPS]
     result = {"benchmark": "search_overhead", "quick": args.quick, "machine": info, "rows": rows,
               "breakdown": breakdown, "breakdown_median": median_steps, "trial_process_imports_s": trial_imports,
-              "ray_start_stop_s": ray_start, "overhead_s_by_size": per_size, "overhead_growth_s": growth,
+              "overhead_s_by_size": per_size, "overhead_growth_s": growth,
               "tokenization": tokenization, "tokenized_once_in_driver": once,
               "goal": "fixed overhead of a few seconds; nothing per trial that grows with the data"}
     print()
@@ -284,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(bu.table(median_steps, ["step", *[f"{k}_{size}" for size in sizes for k in ("direct_s", "search_s", "overhead_s")]],
                    "where the time goes (median over rounds; direct: the same points of the direct run)"))
-    print(f"Ray start + stop alone: {ray_start:.1f} s; a trial process's imports (torch, transformers, afqmc, "
-          f"Ray Tune) alone: {trial_imports:.1f} s")
+    print(f"a trial process's imports (torch, transformers, afqmc, Ray Tune), timed alone in a fresh "
+          f"interpreter: {trial_imports:.1f} s")
     print(f"tokenization per search: {searches[0]['driver_calls'] if searches else '?'} calls in the driver "
           f"(train and val), {sum(v['trial_process_calls'] for v in searches)} in trial processes: "
           f"{'once per search, in the driver' if once else 'NOT once per search'}")

@@ -116,8 +116,16 @@ def test_search_overhead_quick(tmp_path):
     res, stdout = run_bench("search_overhead", tmp_path, "--quick", "--sizes", "600", "--rounds", "1",
                             "--eval_steps", "3", "--max_evals", "1", "--data", str(SHARED))
     row = res["rows"][0]
-    assert positive(row["direct_s"]) and positive(row["search_s"]) and positive(res["ray_start_stop_s"])
+    assert positive(row["direct_s"]) and positive(row["search_s"]) and positive(res["trial_process_imports_s"])
     assert row["overhead_s"] == pytest.approx(row["search_s"] - row["direct_s"])
+    # Where the time goes: every step of the search was seen, and together they are the search
+    # (less what follows the reports: the closing lines); the direct run's steps are its whole run.
+    steps = {x["step"]: x for x in res["breakdown"]}
+    assert len(steps) == 8 and all(x["search_s"] is not None and x["search_s"] >= 0 for x in steps.values())
+    assert positive(steps["ray start"]["search_s"]) and positive(steps["tuner set-up, trial process start"]["search_s"])
+    assert sum(x["search_s"] for x in steps.values()) == pytest.approx(row["search_s"], abs=1.0)
+    assert sum(x["direct_s"] or 0 for x in steps.values()) == pytest.approx(row["direct_s"], abs=0.01)
+    assert "where the time goes" in stdout
     # The data is tokenized once per search (train and val), in the driver; never in a trial process.
     assert res["tokenized_once_in_driver"]
     assert res["tokenization"]["search_600_0"] == {"driver_calls": 2, "driver_pairs": 600, "trial_process_calls": 0}
