@@ -134,13 +134,12 @@ class Phases:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.mark("end")
         for owner, attr, original in reversed(self._undo):
             setattr(owner, attr, original)
 
 
-# The steps of a run, as (name, from event, to event); a direct run has only the data, training and
-# its end. Search minus direct, step by step, is where the overhead goes.
+# The steps of a run, as (name, from event, to event); a direct run has only the data, the training
+# and its end. Search minus direct, step by step, is where the overhead goes.
 SEARCH_STEPS = (("data (load, tokenize)", "start", "prepare_data_end"),
                 ("ray start", "prepare_data_end", "init_ray_end"),
                 ("tuner set-up, trial process start", "init_ray_end", "trial_start"),
@@ -156,7 +155,7 @@ DIRECT_STEPS = {"data (load, tokenize)": ("start", "prepare_data_end"),
 
 
 def steps(t: dict[str, float], search: bool) -> dict[str, float | None]:
-    spans = [(name, a, b) for name, a, b in SEARCH_STEPS] if search else [(n, a, b) for n, (a, b) in DIRECT_STEPS.items()]
+    spans = SEARCH_STEPS if search else [(name, a, b) for name, (a, b) in DIRECT_STEPS.items()]
     return {name: (t[b] - t[a]) if a in t and b in t else None for name, a, b in spans}
 
 
@@ -254,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     growth = per_size[sizes[-1]] - per_size[sizes[0]] if len(sizes) > 1 else None
     searches = [v for k, v in tokenization.items() if k.startswith("search")]
     once = all(v["driver_calls"] == 2 and v["trial_process_calls"] == 0 for v in searches)
+
     def median_of(size: int, name: str, key: str) -> float | None:
         values = [x[key] for x in breakdown if x["pairs"] == size and x["step"] == name and x[key] is not None]
         return bu.median(values) if values else None
