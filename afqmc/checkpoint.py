@@ -67,8 +67,18 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+# The model's decision threshold on P(label = 1), kept in its config.json (afqmc.predict uses it).
+THRESHOLD_ATTR = "decision_threshold"
+
+
 def save_model_dir(path: Path, model: Any, tokenizer: Any, cfg: TrainConfig, metrics: dict[str, Any]) -> None:
-    """A `save_pretrained` folder (safetensors weights + tokenizer) plus the resolved config and metrics."""
+    """A `save_pretrained` folder (safetensors weights + tokenizer) plus the resolved config and metrics.
+
+    The evaluation's decision threshold (`val/threshold`: the fixed one, or the one tuned on val)
+    goes into config.json, so that the model carries the threshold it was chosen with.
+    """
+    if metrics.get("val/threshold") is not None:
+        setattr(model.config, THRESHOLD_ATTR, float(metrics["val/threshold"]))
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     cfg.save_yaml(path / CONFIG_NAME, header="Resolved TrainConfig of the run that produced this model.")

@@ -18,6 +18,10 @@ from typing import Any
 import yaml
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+TUNED = "tuned"  # threshold value: chosen on val after every evaluation (afqmc.metrics)
+# Val metrics a run can select its best model by (and a search rank and cut trials by); all are
+# higher-is-better. val/f1_macro is at the run's threshold (cross-fitted when it is tuned).
+SELECTION_METRICS = ("val/f1_macro", "val/f1_macro_tuned", "val/auc", "val/ap", "val/accuracy")
 TINY = "tiny"  # model_name_or_path value that builds a small randomly initialised BERT
 
 
@@ -42,7 +46,13 @@ class TrainConfig:
     train_file: str = "afqmc/demo_data/train.jsonl"
     val_file: str | None = None  # None: a seeded stratified split of train_file
     val_ratio: float = 0.1
-    test_file: str | None = None  # unlabelled (or labelled) pairs to predict with the best model
+    # A held-out test split of train_file (seeded, stratified, disjoint from train and val), as a
+    # fraction of the whole file; 0 = none. Nothing that trains or chooses reads its labels: the
+    # best model is scored on it once, at the end, at its saved threshold.
+    test_ratio: float = 0.0
+    # Pairs to predict with the best model at the end (predictions.jsonl). A labelled file is also
+    # the held-out test set (then test_ratio must be 0).
+    test_file: str | None = None
     max_train_samples: int | None = None  # first N rows of train_file (quick runs)
     skip_empty: bool = False  # skip (and count) pairs with an empty sentence instead of failing
     max_length: int = 64
@@ -67,10 +77,16 @@ class TrainConfig:
     class_weights: list[float] | str | None = None
     dropout: float = 0.1  # hidden and classifier dropout
     attention_dropout: float | None = None  # dropout on attention probabilities; None keeps the model's (0.1 in BERT)
-    threshold: float = 0.5  # predict label 1 when P(label = 1) >= threshold
+    # Predict label 1 when P(label = 1) >= threshold. A number in (0, 1), or "tuned": chosen on the
+    # val probabilities after every evaluation (F1-macro, cross-fitted on two halves of val, is then
+    # the run's val/f1_macro; the saved model keeps the threshold chosen on all of val).
+    threshold: float | str = "tuned"
     # --- evaluation, early stopping, outputs ------------------------------------------------
     eval_steps: int = 0  # evaluate every N optimizer updates; 0 = once per epoch
-    patience: int = 0  # stop after N evaluations without a better val F1-macro; 0 = never
+    # The val metric that early stopping, the kept best model and a search's ranking follow (higher
+    # is better): val/f1_macro, val/f1_macro_tuned, val/auc, val/ap or val/accuracy.
+    metric_for_best_model: str = "val/f1_macro"
+    patience: int = 0  # stop after N evaluations without a better metric_for_best_model; 0 = never
     output_dir: str = "results/run"
     save_best_model: bool = True
 
@@ -110,10 +126,19 @@ class TrainConfig:
         for name in ("dropout", "attention_dropout"):
             if getattr(self, name) is not None and not 0.0 <= getattr(self, name) < 1.0:
                 raise bad(name, "must be in [0, 1)")
-        if not 0.0 < self.threshold < 1.0:
-            raise bad("threshold", "must be in (0, 1)")
+        if isinstance(self.threshold, str):
+            if self.threshold != TUNED:
+                raise bad("threshold", f"must be a number in (0, 1) or '{TUNED}'")
+        elif not 0.0 < self.threshold < 1.0:
+            raise bad("threshold", f"must be in (0, 1) or '{TUNED}'")
         if self.val_file is None and not 0.0 < self.val_ratio < 1.0:
             raise bad("val_ratio", "must be in (0, 1) when no val_file is given")
+        if not 0.0 <= self.test_ratio < 1.0:
+            raise bad("test_ratio", "must be in [0, 1)")
+        if self.val_file is None and self.val_ratio + self.test_ratio >= 1.0:
+            raise bad("test_ratio", f"plus val_ratio ({self.val_ratio}) must leave pairs to train on")
+        if self.metric_for_best_model not in SELECTION_METRICS:
+            self.metric_for_best_model = normalize_metric(self.metric_for_best_model, "metric_for_best_model", source)
         if self.mixed_precision not in MIXED_PRECISION:
             raise bad("mixed_precision", f"must be one of {', '.join(MIXED_PRECISION)}")
         if self.max_length < 8:
@@ -143,6 +168,17 @@ FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Tr
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
+def normalize_metric(name: Any, field: str, source: str = "config") -> str:
+    """A selection metric by its full name (val/auc) or short one (auc, eval_auc, val_auc)."""
+    text = str(name)
+    short = text.removeprefix("val/").removeprefix("eval_").removeprefix("val_")
+    full = f"val/{short}"
+    if full not in SELECTION_METRICS:
+        raise ConfigError(f"{source}: field '{field}' must be one of {', '.join(SELECTION_METRICS)} "
+                          f"(got {name!r})", field)
+    return full
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -161,7 +197,9 @@ def coerce_value(name: str, value: Any, source: str = "config") -> Any:
     if name not in FIELDS:
         raise ConfigError(f"{source}: unknown field '{name}'{_did_you_mean(name)}", name)
     allowed = _allowed_types(name)
-    if isinstance(value, str) and (str not in allowed or name == "class_weights"):
+    # Strings from the command line are parsed ('3e-5', '[1, 2]', 'null'), also for fields that take
+    # a word or a number (threshold: 0.5 or tuned); plain string fields keep theirs ("no" stays "no").
+    if isinstance(value, str) and (str not in allowed or float in allowed or list in allowed):
         value = _parse_cli_value(value)
     if type(None) in allowed and (value is None or value in ("null", "None", "~")):
         return None
@@ -204,6 +242,20 @@ def _did_you_mean(name: str) -> str:
 
     close = difflib.get_close_matches(name, FIELDS, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# Fields that name files (or a local model directory): relative to where the command started.
+PATH_FIELDS = ("train_file", "val_file", "test_file", "vocab_file")
+
+
+def absolute_paths(cfg: TrainConfig, root: str | os.PathLike) -> TrainConfig:
+    """`cfg` with its file fields (and a local model directory) made absolute from `root`: a search's
+    trials run in their own working directories, and a resumed search may start from another one."""
+    changes: dict[str, Any] = {k: str((Path(root) / getattr(cfg, k)).resolve()) for k in PATH_FIELDS if getattr(cfg, k)}
+    local_model = Path(root) / cfg.model_name_or_path
+    if cfg.model_name_or_path != TINY and local_model.exists():
+        changes["model_name_or_path"] = str(local_model.resolve())
+    return cfg.replace(**changes)
 
 
 def default_values() -> dict[str, Any]:

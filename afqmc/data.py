@@ -4,6 +4,7 @@ stratified split, tokenization (once per data set), length-grouped batches and d
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any, Sequence
 
 import torch
 from sklearn.model_selection import train_test_split
+
+from afqmc.config import ConfigError, TrainConfig
 
 # Both schemas: the project's {"text1","text2","label": int} and CLUE's {"sentence1","sentence2","label": "0"|"1"}.
 SCHEMAS = (("text1", "text2"), ("sentence1", "sentence2"))
@@ -117,12 +120,51 @@ def load_pairs(path: str | os.PathLike, require_labels: bool = True, skip_empty:
     return data
 
 
-def split_train_val(data: PairData, val_ratio: float, seed: int) -> tuple[PairData, PairData]:
-    """Seeded split stratified on the label, so both sides keep the class ratio."""
+def split_train_val(data: PairData, val_ratio: float | int, seed: int, part: str = "val") -> tuple[PairData, PairData]:
+    """Seeded split stratified on the label, so both sides keep the class ratio: the rest (to train
+    on) and a `val_ratio` share (or that many pairs) named `part` (val, or test)."""
     index = list(range(len(data)))
     train_idx, val_idx = train_test_split(index, test_size=val_ratio, random_state=seed, stratify=data.labels)
-    return (data.subset(sorted(train_idx), f"{data.source} (train split)"),
-            data.subset(sorted(val_idx), f"{data.source} (val split)"))
+    source = data.source.removesuffix(" (train split)")
+    return (data.subset(sorted(train_idx), f"{source} (train split)"),
+            data.subset(sorted(val_idx), f"{source} ({part} split)"))
+
+
+@dataclass
+class Splits:
+    """The pairs of one run: train, val and the held-out test set (labelled, or None)."""
+
+    train: PairData
+    val: PairData
+    test: PairData | None
+    skipped_empty: int = 0
+
+
+def load_splits(cfg: TrainConfig) -> Splits:
+    """Read and split the data as `cfg` says; every caller that needs a run's data uses this one.
+
+    test: `test_ratio` of train_file (split off first, seeded and stratified), or `test_file` when it
+    is labelled (an unlabelled one is only predicted, at the end). val: `val_file`, or `val_ratio`
+    of train_file (of the whole file, so 0.1 and 0.1 leave 80% to train on).
+    """
+    full = load_pairs(cfg.train_file, require_labels=True, skip_empty=cfg.skip_empty, max_rows=cfg.max_train_samples)
+    skipped = full.skipped_empty
+    test = None
+    if cfg.test_file:  # read now, so that a bad file stops the run before it trains
+        given = load_pairs(cfg.test_file, require_labels=False, skip_empty=cfg.skip_empty)
+        if given.labels is not None:
+            if cfg.test_ratio:
+                raise ConfigError(f"config: field 'test_ratio' must be 0 when test_file ({cfg.test_file}) is labelled: "
+                                  "it is the held-out test set then", "test_ratio")
+            test = given
+    n = len(full)  # both shares are of the whole file, counted as sklearn counts a share: rounded up
+    if cfg.test_ratio:
+        full, test = split_train_val(full, math.ceil(cfg.test_ratio * n), cfg.seed, part="test")
+    if cfg.val_file:
+        train, val = full, load_pairs(cfg.val_file, require_labels=True, skip_empty=cfg.skip_empty)
+    else:
+        train, val = split_train_val(full, math.ceil(cfg.val_ratio * n), cfg.seed)
+    return Splits(train, val, test, skipped)
 
 
 def count_overlap(a: PairData, b: PairData) -> int:

@@ -3,7 +3,7 @@
     python -m afqmc.predict --checkpoint results/run/best_model --data pairs.jsonl [--output preds.jsonl]
 
 Each output line is the input pair with `prob` (P(label = 1)) and `pred` (the label at the model's
-saved threshold). A labelled input also gets `<output stem>.metrics.json`.
+saved decision threshold). A labelled input also gets `<output stem>.metrics.json`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from afqmc.checkpoint import CheckpointError, load_model_config, resolve_directory, write_json
-from afqmc.config import ConfigError
-from afqmc.data import DataError, PairDataset, collate, encode, load_pairs
-from afqmc.metrics import best_threshold, classification_metrics
+from afqmc.checkpoint import THRESHOLD_ATTR, CheckpointError, load_model_config, resolve_directory, write_json
+from afqmc.config import ConfigError, TrainConfig
+from afqmc.data import DataError, PairData, PairDataset, collate, encode, load_pairs
+from afqmc.metrics import classification_metrics, ranking_metrics, tune_threshold
 
 
 def load_saved_model(checkpoint: str | Path, device: str | torch.device = "cpu"):
@@ -32,6 +32,17 @@ def load_saved_model(checkpoint: str | Path, device: str | torch.device = "cpu")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     return model.to(device).eval(), tokenizer, cfg
+
+
+def saved_threshold(model, cfg: TrainConfig, where: str | Path = "model") -> float:
+    """The decision threshold the model was saved with (config.json), else its config's fixed one."""
+    value = getattr(model.config, THRESHOLD_ATTR, None)
+    if value is not None:
+        return float(value)
+    if not isinstance(cfg.threshold, str):
+        return float(cfg.threshold)
+    raise CheckpointError(f"{where}: no decision threshold saved with the model ({THRESHOLD_ATTR} in config.json) "
+                          f"and its config says threshold: {cfg.threshold}")
 
 
 @torch.no_grad()
@@ -48,25 +59,39 @@ def predict_probs(model, tokenizer, pairs, max_length: int, batch_size: int = 12
     return probs
 
 
+def labelled_metrics(labels, probs, threshold: float) -> dict[str, Any]:
+    """The figures of a labelled file at the model's threshold: accuracy, F1s, confusion, AUC, AP."""
+    return {**classification_metrics(labels, probs, threshold, prefix=""), **ranking_metrics(labels, probs, prefix="")}
+
+
+def score_pairs(checkpoint: str | Path, pairs: PairData, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The saved model's metrics on labelled `pairs`, at its saved threshold (nothing is chosen here)."""
+    model, tokenizer, cfg = load_saved_model(checkpoint, device)
+    threshold = saved_threshold(model, cfg, checkpoint)
+    probs = predict_probs(model, tokenizer, pairs, cfg.max_length, cfg.eval_batch_size, device)
+    return labelled_metrics(pairs.labels, probs, threshold)
+
+
 def predict_file(checkpoint: str | Path, data_file: str | Path, output: str | Path | None = None,
                  device: str | torch.device = "cpu") -> dict[str, Any]:
     """Write predictions for `data_file`; returns the metrics when it has labels, else {}."""
     model, tokenizer, cfg = load_saved_model(checkpoint, device)
+    threshold = saved_threshold(model, cfg, checkpoint)
     pairs = load_pairs(data_file, require_labels=False, skip_empty=cfg.skip_empty)
     probs = predict_probs(model, tokenizer, pairs, cfg.max_length, cfg.eval_batch_size, device)
     output = Path(output) if output else Path(data_file).with_suffix(".predictions.jsonl")
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("w", encoding="utf-8") as fh:
         for i, p in enumerate(probs):
-            row = {"text1": pairs.text1[i], "text2": pairs.text2[i], "prob": round(p, 6),
-                   "pred": int(p >= cfg.threshold)}
+            row = {"text1": pairs.text1[i], "text2": pairs.text2[i], "prob": round(p, 6), "pred": int(p >= threshold)}
             if pairs.labels is not None:
                 row["label"] = pairs.labels[i]
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     if pairs.labels is None:
         return {}
-    metrics = classification_metrics(pairs.labels, probs, cfg.threshold, prefix="")
-    metrics["best_threshold"], metrics["f1_macro_at_best_threshold"] = best_threshold(pairs.labels, probs)
+    metrics = labelled_metrics(pairs.labels, probs, threshold)
+    # What this file's own best threshold would give: for information only (chosen on the scored pairs).
+    metrics["best_threshold"], metrics["f1_macro_at_best_threshold"] = tune_threshold(pairs.labels, probs)
     write_json(output.with_name(output.name.removesuffix(".jsonl") + ".metrics.json"), metrics)
     return metrics
 

@@ -36,13 +36,13 @@ from transformers.utils import logging as hf_logging
 from afqmc.checkpoint import (TRAINER_STATE_NAME, CheckpointError, atomic_directory, resolve_directory,
                               save_model_dir, write_json)
 from afqmc.config import ConfigError, TrainConfig, load_config, parse_overrides
-from afqmc.data import (DataError, Encoded, LengthGroupedSampler, PairDataset, collate, count_overlap, encode,
-                        load_pairs, split_train_val)
-from afqmc.metrics import best_threshold, classification_metrics
+from afqmc.data import (DataError, Encoded, LengthGroupedSampler, PairData, PairDataset, collate, count_overlap,
+                        encode, load_splits)
+from afqmc.metrics import best_key, evaluation_metrics
 from afqmc.modeling import load_model, load_tokenizer
 
 Reporter = Callable[[dict[str, Any], "str | None"], None]
-PRIMARY = "val/f1_macro"  # the metric early stopping, the best model and the search all follow
+PRIMARY = "val/f1_macro"  # the default metric_for_best_model: F1-macro at the run's threshold
 
 
 class TrainingError(RuntimeError):
@@ -57,6 +57,9 @@ class TaskData:
     train: Encoded
     val: Encoded
     info: dict[str, Any]
+    # The labelled held-out pairs, scored once by the best model at the end; nothing that trains or
+    # chooses reads them (a search keeps them in its driver: trials get TaskData without them).
+    test: PairData | None = None
 
 
 @dataclass
@@ -80,11 +83,8 @@ class TrainerState:
 
 def prepare_data(cfg: TrainConfig, log: Callable[[str], None] = print) -> TaskData:
     """Load, split and tokenize train and val once; a search does this in the driver only."""
-    full = load_pairs(cfg.train_file, require_labels=True, skip_empty=cfg.skip_empty, max_rows=cfg.max_train_samples)
-    if cfg.val_file:
-        train_pairs, val_pairs = full, load_pairs(cfg.val_file, require_labels=True, skip_empty=cfg.skip_empty)
-    else:
-        train_pairs, val_pairs = split_train_val(full, cfg.val_ratio, cfg.seed)
+    splits = load_splits(cfg)
+    train_pairs, val_pairs, test = splits.train, splits.val, splits.test
     tokenizer = load_tokenizer(cfg, train_pairs.text1 + train_pairs.text2)
     train_enc = encode(tokenizer, train_pairs, cfg.max_length)
     val_enc = encode(tokenizer, val_pairs, cfg.max_length)
@@ -94,13 +94,18 @@ def prepare_data(cfg: TrainConfig, log: Callable[[str], None] = print) -> TaskDa
         "train_pairs": len(train_pairs), "val_pairs": len(val_pairs),
         "train_label_counts": train_pairs.label_counts(), "val_label_counts": val_pairs.label_counts(),
         "pairs_in_train_and_val": count_overlap(train_pairs, val_pairs),
-        "skipped_empty": full.skipped_empty, "vocab_size": len(tokenizer),
+        "test_pairs": len(test) if test else 0, "test_label_counts": test.label_counts() if test else None,
+        "test_source": test.source if test else None,
+        "pairs_in_train_and_test": count_overlap(train_pairs, test) if test else 0,
+        "skipped_empty": splits.skipped_empty, "vocab_size": len(tokenizer),
         "unk_rate": n_unk / max(1, train_enc.num_tokens()),
     }
+    held_out = (f", {info['test_pairs']} held-out test pairs {info['test_label_counts']} "
+                f"({info['pairs_in_train_and_test']} also in train)") if test else ""
     log(f"data: {info['train_pairs']} train pairs {info['train_label_counts']}, {info['val_pairs']} val pairs "
-        f"{info['val_label_counts']}, {info['pairs_in_train_and_val']} val pairs also in train, "
+        f"{info['val_label_counts']}, {info['pairs_in_train_and_val']} val pairs also in train{held_out}, "
         f"{info['skipped_empty']} empty skipped, [UNK] rate {info['unk_rate']:.2%}")
-    return TaskData(tokenizer, train_enc, val_enc, info)
+    return TaskData(tokenizer, train_enc, val_enc, info, test)
 
 
 def _setup_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -185,13 +190,14 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
     state = TrainerState()
     if resume_from:
         state = _load_checkpoint(accelerator, resume_from)
-        log(f"resumed from {resume_from} at step {state.step} (epoch {state.epoch}, best {PRIMARY} "
-            f"{state.best_metric:.4f})")
+        log(f"resumed from {resume_from} at step {state.step} (epoch {state.epoch}, best "
+            f"{cfg.metric_for_best_model} {state.best_metric:.4f})")
     eval_every = cfg.eval_steps or updates_per_epoch
     log(f"training: {total_steps} optimizer updates ({updates_per_epoch} per epoch), batch "
         f"{cfg.per_device_batch_size} x {cfg.gradient_accumulation_steps} accumulation x "
         f"{accelerator.num_processes} processes, evaluating every {eval_every} updates, "
-        f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}")
+        f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}, threshold {cfg.threshold}, "
+        f"best model by {cfg.metric_for_best_model}")
 
     bar = tqdm(total=total_steps, initial=state.step, disable=not (progress and accelerator.is_main_process),
                desc="train", dynamic_ncols=True)
@@ -247,12 +253,8 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
     accelerator.wait_for_everyone()
     summary = _summarize(cfg, state, total_steps, data.info)
     if accelerator.is_main_process:
-        if cfg.test_file and cfg.save_best_model:
-            from afqmc.predict import predict_file  # the best model, reloaded from disk
-
-            predict_file(output_dir / "best_model", cfg.test_file, output_dir / "predictions.jsonl",
-                         device=accelerator.device)
-            summary["predictions"] = str(output_dir / "predictions.jsonl")
+        if cfg.save_best_model and state.history:
+            summary.update(_predict_and_score_test(cfg, data, output_dir / "best_model", accelerator.device, log))
         write_json(output_dir / "summary.json", summary)
     accelerator.end_training()
     return summary
@@ -267,14 +269,41 @@ def _finite_everywhere(accelerator: Accelerator, loss: torch.Tensor) -> bool:
     return bool(finite.item() == 1.0)
 
 
+def _predict_and_score_test(cfg: TrainConfig, data: TaskData, best_model: Path, device, log) -> dict[str, Any]:
+    """The end of a run: the best model, reloaded from disk, predicts test_file and is scored once
+    on the held-out test pairs at its saved threshold (the first figure no choice has seen)."""
+    from afqmc.predict import predict_file, score_pairs
+
+    out: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    if cfg.test_file:  # a labelled one is the held-out test set, and predict_file scores it
+        out["predictions"] = str(Path(cfg.output_dir) / "predictions.jsonl")
+        metrics = predict_file(best_model, cfg.test_file, out["predictions"], device=device)
+    if not metrics and data.test is not None:  # the test_ratio split
+        metrics = score_pairs(best_model, data.test, device=device)
+    if metrics and data.test is not None:
+        out["test"] = {k: v for k, v in metrics.items() if k not in HELD_OUT_HIDDEN}
+        out["test"]["source"] = data.test.source
+        log(f"held-out test ({out['test']['num_samples']} pairs, never used for a choice): F1-macro "
+            f"{out['test']['f1_macro']:.4f}, accuracy {out['test']['accuracy']:.4f}, AUC {out['test']['auc']:.4f} "
+            f"at the saved threshold {out['test']['threshold']:.4f}")
+    return out
+
+
+# A labelled prediction file also gets the threshold that would be best on that file; for the
+# held-out test set that figure is left out: choosing on test is what the test set must not do.
+HELD_OUT_HIDDEN = ("best_threshold", "f1_macro_at_best_threshold")
+
+
 def _evaluate_and_report(cfg, accelerator, model, data, val_loader, weights, state, scheduler, epoch,
                          train_loss, report, bar, report_every_process=False) -> bool:
     """Evaluate, update early stopping, write checkpoint and best model, report. True means stop."""
-    val = evaluate(accelerator, model, val_loader, weights, cfg.threshold)
+    val = evaluate(accelerator, model, val_loader, weights, cfg.threshold, cfg.seed)
     state.evals += 1
-    improved = val[PRIMARY] > state.best_metric
+    value = val[cfg.metric_for_best_model]
+    improved = value > state.best_metric
     if improved:
-        state.best_metric, state.best_step, state.bad_evals = val[PRIMARY], state.step, 0
+        state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
     else:
         state.bad_evals += 1
     stop = cfg.patience > 0 and state.bad_evals >= cfg.patience
@@ -283,11 +312,11 @@ def _evaluate_and_report(cfg, accelerator, model, data, val_loader, weights, sta
         "train/loss": train_loss, "train/lr": scheduler.get_last_lr()[0],
         "train/samples_per_second": state.samples_seen / max(state.train_seconds, 1e-9),
         **val,
-        "best/val_f1_macro": state.best_metric, "best/step": state.best_step,
+        best_key(cfg.metric_for_best_model): state.best_metric, "best/step": state.best_step,
         "early_stopped": stop,
     }
     state.history.append(metrics)
-    _print_eval(bar, metrics, first=state.evals == 1)
+    _print_eval(bar, metrics, cfg.metric_for_best_model, first=state.evals == 1)
     checkpoint_dir = _save_checkpoint(cfg, accelerator, model, data, state, metrics, improved)
     if report is not None and accelerator.is_main_process:
         report(metrics, checkpoint_dir)
@@ -298,8 +327,9 @@ def _evaluate_and_report(cfg, accelerator, model, data, val_loader, weights, sta
 
 @torch.no_grad()
 def evaluate(accelerator: Accelerator, model, loader, weights: torch.Tensor | None,
-             threshold: float) -> dict[str, float]:
-    """Val loss and metrics over the whole val set, gathered from every process (no duplicates)."""
+             threshold: float | str, seed: int = 0) -> dict[str, float]:
+    """Val loss and metrics over the whole val set, gathered from every process (no duplicates):
+    at the run's threshold (fixed, or tuned and cross-fitted), plus AUC and AP (afqmc.metrics)."""
     model.eval()
     probs, labels, losses = [], [], []
     for batch in loader:
@@ -312,9 +342,8 @@ def evaluate(accelerator: Accelerator, model, loader, weights: torch.Tensor | No
         losses.append(loss.cpu())
     p, y, loss = (torch.cat(x).numpy() for x in (probs, labels, losses))
     w = np.ones_like(loss) if weights is None else weights.cpu().numpy()[y]
-    out = classification_metrics(y, p, threshold)
+    out = evaluation_metrics(y, p, threshold, seed=seed)
     out["val/loss"] = float((w * loss).sum() / w.sum())  # the training objective, class weights included
-    out["val/best_threshold"], out["val/f1_macro_at_best_threshold"] = best_threshold(y, p)
     return out
 
 
@@ -357,18 +386,18 @@ def _summarize(cfg: TrainConfig, state: TrainerState, total_steps: int, info: di
 
 EVAL_COLUMNS = [("step", "step", "{:>6d}"), ("epoch", "epoch", "{:>6.2f}"), ("train/loss", "train_loss", "{:>10.4f}"),
                 ("val/loss", "val_loss", "{:>8.4f}"), ("val/accuracy", "val_acc", "{:>7.4f}"),
-                ("val/f1_macro", "val_f1", "{:>7.4f}"), ("val/f1_1", "f1_pos", "{:>6.4f}"),
-                ("val/f1_macro_at_best_threshold", "f1@best_thr", "{:>11.4f}"),
-                ("val/best_threshold", "thr", "{:>4.2f}"), ("best/val_f1_macro", "best_f1", "{:>7.4f}"),
-                ("train/samples_per_second", "samples/s", "{:>9.1f}")]
+                ("val/f1_macro", "val_f1", "{:>7.4f}"), ("val/threshold", "thr", "{:>6.4f}"),
+                ("val/f1_1", "f1_pos", "{:>6.4f}"), ("val/auc", "val_auc", "{:>7.4f}"), ("val/ap", "val_ap", "{:>6.4f}"),
+                (None, "best", "{:>7.4f}"), ("train/samples_per_second", "samples/s", "{:>9.1f}")]
 
 
-def _print_eval(bar, metrics: dict[str, Any], first: bool) -> None:
+def _print_eval(bar, metrics: dict[str, Any], metric: str, first: bool) -> None:
+    """One table row per evaluation; `best` is the best metric_for_best_model so far."""
     if bar.disable:
         return
     if first:
         bar.write("  ".join(f"{title:>{len(fmt.format(0))}}" for _, title, fmt in EVAL_COLUMNS))
-    bar.write("  ".join(fmt.format(metrics[key]) for key, _, fmt in EVAL_COLUMNS))
+    bar.write("  ".join(fmt.format(metrics[key or best_key(metric)]) for key, _, fmt in EVAL_COLUMNS))
 
 
 def train_with_oom_retry(cfg: TrainConfig, report: Reporter | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -442,10 +471,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     best = summary["best"]
     if best and main_process:
-        print(f"best {PRIMARY} {best[PRIMARY]:.4f} at step {summary['best_step']} "
-              f"(accuracy {best['val/accuracy']:.4f}; best threshold {best['val/best_threshold']:.2f} gives "
-              f"F1-macro {best['val/f1_macro_at_best_threshold']:.4f}); "
+        metric = cfg.metric_for_best_model
+        print(f"best {metric} {best[metric]:.4f} at step {summary['best_step']} (val F1-macro {best[PRIMARY]:.4f} "
+              f"at threshold {best['val/threshold']:.4f}, accuracy {best['val/accuracy']:.4f}, AUC "
+              f"{best['val/auc']:.4f}; val numbers chose the model and its threshold, so they are optimistic); "
               f"{summary['train_samples_per_second']:.1f} train samples/s; outputs in {cfg.output_dir}")
+
     return 0
 
 

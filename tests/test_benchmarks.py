@@ -89,25 +89,42 @@ TINY_SEARCH = ["--max_train_samples", "600", "--eval_steps", "3", "--max_evals",
 
 @pytest.mark.slow
 def test_search_compare_quick(tmp_path):
-    """ASHA, FIFO and Trainer.hyperparameter_search (Optuna backend; the Ray one would start another
-    Ray and pickle the Trainer, ~40 s more) on 2 trials of 2 x 3 updates."""
+    """FIFO with a searched and with a tuned threshold, ASHA, and Trainer.hyperparameter_search
+    (Optuna backend; the Ray one would start another Ray and pickle the Trainer, ~40 s more) on 3
+    trials of 3 x 3 updates, every search scored on the same held-out test split."""
     need_shared()
-    res, stdout = run_bench("search_compare", tmp_path, "--quick", "--num_samples", "2", "--n_startup_trials", "2",
-                            *TINY_SEARCH, "--backends", "optuna", "--data", str(SHARED))
-    asha, fifo, hf = res["runs"]["asha"], res["runs"]["fifo"], res["runs"]["hf_optuna"]
+    res, stdout = run_bench("search_compare", tmp_path, "--quick", "--num_samples", "3", "--n_startup_trials", "3",
+                            "--max_train_samples", "600", "--eval_steps", "3", "--max_evals", "3", "--grace_period", "1",
+                            "--runs", "fifo_searched,fifo,asha,hf_optuna", "--data", str(SHARED))
+    runs = res["runs"]
+    asha, fifo, searched, hf = runs["asha"], runs["fifo"], runs["fifo_searched"], runs["hf_optuna"]
     assert "error" not in hf, hf
-    assert [len(asha["trials"]), len(fifo["trials"]), len(hf["trials"])] == [2, 2, 2]
-    # The baseline, then the same seeded random trial, in all three searches.
+    assert [len(r["trials"]) for r in (asha, fifo, searched, hf)] == [3, 3, 3, 3]
+    # The baseline, then the same seeded random trials, in our searches; the peer starts the same.
     assert res["same_start_trials"]
     assert hf["trials"][0]["learning_rate"] == pytest.approx(5e-4)
     assert hf["trials"][1]["learning_rate"] == pytest.approx(asha["trials"][1]["learning_rate"], rel=1e-9)
-    assert fifo["total_steps"] == 2 * 2 * 3  # FIFO runs every trial to the budget
-    assert 0 < asha["total_steps"] <= fifo["total_steps"] and 0 < hf["total_steps"] <= 2 * 2 * 3
-    for run in (asha, fifo, hf):
-        assert positive(run["wall_s"]) and f1(run["best_f1_macro"])
+    assert fifo["total_steps"] == searched["total_steps"] == 3 * 3 * 3  # FIFO runs every trial to the budget
+    assert 0 < asha["total_steps"] <= fifo["total_steps"] and 0 < hf["total_steps"] <= 3 * 3 * 3
+    for run in (asha, fifo, searched, hf):
+        assert positive(run["wall_s"]) and f1(run["best_value"]) and f1(run["test"]["best"]["f1_macro"])
+        assert run["test_pairs"] == 60  # 10% of the 600 pairs, the same split in every search
+    assert fifo["metric"] == "val/f1_macro" and set(fifo["curves"]) >= {"val/f1_macro_tuned", "val/auc", "val/ap"}
+    # tuned: the ranked value is the cross-fitted tuned F1; searched: F1 at the sampled threshold.
+    for n, curve in fifo["curves"]["val/f1_macro"].items():
+        assert curve == fifo["curves"]["val/f1_macro_tuned"][n]
     assert res["steps_ratio"] == pytest.approx(asha["total_steps"] / fifo["total_steps"])
-    assert positive(res["time_ratio_vs_hf_optuna"])
-    assert "ASHA / FIFO: updates" in stdout and "ours (ASHA) vs hf_optuna: wall time ratio" in stdout
+    assert res["value_ratio"] == pytest.approx(asha["best_value"] / fifo["best_value"])
+    roles = res["metric_roles"]
+    assert {(c["run"], c["candidate"]) for c in roles["correlation"]} == {
+        ("fifo", "tuned F1"), ("fifo", "AUC"), ("fifo", "AP"), ("fifo_searched", "tuned F1"),
+        ("fifo_searched", "AUC"), ("fifo_searched", "AP"), ("fifo_searched", "F1 at sampled thr")}
+    assert all(len(c["spearman"]) == 3 for c in roles["correlation"])
+    assert roles["replay"] and all(0 < r["perfect_share"] <= 1 for r in roles["replay"])
+    assert set(res["tuned_vs_searched_test_f1"]) == {"tuned", "searched", "difference"}
+    assert positive(res["vs_hf_optuna"]["time_ratio"])
+    assert "ASHA / FIFO: updates" in stdout and "ours (asha) vs hf_optuna: wall time ratio" in stdout
+    assert "Spearman" in stdout and "tuned vs searched threshold" in stdout
 
 
 @pytest.mark.slow
@@ -128,5 +145,6 @@ def test_search_overhead_quick(tmp_path):
     assert "where the time goes" in stdout
     # The data is tokenized once per search (train and val), in the driver; never in a trial process.
     assert res["tokenized_once_in_driver"]
-    assert res["tokenization"]["search_600_0"] == {"driver_calls": 2, "driver_pairs": 600, "trial_process_calls": 0}
+    # 600 pairs, of which the CPU space holds out 10% as test (never tokenized: only the best models read it).
+    assert res["tokenization"]["search_600_0"] == {"driver_calls": 2, "driver_pairs": 540, "trial_process_calls": 0}
     assert "once per search, in the driver" in stdout

@@ -6,7 +6,36 @@ from afqmc.config import ConfigError, TrainConfig, from_dict, load_config, parse
 def test_defaults_are_the_macbert_baseline_shape():
     cfg = TrainConfig()
     assert cfg.model_name_or_path == "hfl/chinese-macbert-base"
-    assert cfg.max_length == 64 and cfg.threshold == 0.5 and cfg.trust_remote_code is False
+    assert cfg.max_length == 64 and cfg.threshold == "tuned" and cfg.trust_remote_code is False
+    assert cfg.test_ratio == 0 and cfg.metric_for_best_model == "val/f1_macro"
+
+
+@pytest.mark.parametrize("given, expected", [("0.5", 0.5), ("tuned", "tuned"), ("0.35", 0.35)])
+def test_threshold_takes_a_number_or_tuned_from_yaml_and_the_command_line(tmp_path, given, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"# test\nthreshold: {given}\n")
+    assert load_config(path).threshold == expected
+    assert load_config(None, parse_overrides(["--threshold", given])).threshold == expected
+
+
+@pytest.mark.parametrize("line, field, phrase", [
+    ("threshold: tune", "threshold", "or 'tuned'"),
+    ("threshold: 1.5", "threshold", "(0, 1)"),
+    ("test_ratio: 1.0", "test_ratio", "[0, 1)"),
+    ("test_ratio: 0.95", "test_ratio", "leave pairs to train on"),
+    ("metric_for_best_model: f1", "metric_for_best_model", "val/auc"),
+])
+def test_bad_threshold_test_ratio_or_metric_names_file_line_and_field(tmp_path, line, field, phrase):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"# test\nlearning_rate: 1.0e-4\n{line}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"{path}:3" in str(info.value) and field in str(info.value) and phrase in str(info.value)
+
+
+def test_metric_for_best_model_takes_short_names():
+    assert load_config(None, {"metric_for_best_model": "auc"}).metric_for_best_model == "val/auc"
+    assert load_config(None, {"metric_for_best_model": "eval_f1_macro"}).metric_for_best_model == "val/f1_macro"
 
 
 def test_yaml_then_cli_override(tmp_path):

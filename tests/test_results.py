@@ -38,17 +38,19 @@ TABLES = ("trials.csv", "trials.md", "summary.json", "best_config.yaml")
 def _space(tmp_path: Path, train_file: Path) -> Path:
     """The demo space on the first 1000 demo pairs, 20 updates per trial, an evaluation every 5.
 
-    20 updates are too few for the tiny model to learn: most trials predict one class, so their
-    val F1-macro is 0.4083 (all negative) or 0.2366 (all positive). The baseline is made poor on
-    purpose (w1/w0 = 4 and threshold 0.3: every pair positive), so that the best trial is another one.
+    20 updates are too few for the tiny model to learn: at a fixed threshold most trials predict one
+    class, so their val F1-macro is 0.4083 (all negative) or 0.2366 (all positive). This space
+    searches the threshold (the slower, optional mode) and ranks and cuts on F1 at it, and its
+    baseline is made poor on purpose (w1/w0 = 4 and threshold 0.3: every pair positive), so that the
+    best trial is another one. It holds out a test split (test_ratio 0.2 of the 1000 pairs).
     """
     spec = yaml.safe_load((ROOT / "search_spaces/demo.yaml").read_text(encoding="utf-8"))
     spec["search"].update(num_samples=NUM_SAMPLES, n_startup_trials=3, max_evals=MAX_EVALS, grace_period=1,
-                          reduction_factor=3, cpus_per_trial=1)
+                          reduction_factor=3, cpus_per_trial=1, asha_metric=PRIMARY)
     spec["params"].update(train_file=str(train_file), max_train_samples=1000, per_device_batch_size=32,
-                          max_steps=MAX_STEPS, eval_steps=EVAL_STEPS, eval_batch_size=256)
+                          max_steps=MAX_STEPS, eval_steps=EVAL_STEPS, eval_batch_size=256, test_ratio=0.2)
     spec["params"]["class_weights"]["baseline"] = 4.0
-    spec["params"]["threshold"]["baseline"] = 0.3
+    spec["params"]["threshold"] = {"type": "uniform", "low": 0.3, "high": 0.7, "baseline": 0.3}
     path = tmp_path / "space.yaml"
     path.write_text("# demo space, shortened for the tests\n" + yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     return path
@@ -111,20 +113,22 @@ def test_compare_sort_and_status_names():
 
 
 def test_reseed_verdict_weighs_the_gain_against_seed_noise():
-    from tune.reseed import _verdict
+    from tune.reseed import _stats, _verdict
 
-    def res(values):
-        return {"values": values, "mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))}
+    def res(best, baseline):
+        return {"best": {"test": _stats(best)}, "baseline": {"test": _stats(baseline)}}
 
-    clear = _verdict({"best": res([0.70, 0.71, 0.72]), "baseline": res([0.60, 0.61, 0.62])}, same=False)
+    clear = _verdict(res([0.70, 0.71, 0.72], [0.60, 0.61, 0.62]), "test", same=False)
     assert clear["gain"] == pytest.approx(0.10) and clear["pooled_std"] == pytest.approx(0.01)
     assert clear["gain_in_pooled_std"] == pytest.approx(10.0) and clear["welch_p"] < 0.001
     assert "larger than seed noise" in clear["verdict"]
-    noisy = _verdict({"best": res([0.70, 0.60, 0.65]), "baseline": res([0.66, 0.58, 0.62])}, same=False)
+    noisy = _verdict(res([0.70, 0.60, 0.65], [0.66, 0.58, 0.62]), "test", same=False)
     assert noisy["gain"] == pytest.approx(0.03) and noisy["welch_p"] > 0.3
     assert "within seed noise" in noisy["verdict"]
-    worse = _verdict({"best": res([0.60, 0.61]), "baseline": res([0.62, 0.63])}, same=False)
+    worse = _verdict(res([0.60, 0.61], [0.62, 0.63]), "test", same=False)
     assert worse["verdict"].startswith("no gain")
+    same = _verdict(res([0.60, 0.61], [0.60, 0.61]), "test", same=True)
+    assert same["verdict"].startswith("the baseline is the best trial") and same["welch_p"] is None
 
 
 def test_reports_of_a_search_that_has_just_started(tmp_path):
@@ -205,7 +209,8 @@ def test_trials_csv_has_one_row_per_trial_and_its_best_row_is_the_search_best(se
     reported = re.search(r"best trial (\d+): val/f1_macro ([0-9.]+)", search["stdout"])
     assert reported and reported.group(1) == best_row["trial"]
     summary = json.loads((exp_dir / "summary.json").read_text())
-    assert summary["best"]["trial"] == int(best_row["trial"]) and summary["best"][PRIMARY] == pytest.approx(top)
+    assert summary["best"]["trial"] == int(best_row["trial"]) and summary["best"]["value"] == pytest.approx(top)
+    assert summary["metric"] == PRIMARY
     assert summary["trials"] == NUM_SAMPLES and summary["complete"] is True
 
     # The baseline: trial 1, marked; every gain is over its value.
@@ -214,12 +219,70 @@ def test_trials_csv_has_one_row_per_trial_and_its_best_row_is_the_search_best(se
     base = float(baseline[0][PRIMARY])
     for r in rows:
         assert float(r["gain_vs_baseline"]) == pytest.approx(float(r[PRIMARY]) - base, abs=1e-12)
-    assert summary["baseline"]["trial"] == 1 and summary["baseline"][PRIMARY] == pytest.approx(base)
+    assert summary["baseline"]["trial"] == 1 and summary["baseline"]["value"] == pytest.approx(base)
     assert summary["best"]["gain_vs_baseline"] == pytest.approx(top - base)
     budget = summary["budget"]
     assert budget["evals"] == sum(int(r["evals"]) for r in rows) <= NUM_SAMPLES * MAX_EVALS
     assert budget["max_evals_total"] == NUM_SAMPLES * MAX_EVALS
     assert budget["optimizer_steps"] == sum(int(r["steps"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_best_and_baseline_are_scored_once_on_the_held_out_test_split(search, tmp_path):
+    from afqmc.data import load_splits
+    from afqmc.predict import load_saved_model, predict_probs
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    exp_dir = search["exp_dir"]
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    test = summary["test"]
+    assert test["pairs"] == 200 and test["source"].endswith("(test split)") and sum(test["label_counts"]) == 200
+    models = test["models"]
+    assert models["best"]["trial"] == summary["best"]["trial"] and models["baseline"]["trial"] == 1
+    # The exported model, on the same split, at its saved threshold: the same figures.
+    cfg = load_config(exp_dir / "best_model" / "train_config.yaml")
+    splits = load_splits(cfg)
+    lines = [set(x.lines) for x in (splits.train, splits.val, splits.test)]
+    assert not (lines[0] & lines[2]) and not (lines[1] & lines[2]) and len(splits.test) == 200
+    model, tok, saved_cfg = load_saved_model(exp_dir / "best_model")
+    probs = np.array(predict_probs(model, tok, splits.test, saved_cfg.max_length))
+    best = models["best"]["metrics"]
+    assert best["threshold"] == pytest.approx(saved_cfg.threshold)  # searched threshold: the trial's own
+    assert best["f1_macro"] == pytest.approx(f1_score(splits.test.labels, (probs >= best["threshold"]).astype(int),
+                                                      average="macro"), abs=1e-9)
+    assert best["auc"] == pytest.approx(roc_auc_score(splits.test.labels, probs), abs=1e-6)
+    assert test["gain_f1_macro"] == pytest.approx(best["f1_macro"] - models["baseline"]["metrics"]["f1_macro"])
+    # In the tables: the test column holds the two scored models only; trials.md says which is which.
+    rows = {r["trial"]: r for r in _csv(exp_dir / "trials.csv")}
+    scored = {t for t, r in rows.items() if r["test/f1_macro"]}
+    assert scored == {str(models["best"]["trial"]), "1"}
+    assert float(rows["1"]["test/f1_macro"]) == pytest.approx(models["baseline"]["metrics"]["f1_macro"])
+    text = (exp_dir / "trials.md").read_text()
+    assert f"best (trial {models['best']['trial']}" in text and "baseline (trial 1" in text
+    assert "Val numbers chose" in text and "held-out test: 200 pairs" in text and "| test F1 |" in text
+    assert "held-out test" in search["stdout"]
+    # Each model was scored once: a rebuild reads test_scores.json, it does not predict again.
+    scores = json.loads((exp_dir / "test_scores.json").read_text())
+    assert len(scores["scores"]) == len({models["best"]["trial_id"], models["baseline"]["trial_id"]})
+    import tune.reports as reports
+
+    def no_predict(*args, **kwargs):
+        raise AssertionError("a model was scored again")
+
+    real, reports._predict = reports._predict, no_predict
+    try:
+        again = reports.held_out_test(exp_dir.resolve(), json.loads((exp_dir / "search.json").read_text()),
+                                      *_best_and_baseline(exp_dir))
+    finally:
+        reports._predict = real
+    assert again["models"] == test["models"]
+
+
+def _best_and_baseline(exp_dir: Path):
+    from tune.results import best_trial, collect_trials
+
+    trials = collect_trials(exp_dir)
+    return best_trial(trials), next(t for t in trials if t.is_baseline)
 
 
 @pytest.mark.slow
@@ -304,7 +367,7 @@ def test_best_config_round_trips_and_retrains_the_winner(search, tmp_path):
     searched = _rows(exp_dir / f"trial_{best['trial_id']}")
     for a, b in zip(searched, retrained):
         assert a["evals"] == b["evals"] and a[PRIMARY] == pytest.approx(b[PRIMARY], abs=1e-9)
-    assert max(r[PRIMARY] for r in retrained) >= best[PRIMARY] - 1e-9
+    assert max(r[PRIMARY] for r in retrained) >= best["value"] - 1e-9
 
 
 @pytest.mark.slow
@@ -323,10 +386,11 @@ def test_plots_are_valid_pngs_that_are_not_blank(search):
     assert sorted(summary["plots"]) == sorted(f"plots/{p}" for p in PLOTS)
     # The threshold curve came from the best model's val predictions, which match the search's value.
     curve = summary["threshold_curve"]
-    assert curve["recomputed_f1_macro"] == pytest.approx(summary["best"][PRIMARY], abs=1e-6)
+    assert curve["recomputed_value"] == pytest.approx(summary["best"]["value"], abs=1e-6)
     imp = summary["importance"]
     assert set(imp["values"]) == {"learning_rate", "class_weights", "dropout", "threshold", "warmup_ratio"}
-    assert sum(imp["values"].values()) == pytest.approx(1.0, abs=1e-6) and imp["trials"] == NUM_SAMPLES
+    assert sum(imp["values"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert imp["trials"] == summary["counts"]["finished"]  # fANOVA reads COMPLETE trials; ASHA's cuts are PRUNED
     assert list(imp["values"].values()) == sorted(imp["values"].values(), reverse=True)
 
 
@@ -387,6 +451,7 @@ def test_compare_two_searches_and_a_running_one(search, tmp_path):
     assert out.is_absolute() and out.name == "comparison.md" and out.is_file()
     text = out.read_text()
     assert "demo_results" in text and "second" in text and text.count("\n| ") >= 6
+    assert proc.stdout.count("held-out test F1-macro: best (trial") == 2
 
     # All trials of both, sorted by learning rate, and only the finished ones.
     out_md = tmp_path / "all.md"
@@ -430,18 +495,23 @@ def test_reseed_reports_mean_and_std_of_best_and_baseline(search, capsys):
     report = json.loads((exp_dir / "reseed.json").read_text())
     summary = json.loads((exp_dir / "summary.json").read_text())
     assert report["seeds"] == [43, 44]  # after the search's own seed 42
+    assert report["test_pairs"] == 200 and report["test_source"].endswith("(test split)")
     res = report["results"]
     assert res["best"]["trial"] == summary["best"]["trial"] != 1 and res["baseline"]["trial"] == 1
     for role in ("best", "baseline"):
-        values = res[role]["values"]
-        assert len(values) == 2 and all(0 < v <= 1 for v in values)
-        assert res[role]["mean"] == pytest.approx(np.mean(values))
-        assert res[role]["std"] == pytest.approx(np.std(values, ddof=1))
         assert res[role]["steps"] == 10 and all(r["steps"] == 10 for r in res[role]["runs"])
-    assert report["gain"] == pytest.approx(res["best"]["mean"] - res["baseline"]["mean"])
-    pooled = math.sqrt((res["best"]["std"] ** 2 + res["baseline"]["std"] ** 2) / 2)
-    assert report["pooled_std"] == pytest.approx(pooled, abs=1e-12)
-    if pooled > 0:
-        assert report["gain_in_pooled_std"] == pytest.approx(report["gain"] / pooled)
-    assert "Verdict:" in out and "| best " in out and "| baseline " in out
+        for figure in ("test", "val"):  # the held-out figure that judges, and the val one that chose
+            values = res[role][figure]["values"]
+            assert values == [r[figure] for r in res[role]["runs"]] and len(values) == 2
+            assert all(0 < v <= 1 for v in values)
+            assert res[role][figure]["mean"] == pytest.approx(np.mean(values))
+            assert res[role][figure]["std"] == pytest.approx(np.std(values, ddof=1))
+    for figure in ("test", "val"):
+        v = report[figure]
+        assert v["gain"] == pytest.approx(res["best"][figure]["mean"] - res["baseline"][figure]["mean"])
+        pooled = math.sqrt((res["best"][figure]["std"] ** 2 + res["baseline"][figure]["std"] ** 2) / 2)
+        assert v["pooled_std"] == pytest.approx(pooled, abs=1e-12)
+        if pooled > 0:
+            assert v["gain_in_pooled_std"] == pytest.approx(v["gain"] / pooled)
+    assert "Verdict:" in out and "held-out test F1-macro: gain" in out and "| best " in out and "| baseline " in out
     assert (exp_dir / "reseed.md").read_text().startswith("# Reseed of `demo_results`")

@@ -29,7 +29,8 @@ from tune.space import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "search_spaces"
-REQUIRED = ("learning_rate", "class_weights", "dropout", "threshold")
+DEMO_TRAIN = ROOT / "afqmc" / "demo_data" / "train.jsonl"
+REQUIRED = ("learning_rate", "class_weights", "dropout")
 PRIMARY = "val/f1_macro"
 
 
@@ -51,6 +52,11 @@ def test_shipped_spaces_load_and_search_the_required_fields(name):
             assert param.low <= param.baseline <= param.high
     assert baseline.eval_steps > 0  # ASHA's unit of time is fixed
     assert space.settings.grace_period <= space.settings.max_evals
+    # The threshold is tuned on val after every evaluation (searching it is the slower, optional mode).
+    assert "threshold" not in space.params and space.base.threshold == "tuned"
+    assert space.settings.metric == space.base.metric_for_best_model == "val/f1_macro"
+    if space.base.train_file.endswith("afqmc/train.jsonl"):  # the AFQMC spaces hold out a test split
+        assert space.base.test_ratio > 0
 
 
 def test_demo_space_baseline_is_the_demo_config():
@@ -270,7 +276,32 @@ def test_demo_search_contains_the_baseline_and_reports_the_true_best(demo_search
 
     study = optuna.load_study(study_name="demo_test", storage=f"sqlite:///{exp_dir / 'optuna.db'}")
     assert len(study.trials) == 8 and study.trials[0].params == pytest.approx(space.baseline())
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("demo_search")  # one search for these tests (the fixture is per worker)
+def test_demo_search_study_holds_pruned_and_complete_trials_with_their_curves(demo_search):
+    """A trial that ASHA stopped is PRUNED in the study, one that ran its course COMPLETE with its
+    best value; both have every evaluation's value as an intermediate value (optuna-dashboard's curves)."""
+    import optuna
+
+    exp_dir = demo_search["exp_dir"]
+    study = optuna.load_study(study_name="demo_test", storage=f"sqlite:///{exp_dir / 'optuna.db'}")
+    by_params = {json.dumps(t.params, sort_keys=True): t for t in study.trials}
+    states = []
+    for t in _trials_csv(exp_dir):
+        params = json.loads((exp_dir / f"trial_{t['trial_id']}" / "params.json").read_text())
+        ot = by_params[json.dumps(params, sort_keys=True)]
+        rows = _rows(exp_dir / f"trial_{t['trial_id']}")
+        assert ot.intermediate_values == pytest.approx({r["evals"]: r[PRIMARY] for r in rows}, abs=1e-12)
+        if t["state"] == "stopped early":
+            assert ot.state == optuna.trial.TrialState.PRUNED
+            assert ot.value == pytest.approx(rows[-1][PRIMARY])  # Optuna's rule: the last intermediate value
+        else:
+            assert ot.state == optuna.trial.TrialState.COMPLETE
+            assert ot.value == pytest.approx(max(r[PRIMARY] for r in rows))  # the trial's best val F1
+        states.append(ot.state)
+    assert optuna.trial.TrialState.PRUNED in states and optuna.trial.TrialState.COMPLETE in states
 
 
 @pytest.mark.slow
@@ -290,8 +321,12 @@ def test_demo_search_best_model_reloads_and_reproduces_its_val_metrics(demo_sear
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     got = json.loads((tmp_path / "val.predictions.metrics.json").read_text())
-    assert got["f1_macro"] == pytest.approx(metrics[PRIMARY], abs=1e-6)
-    assert got["accuracy"] == pytest.approx(metrics["val/accuracy"], abs=1e-6)
+    # The saved threshold is the one tuned on all of val: there, it gives the in-sample F1 (the search
+    # ranked by the cross-fitted one, which is lower or equal).
+    assert got["threshold"] == pytest.approx(metrics["val/threshold"]) and cfg.threshold == "tuned"
+    assert got["f1_macro"] == pytest.approx(metrics["val/f1_macro_at_best_threshold"], abs=1e-6)
+    assert got["f1_macro"] >= metrics[PRIMARY] - 1e-9
+    assert got["auc"] == pytest.approx(metrics["val/auc"], abs=1e-6)
     assert got["num_samples"] == 200
     best_cfg = load_config(exp_dir / "best_config.yaml")  # retrainable as it is
     assert best_cfg.learning_rate == cfg.learning_rate and best_cfg.threshold == cfg.threshold
@@ -358,7 +393,9 @@ def test_interrupted_search_resumes_and_accounts_for_every_trial_once(tmp_path):
     import optuna
 
     study = optuna.load_study(study_name="intr", storage=f"sqlite:///{exp_dir / 'optuna.db'}")
-    assert len(study.trials) == num_samples and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    finished = {"finished": optuna.trial.TrialState.COMPLETE, "stopped early": optuna.trial.TrialState.PRUNED}
+    assert len(study.trials) == num_samples
+    assert sorted(t.state for t in study.trials) == sorted(finished[t["state"]] for t in trials)
 
 
 # Runs the search with the given arguments; on a search of _fault_space, trial 1 (the baseline) is good
@@ -444,6 +481,44 @@ def test_search_survives_a_nan_trial_a_killed_worker_and_a_killed_driver(tmp_pat
     states = [t.state for t in study.trials]
     assert len(study.trials) == num_samples, states
     assert states.count(optuna.trial.TrialState.FAIL) == len(nan_trials), states
-    assert states.count(optuna.trial.TrialState.COMPLETE) == num_samples - len(nan_trials), states
+    assert states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED) == \
+        num_samples - len(nan_trials), states
     assert all("training loss is" in t.user_attrs["failed"] for t in study.trials
                if t.state == optuna.trial.TrialState.FAIL)
+
+
+@pytest.mark.slow
+def test_held_out_labels_are_never_read_for_a_choice(tmp_path):
+    """Two searches that differ only in the labels of their held-out test file (all flipped in the
+    second): the winner, every val number and every threshold are the same; only the test scores
+    differ. FIFO, and every trial sampled by TPE's seeded start, so that both run the same trials."""
+    rows = [json.loads(line) for line in DEMO_TRAIN.read_text(encoding="utf-8").splitlines()[1000:1300]]
+    outcomes = {}
+    for name, flip in (("plain", False), ("flipped", True)):
+        test_file = tmp_path / f"test_{name}.jsonl"
+        test_file.write_text("".join(json.dumps({**r, "label": 1 - r["label"] if flip else r["label"]},
+                                                ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        space = _test_space(tmp_path, DEMO_TRAIN, num_samples=3, max_steps=15)
+        proc = subprocess.run([sys.executable, "tune/search.py", "--space", str(space), "--name", name,
+                               "--scheduler", "fifo", "--results_dir", str(tmp_path / "results"),
+                               "--test_file", str(test_file)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        exp_dir = tmp_path / "results" / name
+        outcomes[name] = {"summary": json.loads((exp_dir / "summary.json").read_text()),
+                          "trials": _trials_csv(exp_dir),
+                          "best_model": json.loads((exp_dir / "best_model" / "metrics.json").read_text())}
+    plain, flipped = outcomes["plain"], outcomes["flipped"]
+    assert plain["summary"]["best"]["trial"] == flipped["summary"]["best"]["trial"]
+    assert plain["summary"]["best"]["params"] == flipped["summary"]["best"]["params"]
+    for key, value in plain["best_model"].items():  # every val metric and the saved threshold
+        if key != "train/samples_per_second":
+            assert flipped["best_model"][key] == value, key
+    for a, b in zip(plain["trials"], flipped["trials"], strict=True):
+        for key in a:
+            if key.startswith("val/") or key in ("trial", "state", "evals", "best_evals", "gain_vs_baseline"):
+                assert a[key] == b[key], key
+    tests = [o["summary"]["test"]["models"]["best"]["metrics"] for o in (plain, flipped)]
+    assert tests[0]["threshold"] == tests[1]["threshold"]
+    assert tests[0]["num_samples"] == tests[1]["num_samples"] == 300
+    assert tests[0]["f1_macro"] != tests[1]["f1_macro"]  # the test labels do count where they should
+    assert tests[0]["auc"] == pytest.approx(1 - tests[1]["auc"], abs=1e-9)  # flipped labels mirror the AUC

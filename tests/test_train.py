@@ -10,12 +10,15 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, BertTokenizer
 
-from afqmc.config import from_dict
-from afqmc.data import load_pairs
+from sklearn.metrics import f1_score
+
+from afqmc.config import ConfigError, from_dict
+from afqmc.data import load_pairs, load_splits, split_train_val
+from afqmc.metrics import evaluation_metrics
 from afqmc.modeling import load_model, load_tokenizer
-from afqmc.predict import load_saved_model, predict_probs
+from afqmc.predict import load_saved_model, predict_probs, saved_threshold
 from afqmc.train import TrainingError, prepare_data, train
-from conftest import AFQMC_TRAIN, DEMO_TEST, ROOT, VOCAB, need_shared
+from conftest import AFQMC_TRAIN, DEMO_TEST, DEMO_TRAIN, ROOT, VOCAB, need_shared
 
 
 def spy_on_clipping(monkeypatch) -> list:
@@ -72,36 +75,86 @@ def test_clipping_bounds_the_gradient_norm(tiny_cfg, monkeypatch):
 
 def test_metrics_reported_at_every_evaluation_and_best_model_reloads(tiny_cfg, tmp_path):
     reports = []
-    cfg = tiny_cfg(eval_steps=5, max_steps=15, test_file=str(DEMO_TEST))
+    cfg = tiny_cfg(eval_steps=5, max_steps=15, test_file=str(DEMO_TEST))  # threshold: tuned (the default)
     summary = train(cfg, report=lambda m, ckpt: reports.append((m, ckpt)), progress=False)
     assert [m["step"] for m, _ in reports] == [5, 10, 15] and [m["evals"] for m, _ in reports] == [1, 2, 3]
     keys = {"train/loss", "val/loss", "val/accuracy", "val/f1_macro", "val/precision_0", "val/recall_1",
-            "val/f1_0", "val/f1_1", "val/tn", "val/fp", "val/fn", "val/tp", "val/best_threshold",
-            "val/f1_macro_at_best_threshold", "best/val_f1_macro", "train/samples_per_second", "train/lr"}
+            "val/f1_0", "val/f1_1", "val/tn", "val/fp", "val/fn", "val/tp", "val/threshold", "val/best_threshold",
+            "val/f1_macro_at_best_threshold", "val/f1_macro_tuned", "val/auc", "val/ap", "best/val_f1_macro",
+            "train/samples_per_second", "train/lr"}
     assert keys <= set(reports[0][0])
-    m = reports[0][0]
-    assert m["val/tn"] + m["val/fp"] + m["val/fn"] + m["val/tp"] == m["val/num_samples"] == 120
-    assert m["val/threshold"] == cfg.threshold  # the configured threshold, never the swept one
+    for m, _ in reports:
+        assert m["val/tn"] + m["val/fp"] + m["val/fn"] + m["val/tp"] == m["val/num_samples"] == 120
+        # tuned: the reported F1 is the cross-fitted one, never above the in-sample one of the same scores
+        assert m["val/threshold"] == m["val/best_threshold"] and m["val/f1_macro"] == m["val/f1_macro_tuned"]
+        assert m["val/f1_macro"] <= m["val/f1_macro_at_best_threshold"]
     best = max(r[0]["val/f1_macro"] for r in reports)
     assert summary["best"]["val/f1_macro"] == best
 
     out = tmp_path / "run"
     saved = json.loads((out / "best_model" / "metrics.json").read_text())
     assert saved["val/f1_macro"] == best
-    # The saved model reproduces its val metrics through the predict path ...
+    # The saved model carries the threshold chosen on all of val, and reproduces its val metrics
+    # (scores, cross-fitted F1, threshold) through the predict path ...
     model, tok, saved_cfg = load_saved_model(out / "best_model")
-    data = prepare_data(cfg)
-    from afqmc.data import PairData  # val pairs as text again, through the same split
-    from afqmc.data import split_train_val
-    _, val = split_train_val(load_pairs(cfg.train_file, max_rows=cfg.max_train_samples), cfg.val_ratio, cfg.seed)
+    assert model.config.decision_threshold == pytest.approx(saved["val/threshold"])
+    assert saved_threshold(model, saved_cfg) == pytest.approx(saved["val/threshold"])
+    val = load_splits(cfg).val  # val pairs as text again, through the same split
     probs = predict_probs(model, tok, val, saved_cfg.max_length)
-    from afqmc.metrics import classification_metrics
-    assert classification_metrics(val.labels, probs, saved_cfg.threshold)["val/f1_macro"] == pytest.approx(best)
+    again = evaluation_metrics(val.labels, probs, saved_cfg.threshold, seed=saved_cfg.seed)
+    assert again["val/f1_macro"] == pytest.approx(best, abs=1e-9)
+    assert again["val/threshold"] == pytest.approx(saved["val/threshold"], abs=1e-6)
+    assert again["val/auc"] == pytest.approx(saved["val/auc"], abs=1e-6)
     # ... and loads with plain transformers too.
     assert AutoModelForSequenceClassification.from_pretrained(out / "best_model").config.num_labels == 2
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 300 and all(0.0 <= p["prob"] <= 1.0 and p["pred"] in (0, 1) for p in preds)
-    assert json.loads((out / "summary.json").read_text())["best_step"] == summary["best_step"]
+    assert all(p["pred"] == int(p["prob"] >= saved["val/threshold"]) for p in preds if abs(p["prob"] -
+                                                                                       saved["val/threshold"]) > 1e-5)
+    summary_file = json.loads((out / "summary.json").read_text())
+    assert summary_file["best_step"] == summary["best_step"]
+    assert "test" not in summary_file  # the demo test file has no labels: predicted, not scored
+
+
+def test_fixed_threshold_is_used_as_given(tiny_cfg):
+    reports = []
+    train(tiny_cfg(eval_steps=5, max_steps=10, threshold=0.45), report=lambda m, c: reports.append(m), progress=False)
+    for m in reports:
+        assert m["val/threshold"] == 0.45  # never the tuned one
+        assert m["val/f1_macro_tuned"] <= m["val/f1_macro_at_best_threshold"]
+
+
+def test_held_out_test_split_is_disjoint_stratified_and_scored_once_at_the_end(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(eval_steps=5, max_steps=10, max_train_samples=1000, val_ratio=0.2, test_ratio=0.2)
+    splits = load_splits(cfg)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (600, 200, 200)
+    lines = [set(x.lines) for x in (splits.train, splits.val, splits.test)]
+    assert not (lines[0] & lines[1]) and not (lines[0] & lines[2]) and not (lines[1] & lines[2])
+    assert abs(splits.test.label_counts()[1] / 200 - splits.train.label_counts()[1] / 600) < 0.01
+    # Without a test split, the val split is the one this project always made.
+    no_test = load_splits(cfg.replace(test_ratio=0.0))
+    _, val = split_train_val(load_pairs(cfg.train_file, max_rows=1000), 0.2, cfg.seed)
+    assert no_test.test is None and no_test.val.lines == val.lines
+
+    summary = train(cfg, progress=False)
+    test = summary["test"]
+    assert test["num_samples"] == 200 and test["source"].endswith("(test split)")
+    assert test["threshold"] == pytest.approx(summary["best"]["val/threshold"])  # the saved one, not a new choice
+    model, tok, saved_cfg = load_saved_model(tmp_path / "run" / "best_model")
+    probs = predict_probs(model, tok, splits.test, saved_cfg.max_length)
+    assert test["f1_macro"] == pytest.approx(f1_score(splits.test.labels, (np.array(probs) >= test["threshold"])
+                                                      .astype(int), average="macro"))
+    assert "best_threshold" not in test  # a threshold chosen on test is not reported for the test set
+
+
+def test_a_labelled_test_file_is_the_held_out_test_set(tiny_cfg, tmp_path):
+    rows = [json.loads(line) for line in DEMO_TRAIN.read_text(encoding="utf-8").splitlines()[-100:]]
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    summary = train(tiny_cfg(eval_steps=5, max_steps=5, test_file=str(test_file)), progress=False)
+    assert summary["test"]["num_samples"] == 100 and summary["predictions"].endswith("predictions.jsonl")
+    with pytest.raises(ConfigError, match="test_ratio"):
+        load_splits(tiny_cfg(test_file=str(test_file), test_ratio=0.1))
 
 
 @pytest.mark.parametrize("group_by_length", [False, True])

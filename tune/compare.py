@@ -24,14 +24,17 @@ import os
 
 import pandas as pd
 
-from tune.reports import (PRIMARY, SHORT, STATES, leaderboard_rows, markdown_table, param_names,
-                          ranked, trials_frame, write_reports)
-from tune.results import collect_trials, load_state
+import json
 
-# Names accepted by --sort besides the CSV columns: the short headers of the table.
-SORT_ALIASES = {"val_f1": PRIMARY, "f1": PRIMARY, "val f1": PRIMARY, "gain": "gain_vs_baseline",
-                "f1@thr*": "val/f1_macro_at_best_threshold", "thr*": "val/best_threshold", "acc": "val/accuracy",
-                "accuracy": "val/accuracy", "f1 neg": "val/f1_0", "f1 pos": "val/f1_1", "min": "wall_time_s",
+from tune.reports import (METRICS, PRIMARY, SHORT, STATES, leaderboard_rows, markdown_table, param_names,
+                          ranked, trials_frame, write_reports)
+from tune.results import collect_trials, load_state, ranking_metric
+
+# Names accepted by --sort besides the CSV columns: the headers of the table, and a few more.
+SORT_ALIASES = {**{header.lower(): key for key, header, _ in METRICS},
+                "val_f1": PRIMARY, "f1": PRIMARY, "gain": "gain_vs_baseline", "auc": "val/auc", "ap": "val/ap",
+                "test": "test/f1_macro", "test_f1": "test/f1_macro", "f1@thr*": "val/f1_macro_at_best_threshold",
+                "thr*": "val/best_threshold", "accuracy": "val/accuracy", "min": "wall_time_s",
                 "time": "wall_time_s", "wall_time": "wall_time_s"}
 STATE_ALIASES = {"finished": "finished", "completed": "finished", "complete": "finished",
                  "stopped": "stopped early", "stopped early": "stopped early", "stopped_early": "stopped early",
@@ -40,7 +43,10 @@ STATE_ALIASES = {"finished": "finished", "completed": "finished", "complete": "f
 
 
 def load_searches(experiment_dirs: list[str | Path]) -> tuple[pd.DataFrame, list[str], list[dict]]:
-    """The trials of every search as one frame with a `search` column, the parameters, and a line per search."""
+    """The trials of every search as one frame with a `search` column, the parameters, and a line per search.
+
+    Held-out test figures come from each search's summary.json (written at its end, or by
+    --regenerate); nothing is scored here."""
     frames, params, info = [], [], []
     names = _unique_names([Path(d) for d in experiment_dirs])
     for exp, name in zip(experiment_dirs, names):
@@ -49,16 +55,19 @@ def load_searches(experiment_dirs: list[str | Path]) -> tuple[pd.DataFrame, list
         if not state:
             raise FileNotFoundError(f"{exp}: not a search folder (no search.json)")
         trials = collect_trials(exp)
-        frame = trials_frame(trials, state)
+        summary_file = exp / "summary.json"
+        test = json.loads(summary_file.read_text(encoding="utf-8")).get("test") if summary_file.is_file() else None
+        frame = trials_frame(trials, state, test)
         frame.insert(0, "search", name)
         frames.append(frame)
         params += [p for p in param_names(trials, state) if p not in params]
         counts = {s: int((frame["state"] == s).sum()) for s in STATES}
         base = frame[frame["baseline"] == 1]
-        info.append({"search": name, "path": str(exp), "trials": len(frame),
+        metric = ranking_metric(state)
+        info.append({"search": name, "path": str(exp), "trials": len(frame), "metric": metric,
                      "num_samples": state.get("num_samples"), "counts": counts,
-                     "best": frame[PRIMARY].max() if frame[PRIMARY].notna().any() else None,
-                     "baseline": base[PRIMARY].iloc[0] if len(base) else None})
+                     "best": frame[metric].max() if frame[metric].notna().any() else None,
+                     "baseline": base[metric].iloc[0] if len(base) else None, "test": test})
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return frame, params, info
 
@@ -107,22 +116,27 @@ def describe_searches(info: list[dict]) -> list[str]:
     lines = []
     for s in info:
         counts = ", ".join(f"{n} {k}" for k, n in s["counts"].items() if n)
-        best = f"best val F1-macro {s['best']:.4f}" if s["best"] is not None else "no result yet"
+        best = f"best val {s['metric']} {s['best']:.4f}" if s["best"] is not None else "no result yet"
         base = f", baseline {s['baseline']:.4f}" if s["baseline"] is not None and not pd.isna(s["baseline"]) else ""
+        models = (s.get("test") or {}).get("models") or {}
+        tested = [f"{role} (trial {m['trial']}) {m['metrics']['f1_macro']:.4f}" for role, m in models.items() if m]
+        test = f"; held-out test F1-macro: {', '.join(tested)}" if tested else "; no held-out test score"
         lines.append(f"{s['search']}: {s['trials']} of {s['num_samples']} trials ({counts or 'none yet'}); {best}{base}"
-                     f" ({s['path']})")
+                     f" (val: optimistic){test} ({s['path']})")
     return lines
 
 
-def compare(experiment_dirs: list[str], sort: str = PRIMARY, ascending: bool = False, top: int | None = None,
+def compare(experiment_dirs: list[str], sort: str | None = None, ascending: bool = False, top: int | None = None,
             status: str | None = None, output: str | None = None, print_fn=print) -> Path:
     frame, params, info = load_searches(experiment_dirs)
     if frame.empty:
         raise ValueError("no trials in these searches yet")
-    column = resolve_column(sort, frame)
+    metrics = {s["metric"] for s in info}
+    metric = metrics.pop() if len(metrics) == 1 else PRIMARY  # searches that rank by different metrics: F1
+    column = resolve_column(sort or metric, frame)
     states = resolve_states(status) if status else None
     shown = select(frame, column, ascending, top, states)
-    headers, rows = leaderboard_rows(shown, params, search="")
+    headers, rows = leaderboard_rows(shown, params, search="", metric=metric)
     order = f"sorted by {column} ({'ascending' if ascending else 'descending'})"
     what = (f"{len(shown)} of {len(frame)} trials" + (f" with status {', '.join(states)}" if states else "")
             + f", {order}; gain is over each search's own baseline")
@@ -134,8 +148,9 @@ def compare(experiment_dirs: list[str], sort: str = PRIMARY, ascending: bool = F
     out = Path(output) if output else _default_output([Path(d) for d in experiment_dirs])
     md = ["# Comparison of searches", ""]
     md += [f"- {line}" for line in describe_searches(info)]
-    md += ["", f"{what}. val F1: a trial's best evaluation at its own threshold; "
-               "F1@thr*: at the best threshold thr* on val.", ""]
+    md += ["", f"{what}. Val figures chose the trials and their thresholds (optimistic); test F1 is held out "
+               "(the best and the baseline trial of each search). val F1: at the trial's threshold (cross-fitted "
+               "when tuned).", ""]
     md.append(markdown_table(headers, rows, right={i for i, h in enumerate(headers)
                                                    if h not in ("search", "trial", "state")}))
     out.write_text("\n".join(md), encoding="utf-8")
@@ -171,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, help="keep the first N trials after sorting")
     parser.add_argument("--status", help="keep trials with these states, comma-separated: finished, stopped "
                                          "(early, by ASHA), failed, unfinished")
-    parser.add_argument("--sort", default=PRIMARY, help=f"column to sort by (default {PRIMARY}): any column of "
-                                                        "trials.csv or a header of the table (acc, lr, gain, min ...)")
+    parser.add_argument("--sort", help="column to sort by (default: the searches' ranking metric, search.metric): any "
+                                       "column of trials.csv or a header of the table (auc, acc, lr, gain, test, min ...)")
     parser.add_argument("--ascending", action="store_true", help="sort ascending (default: descending)")
     parser.add_argument("--output", help="the Markdown file (default: comparison.md in the search's folder, or in "
                                          "the folder holding all of them)")

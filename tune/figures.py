@@ -35,16 +35,16 @@ def _save(fig: Figure, path: str | Path) -> None:
     fig.savefig(path, dpi=DPI, facecolor="white")
 
 
-def learning_curves(trials: list[TrialRecord], path: str | Path) -> None:
-    """val F1-macro against optimizer step, one line per trial; ASHA-stopped trials dashed and pale,
-    ending in a cross; the baseline black, the best trial thick."""
+def learning_curves(trials: list[TrialRecord], path: str | Path, metric: str = PRIMARY) -> None:
+    """The search's ranking metric (val) against optimizer step, one line per trial; ASHA-stopped
+    trials dashed and pale, ending in a cross; the baseline black, the best trial thick."""
     fig = Figure(figsize=(9, 5.5), layout="constrained")
     ax = fig.add_subplot()
     best = max((t for t in trials if t.best_value is not None), key=lambda t: (t.best_value, -t.number), default=None)
     colors = {t.number: PALETTE[i % len(PALETTE)] for i, t in enumerate(trials)}
     for t in trials:
         steps = [r["step"] for r in t.history]
-        values = [r[PRIMARY] for r in t.history]
+        values = [r[metric] for r in t.history]
         if not steps:
             continue
         style = dict(STYLE.get(t.state, STYLE["unfinished"]))
@@ -64,16 +64,17 @@ def learning_curves(trials: list[TrialRecord], path: str | Path) -> None:
         handles.append(Line2D([], [], color="0.3", linewidth=3, label=f"best: trial {best.number} ({best.best_value:.4f})"))
     ax.legend(handles=handles, loc="lower right", fontsize=8)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("val F1-macro (at the trial's threshold)")
-    ax.set_title(f"val F1-macro per evaluation, {len(trials)} trials")
+    ax.set_ylabel(metric + (" (at the trial's threshold; cross-fitted when tuned)" if metric == PRIMARY else ""))
+    ax.set_title(f"{metric} per evaluation, {len(trials)} trials")
     ax.grid(alpha=0.3)
     _save(fig, path)
 
 
 def params_vs_metric(trials: list[TrialRecord], params: list[str], log_params: set[str],
-                     bounds: dict[str, tuple[float, float]] | None = None, *, path: str | Path) -> None:
-    """Each searched parameter against the trial's best val F1-macro, over its search range; the
-    baseline's level dashed."""
+                     bounds: dict[str, tuple[float, float]] | None = None, *, path: str | Path,
+                     metric: str = PRIMARY) -> None:
+    """Each searched parameter against the trial's best value of the ranking metric, over its
+    search range; the baseline's level dashed."""
     bounds = bounds or {}
     scored = [t for t in trials if t.best_value is not None]
     n = max(1, len(params))
@@ -109,12 +110,12 @@ def params_vs_metric(trials: list[TrialRecord], params: list[str], log_params: s
                 pad = (high - low) * 0.04
                 ax.set_xlim(low - pad, high + pad)
         ax.set_xlabel(SHORT.get(name, name))
-        ax.set_ylabel("val F1-macro")
+        ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     for ax in axes[len(params):]:
         ax.set_visible(False)
-    fig.suptitle("searched parameters against the trial's best val F1-macro "
-                 "(o finished, x stopped by ASHA, * best, black: baseline, dashed: its F1)", fontsize=10)
+    fig.suptitle(f"searched parameters against the trial's best {metric} "
+                 "(o finished, x stopped by ASHA, * best, black: baseline, dashed: its value)", fontsize=10)
     _save(fig, path)
 
 
@@ -128,21 +129,24 @@ def importance(values: dict[str, float], method: str, n_trials: int, path: str |
         ax.annotate(f"{values[name]:.2f}", (bar.get_width(), bar.get_y() + bar.get_height() / 2), xytext=(3, 0),
                     textcoords="offset points", va="center", fontsize=9)
     ax.set_xlim(0, max(values.values(), default=1) * 1.15 or 1)
-    ax.set_xlabel("importance (share of the variance of the best val F1-macro)")
+    ax.set_xlabel("importance (share of the variance of the trials' value in the study)")
     ax.set_title(f"parameter importance, {method} on the Optuna study ({n_trials} trials)")
     _save(fig, path)
 
 
 def confusion_matrices(best: TrialRecord, row: dict[str, Any], preds: dict[str, Any] | None, path: str | Path) -> None:
-    """The best trial's val confusion matrix at its threshold (as stored by the search) and, when the
-    val probabilities are known, at the best threshold too."""
-    panels = [(f"at its threshold {row.get('val/threshold', float('nan')):.2f}",
-               np.array([[row["val/tn"], row["val/fp"]], [row["val/fn"], row["val/tp"]]]))]
+    """The best trial's val confusion matrix as the search scored it (at its fixed threshold, or
+    cross-fitted when the threshold is tuned) and, when the val probabilities are known, on all of
+    val at the threshold tuned on all of it (in-sample: what the saved model uses when tuned)."""
+    tuned = row.get("val/threshold") == row.get("val/best_threshold") and row.get(PRIMARY) == row.get("val/f1_macro_tuned")
+    first = ("cross-fitted: each half at the threshold tuned on the other" if tuned
+             else f"at its threshold {row.get('val/threshold', float('nan')):.3f}")
+    panels = [(first, np.array([[row["val/tn"], row["val/fp"]], [row["val/fn"], row["val/tp"]]]))]
     if preds is not None:
         thr = row.get("val/best_threshold")
         labels, probs = np.asarray(preds["labels"]), np.asarray(preds["probs"])
         pred = (probs >= thr).astype(int)
-        panels.append((f"at the best threshold {thr:.2f}",
+        panels.append((f"all of val at the tuned threshold {thr:.3f} (in-sample)",
                        np.array([[np.sum((labels == 0) & (pred == 0)), np.sum((labels == 0) & (pred == 1))],
                                  [np.sum((labels == 1) & (pred == 0)), np.sum((labels == 1) & (pred == 1))]])))
     fig = Figure(figsize=(4.3 * len(panels), 4.0), layout="constrained")
@@ -156,24 +160,25 @@ def confusion_matrices(best: TrialRecord, row: dict[str, Any], preds: dict[str, 
         ax.set_yticks([0, 1], ["true 0", "true 1"])
         ax.set_title(title, fontsize=10)
     fig.suptitle(f"best trial {best.number}: val confusion matrix (evaluation {best.best_evals}, "
-                 f"F1-macro {best.best_value:.4f})", fontsize=10)
+                 f"val F1-macro {row.get(PRIMARY, float('nan')):.4f})", fontsize=10)
     _save(fig, path)
 
 
 def threshold_curve(best: TrialRecord, row: dict[str, Any], preds: dict[str, Any], path: str | Path) -> None:
     """val F1-macro of the best model against the decision threshold."""
     from afqmc.metrics import threshold_curve as curve
+    from afqmc.metrics import tune_threshold
 
     thresholds, scores = curve(preds["labels"], preds["probs"])
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    ax.plot(thresholds, scores, color="C0", label="val F1-macro")
+    ax.plot(thresholds, scores, color="C0", label="val F1-macro (in-sample)")
     own = preds["threshold"]
     ax.axvline(own, color="black", linestyle="--", linewidth=1,
-               label=f"its threshold {own:.2f}: F1 {row.get(PRIMARY, float('nan')):.4f}")
-    i = int(np.argmax(scores))
-    ax.scatter([thresholds[i]], [scores[i]], color="C3", zorder=3,
-               label=f"best threshold {thresholds[i]:.2f}: F1 {scores[i]:.4f}")
+               label=f"its saved threshold {own:.3f} (val F1 as scored: {row.get(PRIMARY, float('nan')):.4f})")
+    best_thr, best_f1 = tune_threshold(preds["labels"], preds["probs"])
+    ax.scatter([best_thr], [best_f1], color="C3", zorder=3,
+               label=f"best threshold on all of val {best_thr:.3f}: F1 {best_f1:.4f} (optimistic)")
     ax.set_xlabel("threshold on P(label = 1)")
     ax.set_ylabel("val F1-macro")
     ax.set_title(f"best trial {best.number}: threshold curve on val ({len(preds['labels'])} pairs)")

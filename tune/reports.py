@@ -30,6 +30,7 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import datetime
+import hashlib
 import json
 import math
 import warnings
@@ -39,21 +40,29 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tune.results import (PRIMARY, TrialRecord, best_trial, collect_trials, export_best, load_state)
+from tune.results import (PRIMARY, TrialRecord, best_trial, collect_trials, export_best, load_state,
+                          ranking_metric)
 
 STUDY_DB = "optuna.db"
 SPACE_COPY = "space.yaml"
 VAL_PREDICTIONS = "best_val_predictions.json"
+TEST_SCORES = "test_scores.json"  # the held-out test figures of each scored model (each scored once)
+TEST_F1 = "test/f1_macro"
 STATES = ("finished", "stopped early", "failed", "unfinished")
 # Short names for parameters in tables (the CSV keeps the TrainConfig field names).
 SHORT = {"learning_rate": "lr", "class_weights": "w1/w0", "dropout": "dropout", "threshold": "thr",
          "weight_decay": "wd", "warmup_ratio": "warmup", "per_device_batch_size": "batch",
          "num_epochs": "epochs", "gradient_accumulation_steps": "accum", "attention_dropout": "attn_drop",
          "max_grad_norm": "clip", "tiny_num_layers": "layers", "tiny_hidden_size": "hidden"}
-# The best evaluation's metrics that go into the tables (CSV name, Markdown header, format).
-METRICS = [(PRIMARY, "val F1", "{:.4f}"), ("val/f1_macro_at_best_threshold", "F1@thr*", "{:.4f}"),
-           ("val/best_threshold", "thr*", "{:.2f}"), ("val/accuracy", "acc", "{:.4f}"),
-           ("val/f1_0", "F1 neg", "{:.4f}"), ("val/f1_1", "F1 pos", "{:.4f}")]
+# The trial's metrics in the tables: its best evaluation's val figures (CSV name, Markdown header,
+# format), in this order after the ranking metric; then the held-out test F1 (best and baseline only).
+METRICS = [(PRIMARY, "val F1", "{:.4f}"), ("val/f1_macro_tuned", "F1 tuned", "{:.4f}"),
+           ("val/threshold", "thr", "{:.3f}"), ("val/auc", "AUC", "{:.4f}"), ("val/ap", "AP", "{:.4f}"),
+           ("val/accuracy", "acc", "{:.4f}"), ("val/f1_0", "F1 neg", "{:.4f}"), ("val/f1_1", "F1 pos", "{:.4f}"),
+           (TEST_F1, "test F1", "{:.4f}")]
+METRIC_TITLES = {key: header for key, header, _ in METRICS}
+# In trials.csv only: the in-sample best threshold of val and its (optimistic) F1-macro, the loss.
+CSV_ONLY = ("val/best_threshold", "val/f1_macro_at_best_threshold", "val/loss")
 
 
 @dataclass
@@ -85,11 +94,16 @@ def best_row(trial: TrialRecord) -> dict[str, Any]:
     return {}
 
 
-def trials_frame(trials: list[TrialRecord], state: dict[str, Any]) -> pd.DataFrame:
-    """One row per trial, in trial order; the columns of trials.csv."""
+def trials_frame(trials: list[TrialRecord], state: dict[str, Any],
+                 test: dict[str, Any] | None = None) -> pd.DataFrame:
+    """One row per trial, in trial order; the columns of trials.csv. The ranking metric's column
+    holds the trial's best value (its best evaluation's); `gain_vs_baseline` is in that metric;
+    `test/f1_macro` is filled for the scored models (the best and the baseline trial)."""
     params = param_names(trials, state)
+    metric = ranking_metric(state)
     baseline = next((t for t in trials if t.is_baseline), None)
     base_value = baseline.best_value if baseline else None
+    tested = {r["trial"]: r["metrics"]["f1_macro"] for r in (test or {}).get("models", {}).values() if r}
     rows = []
     for t in trials:
         best = best_row(t)
@@ -98,14 +112,13 @@ def trials_frame(trials: list[TrialRecord], state: dict[str, Any]) -> pd.DataFra
         row.update({name: _plain(t.params.get(name)) for name in params})
         row.update({"evals": t.evals, "planned_evals": t.planned_evals, "steps": t.steps,
                     "wall_time_s": None if t.wall_time_s is None else round(t.wall_time_s, 1)})
-        row[PRIMARY] = t.best_value
+        row[metric] = t.best_value
         row["gain_vs_baseline"] = (t.best_value - base_value) if t.best_value is not None and base_value is not None \
             else None
-        for key, *_ in METRICS[1:]:
+        for key in [k for k, *_ in METRICS if k not in (metric, TEST_F1)] + list(CSV_ONLY):
             row[key] = best.get(key)
-        if "threshold" not in params:  # the trial's own threshold, when it is not a searched column
-            row["val/threshold"] = best.get("val/threshold")
-        row.update({"val/loss": best.get("val/loss"), "best_evals": t.best_evals, "best_step": best.get("step"),
+        row[TEST_F1] = tested.get(t.number)
+        row.update({"best_evals": t.best_evals, "best_step": best.get("step"),
                     "error": t.error or "", "checkpoint": t.best_checkpoint or "", "path": t.path})
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -162,19 +175,38 @@ STATE_LABEL = {"finished": "finished", "stopped early": "stopped (ASHA)", "faile
                "unfinished": "unfinished"}
 
 
+def metric_columns(frame: pd.DataFrame, metric: str, params: list[str]) -> list[tuple[str, str, str]]:
+    """The metric columns of a leaderboard: the ranking metric first, then the others that say
+    something here (F1 tuned only where some trial's threshold is not tuned, thr only where it is
+    not a searched column, test F1 only where a model was scored)."""
+    first = next(((k, h, f) for k, h, f in METRICS if k == metric), (metric, metric, "{:.4f}"))
+    cols = [first]
+    for key, header, spec in METRICS:
+        if key == metric or key not in frame:
+            continue
+        if key == "val/f1_macro_tuned" and PRIMARY in frame and \
+                (frame[key] - frame[PRIMARY]).abs().fillna(0).max() < 1e-12:
+            continue  # every threshold is tuned: the column repeats val F1
+        if (key == "val/threshold" and "threshold" in params) or (key == TEST_F1 and frame[key].isna().all()):
+            continue
+        cols.append((key, header, spec))
+    return cols
+
+
 def leaderboard_rows(frame: pd.DataFrame, params: list[str], search: str | None = None,
-                     rank: bool = True) -> tuple[list[str], list[list[str]]]:
+                     rank: bool = True, metric: str = PRIMARY) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of a leaderboard of `frame` in its order (the caller sorts it)."""
+    cols = metric_columns(frame, metric, params)
     headers = (["rank"] if rank else []) + (["search"] if search is not None else []) + \
-              ["trial", "state", "evals", "steps", "val F1", "gain"] + [h for _, h, _ in METRICS[1:]] + \
+              ["trial", "state", "evals", "steps", cols[0][1], "gain"] + [h for _, h, _ in cols[1:]] + \
               [SHORT.get(p, p) for p in params] + ["min"]
     rows = []
     for i, r in enumerate(frame.to_dict("records"), start=1):
         trial = f"{r['trial']}" + (" (baseline)" if r["baseline"] else "")
         cells = ([str(i)] if rank else []) + ([str(r.get("search", search))] if search is not None else [])
         cells += [trial, STATE_LABEL.get(r["state"], r["state"]), fmt(r["evals"]), fmt(r["steps"]),
-                  fmt(r[PRIMARY]), fmt_gain(r["gain_vs_baseline"])]
-        cells += [fmt(r.get(key), spec) for key, _, spec in METRICS[1:]]
+                  fmt(r.get(cols[0][0]), cols[0][2]), fmt_gain(r["gain_vs_baseline"])]
+        cells += [fmt(r.get(key), spec) for key, _, spec in cols[1:]]
         cells += [fmt_param(r.get(p)) for p in params]
         cells += [fmt(None if r["wall_time_s"] is None or pd.isna(r["wall_time_s"]) else r["wall_time_s"] / 60,
                       "{:.1f}")]
@@ -186,12 +218,13 @@ def trials_markdown(name: str, frame: pd.DataFrame, params: list[str], summary: 
     counts = summary["counts"]
     budget = summary["budget"]
     settings = summary.get("settings") or {}
+    metric = summary.get("metric") or PRIMARY
     best, base = summary["best"], summary["baseline"]
-    lines = [f"# Search `{name}`: trials by val F1-macro", ""]
-    how = (f"ASHA (grace {settings.get('grace_period')}, reduction factor {settings.get('reduction_factor')})"
-           if summary.get("scheduler") == "asha" else "FIFO")
+    lines = [f"# Search `{name}`: trials by {metric}", ""]
+    how = (f"ASHA on {settings.get('asha_metric', PRIMARY)} (grace {settings.get('grace_period')}, reduction factor "
+           f"{settings.get('reduction_factor')})" if summary.get("scheduler") == "asha" else "FIFO")
     lines.append(f"{summary['trials']} of {summary['num_samples']} trials, up to {settings.get('max_evals', '?')} "
-                 f"evaluations each, {how}, TPE seed {settings.get('seed', '?')}: " +
+                 f"evaluations each, {how}, TPE seed {settings.get('seed', '?')} on the best {metric}: " +
                  ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "unfinished") + ".")
     used = f"{budget['evals']} of {budget['max_evals_total']} evaluations ({budget['evals_fraction']:.0%})" \
         if budget.get("max_evals_total") else f"{budget['evals']} evaluations"
@@ -205,16 +238,23 @@ def trials_markdown(name: str, frame: pd.DataFrame, params: list[str], summary: 
             gain = f" ({best['gain_vs_baseline']:+.4f} over the baseline)"
         else:
             gain = ""
-        lines.append(f"Best: trial {best['trial']}, val F1-macro {best[PRIMARY]:.4f}{gain}, at step "
+        lines.append(f"Best: trial {best['trial']}, {metric} {best['value']:.4f}{gain}, at step "
                      f"{best['best_step']}; config in `best_config.yaml`, model in `best_model/`.")
     if base:
-        value = f"val F1-macro {base[PRIMARY]:.4f} (rank {base.get('rank') or '-'})" if base.get(PRIMARY) is not None \
+        value = f"{metric} {base['value']:.4f} (rank {base.get('rank') or '-'})" if base.get("value") is not None \
             else base["reason"] or base["state"]
         lines.append(f"Baseline: trial {base['trial']}, {value}.")
-    lines += ["", "val F1: the trial's best evaluation, at its own threshold; gain: over the baseline; "
-                  "F1@thr*: F1-macro at the best threshold thr* on val; F1 neg/pos: per-class F1; "
-                  "min: wall time of the trial.", ""]
-    headers, rows = leaderboard_rows(ranked(frame), params)
+    lines += ["", "**Val numbers chose** each trial's checkpoint and threshold, ASHA's cuts and the winner: they are "
+                  "optimistic. **Held-out test numbers** come from pairs that no choice has seen, each model scored "
+                  "once at its saved threshold:", ""]
+    lines += [f"- {line}" for line in test_lines(summary.get("test"))]
+    ranked_by = "" if metric == PRIMARY else f"{METRIC_TITLES.get(metric, metric)}: the trial's best value; "
+    lines += ["", f"Each trial is shown at its best evaluation by {metric} (val). {ranked_by}gain: over the baseline, "
+                  "in that metric; val F1: F1-macro at the trial's threshold thr (when it is tuned: "
+                  "chosen on one half of val, scored on the other, both ways, averaged); F1 tuned: the same "
+                  "cross-fitted figure for a tuned threshold; AUC, AP: ROC-AUC and average precision (no threshold); "
+                  "F1 neg/pos: per-class F1; test F1: held-out; min: wall time of the trial.", ""]
+    headers, rows = leaderboard_rows(ranked(frame, metric), params, metric=metric)
     lines.append(markdown_table(headers, rows, right={i for i, h in enumerate(headers) if h not in ("trial", "state")}))
     imp = summary.get("importance") or {}
     if imp.get("values"):
@@ -275,43 +315,118 @@ def param_importances(experiment_dir: Path, seed: int = 0) -> dict[str, Any]:
 # --- the best trial's val predictions (threshold curve) ------------------------------------------
 
 
-def best_val_predictions(experiment_dir: Path, best: TrialRecord) -> dict[str, Any]:
+def best_val_predictions(experiment_dir: Path, best: TrialRecord, metric: str = PRIMARY) -> dict[str, Any]:
     """Labels and P(label = 1) of the best model on the search's val split (cached in the folder)."""
     cache = experiment_dir / VAL_PREDICTIONS
     if cache.is_file():
         cached = json.loads(cache.read_text(encoding="utf-8"))
         if cached.get("trial_id") == best.trial_id and cached.get("best_evals") == best.best_evals:
             return cached
-    import torch
-
     from afqmc.config import load_config
-    from afqmc.data import load_pairs, split_train_val
-    from afqmc.metrics import classification_metrics
-    from afqmc.predict import load_saved_model, predict_probs
+    from afqmc.data import load_splits
+    from afqmc.metrics import evaluation_metrics
 
     model_dir = Path(best.best_checkpoint) / "model"
     cfg = load_config(model_dir / "train_config.yaml")
-    # The same load and split as afqmc.train.prepare_data, from the trial's own (absolute) paths.
-    if cfg.val_file:
-        val = load_pairs(cfg.val_file, require_labels=True, skip_empty=cfg.skip_empty)
-    else:
-        full = load_pairs(cfg.train_file, require_labels=True, skip_empty=cfg.skip_empty,
-                          max_rows=cfg.max_train_samples)
-        _, val = split_train_val(full, cfg.val_ratio, cfg.seed)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the search's output
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer, _ = load_saved_model(model_dir, device)
-    probs = predict_probs(model, tokenizer, val, cfg.max_length, cfg.eval_batch_size, device)
-    recomputed = classification_metrics(val.labels, probs, cfg.threshold)[PRIMARY]
+    val = load_splits(cfg).val  # the same load and split as the search's, from the trial's own (absolute) paths
+    probs, threshold = _predict(model_dir, val)
+    recomputed = evaluation_metrics(val.labels, probs, cfg.threshold, seed=cfg.seed)[metric]
     out = {"trial_id": best.trial_id, "trial": best.number, "best_evals": best.best_evals,
-           "threshold": cfg.threshold, "stored_f1_macro": best.best_value, "recomputed_f1_macro": recomputed,
-           "source": f"{cfg.val_file or cfg.train_file} (val split: ratio {cfg.val_ratio}, seed {cfg.seed}, "
+           "threshold": threshold, "metric": metric, "stored_value": best.best_value, "recomputed_value": recomputed,
+           "source": f"{val.source} (val_ratio {cfg.val_ratio}, test_ratio {cfg.test_ratio}, seed {cfg.seed}, "
                      f"max_train_samples {cfg.max_train_samples}) predicted with {model_dir}",
            "labels": [int(y) for y in val.labels], "probs": [round(float(p), 7) for p in probs]}
     cache.write_text(json.dumps(out) + "\n", encoding="utf-8")
     return out
+
+
+def _predict(model_dir: Path, pairs) -> tuple[list[float], float]:
+    """P(label = 1) of a saved model on `pairs`, and its saved threshold."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from afqmc.predict import load_saved_model, predict_probs, saved_threshold
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the search's output
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer, cfg = load_saved_model(model_dir, device)
+    return (predict_probs(model, tokenizer, pairs, cfg.max_length, cfg.eval_batch_size, device),
+            saved_threshold(model, cfg, model_dir))
+
+
+# --- the held-out test set -------------------------------------------------------------------------
+
+
+def held_out_test(experiment_dir: Path, state: dict[str, Any], best: TrialRecord | None,
+                  baseline: TrialRecord | None) -> dict[str, Any] | None:
+    """The best and the baseline trial's kept models, each scored once on the held-out test pairs
+    (the space's test_ratio split or labelled test_file) at its saved threshold; None without a test set.
+
+    Nothing here chooses: the models and thresholds were chosen on val before. The scores are kept
+    in test_scores.json (by trial, evaluation and a fingerprint of the test pairs), so rebuilding
+    the reports does not score a model again.
+    """
+    base = search_config(experiment_dir, state)
+    if base is None or not (base.test_ratio or base.test_file):
+        return None
+    from afqmc.data import DataError, load_splits
+    from afqmc.predict import labelled_metrics
+
+    cache_file = experiment_dir / TEST_SCORES
+    cache = json.loads(cache_file.read_text(encoding="utf-8")) if cache_file.is_file() else {}
+    try:
+        test = load_splits(base).test
+    except (DataError, OSError) as exc:  # the data has moved: the figures already scored still stand
+        if not cache:
+            raise
+        test, note = None, f"test data not readable ({exc}); figures from {TEST_SCORES}"
+    else:
+        if test is None:  # an unlabelled test_file: predicted by best_config.yaml's retraining, not scored
+            return None
+        note = None
+        fingerprint = hashlib.sha256(json.dumps([test.text1, test.text2, test.labels], ensure_ascii=False)
+                                     .encode("utf-8")).hexdigest()[:16]
+        if cache.get("fingerprint") != fingerprint:  # new, or the test data changed: score again
+            cache = {"source": test.source, "pairs": len(test), "label_counts": test.label_counts(),
+                     "fingerprint": fingerprint, "scores": {}}
+    models: dict[str, Any] = {}
+    for role, trial in (("best", best), ("baseline", baseline)):
+        key = f"{trial.trial_id}:{trial.best_evals}" if trial is not None and trial.best_checkpoint else None
+        if key is not None and key not in cache["scores"] and test is not None:
+            probs, threshold = _predict(Path(trial.best_checkpoint) / "model", test)
+            cache["scores"][key] = labelled_metrics(test.labels, probs, threshold)
+        models[role] = None if key not in cache["scores"] else {
+            "trial": trial.number, "trial_id": trial.trial_id, "state": trial.state, "evals": trial.evals,
+            "best_evals": trial.best_evals, "metrics": cache["scores"][key]}
+    if test is not None:
+        cache_file.write_text(json.dumps(cache, indent=2) + "\n", encoding="utf-8")
+    b, a = models["best"], models["baseline"]
+    return {"source": cache["source"], "pairs": cache["pairs"], "label_counts": cache["label_counts"],
+            "fingerprint": cache["fingerprint"], "models": models, "note": note,
+            "gain_f1_macro": b["metrics"]["f1_macro"] - a["metrics"]["f1_macro"] if b and a else None}
+
+
+def test_lines(test: dict[str, Any] | None) -> list[str]:
+    """The held-out test figures in words (trials.md, the end of a search, compare.py)."""
+    if not test:
+        return ["held-out test: none (set test_ratio, or a labelled test_file, in the space to score the winner "
+                "on pairs that no choice has seen)"]
+    lines = [f"held-out test: {test['pairs']} pairs ({test['source']}), never read by training, early stopping, "
+             f"the checkpoint or threshold choice, ASHA or TPE"]
+    for role, m in test["models"].items():
+        if m is None:
+            lines.append(f"{role}: no kept model to score")
+            continue
+        x = m["metrics"]
+        cut = f"; stopped by ASHA after {m['evals']} evaluations" if m["state"] == "stopped early" else ""
+        lines.append(f"{role} (trial {m['trial']}{cut}): test F1-macro {x['f1_macro']:.4f}, accuracy "
+                     f"{x['accuracy']:.4f}, AUC {x['auc']:.4f}, at its threshold {x['threshold']:.4f}")
+    if test.get("note"):
+        lines.append(f"note: {test['note']}")
+    if test.get("gain_f1_macro") is not None and test["models"]["best"]["trial"] != test["models"]["baseline"]["trial"]:
+        lines.append(f"gain of the best over the baseline on test: {test['gain_f1_macro']:+.4f} F1-macro (one split, "
+                     f"one seed: `python tune/compare.py --reseed 3` says whether it exceeds seed noise)")
+    return lines
 
 
 # --- everything ----------------------------------------------------------------------------------
@@ -319,11 +434,11 @@ def best_val_predictions(experiment_dir: Path, best: TrialRecord) -> dict[str, A
 
 def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None = None,
                   test_file: str | None = None, plots: bool = True, log=print) -> Reports:
-    """Write trials.csv, trials.md, summary.json, best_config.yaml (+ best_model/) and plots/.
+    """Write trials.csv, trials.md, summary.json, best_config.yaml (+ best_model/) and plots/, and
+    score the best and the baseline trial on the held-out test set.
 
-    Reads only the experiment folder (and, once, the val data for the threshold curve); works on a
-    finished, interrupted or running search. `test_file` goes into best_config.yaml; by default the
-    space's own.
+    Reads only the experiment folder (and, once, the val and test data); works on a finished,
+    interrupted or running search. `test_file` goes into best_config.yaml; by default the space's own.
     """
     experiment_dir = Path(experiment_dir).resolve()
     state = load_state(experiment_dir)
@@ -331,25 +446,35 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
         raise FileNotFoundError(f"{experiment_dir}: not a search folder (no search.json)")
     trials = collect_trials(experiment_dir) if trials is None else trials
     settings = state.get("settings", {})
+    metric = ranking_metric(state)
     notes: list[str] = []
     files: list[Path] = []
 
-    frame = trials_frame(trials, state)
+    best = best_trial(trials)
+    baseline = next((t for t in trials if t.is_baseline), None)
+    if best is not None:
+        base = search_config(experiment_dir, state)
+        export_best(trials, experiment_dir, test_file if test_file is not None else (base.test_file if base else None),
+                    metric=metric)
+        files += [experiment_dir / "best_config.yaml", experiment_dir / "best_model"]
+    else:
+        notes.append(f"no trial has a checkpoint with a val {metric} yet: no best_config.yaml")
+    try:
+        test = held_out_test(experiment_dir, state, best, baseline)
+    except Exception as exc:  # the tables must not depend on it
+        test = None
+        notes.append(f"held-out test not scored: {type(exc).__name__}: {exc}")
+
+    frame = trials_frame(trials, state, test)
     params = param_names(trials, state)
     frame.drop(columns=["path"]).to_csv(experiment_dir / "trials.csv", index=False)
     files.append(experiment_dir / "trials.csv")
-
-    best = best_trial(trials)
-    if best is not None:
-        export_best(trials, experiment_dir, test_file if test_file is not None else _space_test_file(experiment_dir, state))
-        files += [experiment_dir / "best_config.yaml", experiment_dir / "best_model"]
-    else:
-        notes.append("no trial has a checkpoint with a val F1-macro yet: no best_config.yaml")
 
     importance = param_importances(experiment_dir, seed=settings.get("seed", 0))
     if importance.get("error"):
         notes.append(f"parameter importance: {importance['error']}")
     summary = _summary(experiment_dir, trials, frame, state, best, importance)
+    summary["test"] = test
 
     if plots:
         from tune import figures
@@ -357,20 +482,20 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
         plot_dir = experiment_dir / "plots"
         plot_dir.mkdir(exist_ok=True)
         made = []
-        jobs = [("learning_curves.png", lambda p: figures.learning_curves(trials, p)),
+        jobs = [("learning_curves.png", lambda p: figures.learning_curves(trials, p, metric)),
                 ("params_vs_f1.png", lambda p: figures.params_vs_metric(trials, params, *_scales(experiment_dir, state),
-                                                                        path=p))]
+                                                                        path=p, metric=metric))]
         if importance.get("values"):
             jobs.append(("importance.png", lambda p: figures.importance(importance["values"], importance["method"],
                                                                         importance["trials"], p)))
         preds = None
         if best is not None:
             try:
-                preds = best_val_predictions(experiment_dir, best)
-                summary["threshold_curve"] = {k: preds[k] for k in ("trial", "threshold", "stored_f1_macro",
-                                                                     "recomputed_f1_macro", "source")}
-                if abs(preds["recomputed_f1_macro"] - best.best_value) > 1e-4:
-                    notes.append(f"the best model's recomputed val F1-macro {preds['recomputed_f1_macro']:.4f} differs "
+                preds = best_val_predictions(experiment_dir, best, metric)
+                summary["threshold_curve"] = {k: preds[k] for k in ("trial", "threshold", "metric", "stored_value",
+                                                                     "recomputed_value", "source")}
+                if abs(preds["recomputed_value"] - best.best_value) > 1e-4:
+                    notes.append(f"the best model's recomputed val {metric} {preds['recomputed_value']:.4f} differs "
                                  f"from the search's {best.best_value:.4f}: has the data file changed?")
             except Exception as exc:
                 notes.append(f"threshold curve skipped: the val data or the best model could not be read "
@@ -406,17 +531,18 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
 def _summary(experiment_dir: Path, trials: list[TrialRecord], frame: pd.DataFrame, state: dict[str, Any],
              best: TrialRecord | None, importance: dict[str, Any]) -> dict[str, Any]:
     settings = state.get("settings", {})
+    metric = ranking_metric(state)
     num_samples = state.get("num_samples") or settings.get("num_samples") or len(trials)
     max_evals = settings.get("max_evals")
-    order = ranked(frame)
-    ranks = {int(t): i for i, t in enumerate(order[order[PRIMARY].notna()]["trial"], start=1)}
+    order = ranked(frame, metric)
+    ranks = {int(t): i for i, t in enumerate(order[order[metric].notna()]["trial"], start=1)}
 
     def describe(t: TrialRecord | None) -> dict[str, Any] | None:
         if t is None:
             return None
         row = frame[frame["trial"] == t.number].iloc[0].to_dict()
         out = {"trial": t.number, "trial_id": t.trial_id, "state": t.state, "reason": t.reason,
-               PRIMARY: t.best_value, "gain_vs_baseline": row["gain_vs_baseline"], "rank": ranks.get(t.number),
+               "value": t.best_value, "gain_vs_baseline": row["gain_vs_baseline"], "rank": ranks.get(t.number),
                "evals": t.evals, "best_evals": t.best_evals, "best_step": row["best_step"], "steps": t.steps,
                "wall_time_s": t.wall_time_s, "params": t.params,
                "metrics": {k: v for k, v in best_row(t).items()
@@ -432,7 +558,7 @@ def _summary(experiment_dir: Path, trials: list[TrialRecord], frame: pd.DataFram
     evals_done = int(sum(t.evals for t in trials))
     max_total = int(num_samples * max_evals) if max_evals else None
     return {
-        "name": experiment_dir.name, "experiment_dir": str(experiment_dir), "metric": PRIMARY,
+        "name": experiment_dir.name, "experiment_dir": str(experiment_dir), "metric": metric,
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
         "num_samples": num_samples, "trials": len(trials),
         "complete": len(trials) >= num_samples and all(t.state in STATES[:3] for t in trials),
@@ -457,11 +583,13 @@ def _space(experiment_dir: Path, state: dict[str, Any]):
         return None
 
 
-def _space_test_file(experiment_dir: Path, state: dict[str, Any]) -> str | None:
+def search_config(experiment_dir: Path, state: dict[str, Any]):
+    """The search's fixed TrainConfig (its space and command-line overrides) with absolute paths,
+    as its driver used it; None when the space copy cannot be read."""
+    from afqmc.config import absolute_paths
+
     space = _space(experiment_dir, state)
-    if space is None or not space.base.test_file:
-        return None
-    return str((Path(state.get("cwd", ".")) / space.base.test_file).resolve())
+    return None if space is None else absolute_paths(space.base, state.get("cwd", "."))
 
 
 def _scales(experiment_dir: Path, state: dict[str, Any]) -> tuple[set[str], dict[str, tuple[float, float]]]:

@@ -5,12 +5,15 @@
 Each config is trained K times with `afqmc.train.train`, in this process, one run after the other,
 on the search's own train/val split (tokenized once): only the seed of the model's initialisation,
 dropout and batch order changes. Each run gets the search's budget per trial (`max_evals`
-evaluations) and is scored like a trial, by its best val F1-macro. The default seeds are the K seeds
-after the search's own: the search picked the winner on its own seed, so that run is optimistic.
+evaluations) and chooses its checkpoint and threshold on val like a trial; its best model is then
+scored once on the search's held-out test set (when the search has one), at its saved threshold.
+The default seeds are the K seeds after the search's own: the search picked the winner on its own
+seed, so that run is optimistic.
 
-Prints and writes reseed.json and reseed.md in the search folder: the mean and standard deviation
-of val F1-macro for each config, the gain of the best over the baseline, the gain in units of the
-pooled standard deviation, and Welch's t-test.
+Prints and writes reseed.json and reseed.md in the search folder: for each config the mean and
+standard deviation over the seeds of the held-out test F1-macro (the figure that judges) and of
+the best val value (the one that chose), the gain of the best over the baseline on each, the gain in
+units of the pooled standard deviation, and Welch's t-test.
 """
 
 from __future__ import annotations
@@ -24,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from afqmc.config import TrainConfig, from_dict, load_config
-from tune.reports import SHORT, fmt_param, markdown_table
-from tune.results import PRIMARY, TrialRecord, best_trial, collect_trials, load_state
+from afqmc.config import TrainConfig, absolute_paths, from_dict, load_config
+from tune.reports import SHORT, fmt_param, markdown_table, search_config
+from tune.results import TrialRecord, best_trial, collect_trials, load_state, ranking_metric
 
 # Fields that decide the data and its tokenization: both configs must agree to share one TaskData.
-DATA_FIELDS = ("train_file", "val_file", "val_ratio", "max_train_samples", "skip_empty", "max_length",
+DATA_FIELDS = ("train_file", "val_file", "val_ratio", "test_ratio", "max_train_samples", "skip_empty", "max_length",
                "model_name_or_path", "vocab_file", "trust_remote_code", "seed")
 
 
@@ -40,11 +43,8 @@ def trial_config(experiment_dir: Path, trial: TrialRecord, state: dict[str, Any]
     from tune.space import load_space
 
     space = load_space(experiment_dir / "space.yaml", state.get("overrides"), state.get("num_samples"))
-    cwd = Path(state.get("cwd", "."))
     cfg = from_dict(trial.params, source=f"trial {trial.number}", base=space.base)
-    paths = {k: str((cwd / getattr(cfg, k)).resolve()) for k in ("train_file", "val_file", "vocab_file")
-             if getattr(cfg, k)}
-    return cfg.replace(**paths)
+    return absolute_paths(cfg, state.get("cwd", ".")).replace(test_file=None)
 
 
 def budget_steps(cfg: TrainConfig, n_train: int, max_evals: int | None) -> int:
@@ -80,42 +80,56 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
         del configs["baseline"]  # the baseline won: nothing to compare it with
     own_seed = configs["best"].seed
     seeds = seeds or [own_seed + i for i in range(1, k + 1)]
-    data = prepare_data(configs["best"], log=log)  # the search's split (its seed), tokenized once
+    metric = ranking_metric(state)
+    search = search_config(experiment_dir, state) or configs["best"]
+    data = prepare_data(search, log=log)  # the search's split (its seed) and held-out test set, tokenized once
     max_evals = state.get("settings", {}).get("max_evals")
 
     results: dict[str, Any] = {}
     for role, cfg in configs.items():
         trial = best if role == "best" else baseline
-        if any(getattr(cfg, f) != getattr(configs["best"], f) for f in DATA_FIELDS):
-            run_data = prepare_data(cfg, log=log)
-        else:
-            run_data = data
-        steps = max_steps or budget_steps(cfg, len(run_data.train), max_evals)
-        values, runs = [], []
+        if any(getattr(cfg, f) != getattr(search, f) for f in DATA_FIELDS):
+            raise ValueError(f"trial {trial.number}'s data settings differ from the search's; cannot reseed it on "
+                             f"the search's split")
+        steps = max_steps or budget_steps(cfg, len(data.train), max_evals)
+        runs = []
         for seed in seeds:
             out = tempfile.mkdtemp(prefix=f"reseed-{role}-{seed}-")
-            run_cfg = cfg.replace(seed=seed, max_steps=steps, output_dir=out, test_file=None, save_best_model=False)
+            # The best model is saved (to score it on test) and predicts nothing else.
+            run_cfg = cfg.replace(seed=seed, max_steps=steps, output_dir=out, test_file=None,
+                                  save_best_model=data.test is not None, metric_for_best_model=metric)
             try:
-                summary = train(run_cfg, report=None, data=run_data, progress=False)
+                summary = train(run_cfg, report=None, data=data, progress=False)
             finally:
                 shutil.rmtree(out, ignore_errors=True)
-            value = float(summary["best"][PRIMARY])
-            values.append(value)
-            runs.append({"seed": seed, PRIMARY: value, "best_step": summary["best_step"], "steps": summary["steps"]})
-            log(f"{role} (trial {trial.number}) seed {seed}: best {PRIMARY} {value:.4f} at step {summary['best_step']}")
+            run = {"seed": seed, "val": float(summary["best"][metric]), "best_step": summary["best_step"],
+                   "steps": summary["steps"], "threshold": summary["best"].get("val/threshold"),
+                   "test": summary["test"]["f1_macro"] if "test" in summary else None}
+            runs.append(run)
+            log(f"{role} (trial {trial.number}) seed {seed}: best val {metric} {run['val']:.4f} at step "
+                f"{run['best_step']}" + (f", held-out test F1-macro {run['test']:.4f}" if run["test"] is not None else ""))
         results[role] = {"trial": trial.number, "trial_id": trial.trial_id, "search_value": trial.best_value,
-                         "params": trial.params, "steps": steps, "runs": runs, "values": values,
-                         "mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+                         "params": trial.params, "steps": steps, "runs": runs,
+                         "val": _stats([r["val"] for r in runs]),
+                         "test": _stats([r["test"] for r in runs]) if data.test is not None else None}
     if same:
         results["baseline"] = results["best"]
 
-    report = _verdict(results, same)
-    report.update({"search": experiment_dir.name, "seeds": seeds, "search_seed": own_seed, "results": results})
+    report = {"search": experiment_dir.name, "metric": metric, "seeds": seeds, "search_seed": own_seed,
+              "test_pairs": len(data.test) if data.test is not None else 0,
+              "test_source": data.test.source if data.test is not None else None,
+              "val": _verdict(results, "val", same), "results": results}
+    report["test"] = _verdict(results, "test", same) if data.test is not None else None
     (experiment_dir / "reseed.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     text = reseed_markdown(report)
     (experiment_dir / "reseed.md").write_text(text, encoding="utf-8")
     log("\n" + text)
     return report
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    return {"values": values, "mean": float(np.mean(values)),
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
 
 
 def best_config(experiment_dir: Path, best: TrialRecord, state: dict[str, Any]) -> TrainConfig:
@@ -125,8 +139,9 @@ def best_config(experiment_dir: Path, best: TrialRecord, state: dict[str, Any]) 
     return cfg
 
 
-def _verdict(results: dict[str, Any], same: bool) -> dict[str, Any]:
-    b, a = results["best"], results["baseline"]
+def _verdict(results: dict[str, Any], figure: str, same: bool) -> dict[str, Any]:
+    """Best against baseline on `figure` (test or val): the gain, the pooled std, Welch's p, in words."""
+    b, a = results["best"][figure], results["baseline"][figure]
     gain = b["mean"] - a["mean"]
     out: dict[str, Any] = {"gain": gain, "pooled_std": None, "gain_in_pooled_std": None, "welch_p": None}
     if same:
@@ -157,23 +172,37 @@ def _verdict(results: dict[str, Any], same: bool) -> dict[str, Any]:
 def reseed_markdown(report: dict[str, Any]) -> str:
     res = report["results"]
     seeds = report["seeds"]
-    headers = ["config", "trial", "search's value"] + [f"seed {s}" for s in seeds] + ["mean", "std", "params"]
+    metric = report["metric"]
+    figures = [("test", "held-out test F1-macro")] if report.get("test") else []
+    figures.append(("val", f"best val {metric} (chose the checkpoint: optimistic)"))
+    headers = ["config", "trial", "figure", "search's value"] + [f"seed {s}" for s in seeds] + ["mean", "std", "params"]
     rows = []
     for role in ("best", "baseline"):
         r = res[role]
         params = " ".join(f"{SHORT.get(k, k)}={fmt_param(v)}" for k, v in r["params"].items())
-        rows.append([role, str(r["trial"]), f"{r['search_value']:.4f}" if r["search_value"] is not None else "-"]
-                    + [f"{v:.4f}" for v in r["values"]]
-                    + [f"{r['mean']:.4f}", f"{r['std']:.4f}" if r["std"] is not None else "-", params])
+        for figure, _ in figures:
+            stats = r[figure]
+            search_value = r["search_value"] if figure == "val" else None
+            rows.append([role, str(r["trial"]), figure, f"{search_value:.4f}" if search_value is not None else "-"]
+                        + [f"{v:.4f}" for v in stats["values"]]
+                        + [f"{stats['mean']:.4f}", f"{stats['std']:.4f}" if stats["std"] is not None else "-", params])
+    test = (f"; its best model scored once on the held-out test set ({report['test_pairs']} pairs, "
+            f"{report['test_source']}) at its saved threshold") if report.get("test") else \
+        "; the search has no held-out test set, so only val figures (which chose) are compared"
     lines = [f"# Reseed of `{report['search']}`: best against baseline over {len(seeds)} seeds", "",
              f"Each run: {res['best']['steps']} optimizer updates (the search's budget per trial unless --max_steps), "
-             f"the search's train/val split; scored by its best val F1-macro. The search itself used seed "
-             f"{report['search_seed']}.", "",
-             markdown_table(headers, rows, right=set(range(1, len(headers) - 1)))]
-    if report["pooled_std"] is not None:
-        p = f", Welch's t-test p = {report['welch_p']:.3f}" if report["welch_p"] is not None else ""
-        ratio = (f"{report['gain_in_pooled_std']:.2f} pooled std ({report['pooled_std']:.4f})"
-                 if report["gain_in_pooled_std"] is not None else "the seeds gave identical values (pooled std 0)")
-        lines.append(f"Gain of the best over the baseline: {report['gain']:+.4f} mean val F1-macro = {ratio}{p}.")
-    lines += [f"Verdict: {report['verdict']}.", ""]
+             f"the search's train/val split, checkpoint and threshold chosen on val by {metric}{test}. The search "
+             f"itself used seed {report['search_seed']}.", "",
+             markdown_table(headers, rows, right=set(range(3, len(headers) - 1)))]
+    for figure, title in figures:
+        v = report[figure]
+        if v["pooled_std"] is not None:
+            p = f", Welch's t-test p = {v['welch_p']:.3f}" if v["welch_p"] is not None else ""
+            ratio = (f"{v['gain_in_pooled_std']:.2f} pooled std ({v['pooled_std']:.4f})"
+                     if v["gain_in_pooled_std"] is not None else "the seeds gave identical values (pooled std 0)")
+            lines.append(f"{title}: gain of the best over the baseline {v['gain']:+.4f} = {ratio}{p}. "
+                         f"Verdict: {v['verdict']}.")
+        else:
+            lines.append(f"{title}: {v['verdict']}.")
+        lines.append("")
     return "\n".join(lines)

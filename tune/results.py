@@ -16,16 +16,26 @@ from pathlib import Path
 from typing import Any
 
 from afqmc.checkpoint import atomic_directory
-from afqmc.config import load_config
+from afqmc.config import SELECTION_METRICS, load_config
+from afqmc.metrics import best_key
 
-PRIMARY = "val/f1_macro"
-SEARCHER_METRIC = "best/val_f1_macro"  # a trial's value for TPE: its best val F1-macro so far
+PRIMARY = "val/f1_macro"  # the default ranking metric (search.metric): F1-macro at the trial's threshold
 FAILED = "failed"  # the key of a trial's last report when it failed on its own (NaN loss): the reason
 STATE_NAME = "search.json"
-# Metrics of a trial's best evaluation kept in the table (besides PRIMARY).
-BEST_COLUMNS = ("val/accuracy", "val/f1_0", "val/f1_1", "val/loss", "val/best_threshold",
+# Metrics of a trial's best evaluation kept in the table.
+BEST_COLUMNS = (*SELECTION_METRICS, "val/threshold", "val/f1_0", "val/f1_1", "val/loss", "val/best_threshold",
                 "val/f1_macro_at_best_threshold", "step", "epoch")
 DONE_STATES = ("finished", "stopped early", "failed")
+
+
+def ranking_metric(state: dict[str, Any]) -> str:
+    """The metric a search ranks trials by (its `search.metric`; searches from before it: F1-macro)."""
+    return (state.get("settings") or {}).get("metric") or PRIMARY
+
+
+def searcher_metric(metric: str) -> str:
+    """A trial's value for TPE: its best `metric` so far (what train() reports as best/...)."""
+    return best_key(metric)
 
 
 @dataclass
@@ -37,7 +47,7 @@ class TrialRecord:
     evals: int
     params: dict[str, Any]
     is_baseline: bool = False
-    best_value: float | None = None  # the highest val/f1_macro over the trial's evaluations
+    best_value: float | None = None  # the highest value of the search's ranking metric over its evaluations
     best_evals: int | None = None  # at which evaluation
     best_metrics: dict[str, Any] = field(default_factory=dict)
     best_checkpoint: str | None = None  # the checkpoint directory that holds that evaluation
@@ -54,18 +64,22 @@ def trial_state(status: str, last_result: dict[str, Any] | None, max_evals: int)
     """finished / stopped early / failed / unfinished, from Ray's status and the last report.
 
     Ray marks a trial TERMINATED (and its last result `done`) both when it ran its course and when
-    ASHA stopped it. A trial that ASHA stopped reached neither the search's budget (`max_evals`),
-    nor its own last evaluation (`planned_evals`, reported by the trainable), nor its patience.
+    ASHA stopped it: `ran_its_course` tells them apart.
     """
     last = last_result or {}
     if status == "ERROR" or (status == "TERMINATED" and last.get(FAILED)):
         return "failed"
     if status != "TERMINATED":
         return "unfinished"
-    evals = last.get("evals", 0)
-    if last.get("early_stopped") or evals >= min(max_evals, last.get("planned_evals", math.inf)):
-        return "finished"
-    return "stopped early"
+    return "finished" if ran_its_course(last, max_evals) else "stopped early"
+
+
+def ran_its_course(last_result: dict[str, Any], max_evals: float) -> bool:
+    """The trial's last report ends its run: the search's budget (`max_evals`), its own last
+    evaluation (`planned_evals`, reported by the trainable) or its patience. A trial that ASHA
+    stopped reached none of them."""
+    evals = last_result.get("evals", 0)
+    return bool(last_result.get("early_stopped")) or evals >= min(max_evals, last_result.get("planned_evals", math.inf))
 
 
 def state_reason(rec: "TrialRecord", max_evals: float) -> str:
@@ -106,6 +120,7 @@ def collect_trials(experiment_dir: str | Path) -> list[TrialRecord]:
 
     experiment_dir = Path(experiment_dir).resolve()
     state = load_state(experiment_dir)
+    metric = ranking_metric(state)
     max_evals = state.get("settings", {}).get("max_evals", math.inf)
     baseline = state.get("baseline") or {}
     try:
@@ -128,7 +143,7 @@ def collect_trials(experiment_dir: str | Path) -> list[TrialRecord]:
         # One row per evaluation. After an interrupt, an evaluation whose report reached the
         # driver after Ray's last state snapshot is done again on resume, from the checkpoint
         # before it (with the same result: training is seeded): keep the later row.
-        rows = list({r.get("evals"): r for r in rows if _finite(r.get(PRIMARY))}.values())
+        rows = list({r.get("evals"): r for r in rows if _finite(r.get(metric))}.values())
         rows.sort(key=lambda r: r.get("evals", 0))
         last = last_result or {}
         # The snapshot may be older than result.json (a running search): the later of the two counts.
@@ -143,10 +158,10 @@ def collect_trials(experiment_dir: str | Path) -> list[TrialRecord]:
             rec.steps = int(rows[-1].get("step", 0))
             rec.planned_evals = int(rows[-1]["planned_evals"]) if _finite(rows[-1].get("planned_evals")) else None
             rec.wall_time_s = float(rows[-1]["time_total_s"]) if _finite(rows[-1].get("time_total_s")) else None
-            rec.best_value = max(r[PRIMARY] for r in rows)
+            rec.best_value = max(r[metric] for r in rows)
             # The best evaluation whose checkpoint is still on disk (ties: the earliest).
             kept = [r for r in rows if r.get("checkpoint_dir_name") and (trial_dir / r["checkpoint_dir_name"]).is_dir()]
-            best = max(kept or rows, key=lambda r: (r[PRIMARY], -r.get("evals", 0)))
+            best = max(kept or rows, key=lambda r: (r[metric], -r.get("evals", 0)))
             rec.best_evals = int(best.get("evals", 0))
             rec.best_metrics = {k: best.get(k) for k in BEST_COLUMNS}
             if kept:
@@ -167,7 +182,8 @@ def best_trial(trials: list[TrialRecord]) -> TrialRecord | None:
     return max(scored, key=lambda t: (t.best_value, -t.number)) if scored else None
 
 
-def export_best(trials: list[TrialRecord], experiment_dir: str | Path, test_file: str | None = None) -> TrialRecord | None:
+def export_best(trials: list[TrialRecord], experiment_dir: str | Path, test_file: str | None = None,
+                metric: str = PRIMARY) -> TrialRecord | None:
     """Copy the best trial's best model to best_model/ and its config to best_config.yaml.
 
     `test_file` (the space's; trials do not predict) goes back into best_config.yaml, so that
@@ -185,14 +201,14 @@ def export_best(trials: list[TrialRecord], experiment_dir: str | Path, test_file
     cfg.output_dir = str(experiment_dir / "best_run")
     cfg.test_file = test_file
     cfg.save_yaml(experiment_dir / "best_config.yaml", header=(
-        f"Best trial {best.number} ({best.trial_id}) of search {experiment_dir.name}: {PRIMARY} "
-        f"{best.best_value:.4f} at evaluation {best.best_evals}.\n"
+        f"Best trial {best.number} ({best.trial_id}) of search {experiment_dir.name}: {metric} "
+        f"{best.best_value:.4f} at evaluation {best.best_evals} (val: it chose this trial, so it is optimistic).\n"
         f"Retrain it: accelerate launch afqmc/train.py --config {experiment_dir.name}/best_config.yaml"))
     return best
 
 
-def keep_best_checkpoint(trial_dir: str | Path) -> None:
-    """Delete every checkpoint of a finished trial but its best one (Ray also keeps the latest)."""
+def keep_best_checkpoint(trial_dir: str | Path, metric: str = PRIMARY) -> None:
+    """Delete every checkpoint of a finished trial but its best one by `metric` (Ray also keeps the latest)."""
     checkpoints = sorted(Path(trial_dir).glob("checkpoint_*"))
     scored = []
     for ckpt in checkpoints:
@@ -200,8 +216,8 @@ def keep_best_checkpoint(trial_dir: str | Path) -> None:
             metrics = json.loads((ckpt / "model" / "metrics.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if _finite(metrics.get(PRIMARY)):
-            scored.append((metrics[PRIMARY], ckpt))
+        if _finite(metrics.get(metric)):
+            scored.append((metrics[metric], ckpt))
     if not scored:
         return
     keep = max(scored, key=lambda s: s[0])[1]  # max() keeps the first (earliest) of equal values

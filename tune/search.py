@@ -45,6 +45,7 @@ if (_address_arg(sys.argv[1:]) or "127.0.0.1").split(":")[0] in ("127.0.0.1", "l
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import argparse
+import dataclasses
 import datetime
 import json
 import shutil
@@ -58,11 +59,11 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from afqmc.config import ConfigError, TrainConfig, parse_overrides
+from afqmc.config import ConfigError, TrainConfig, absolute_paths, parse_overrides
 from afqmc.data import DataError
-from afqmc.train import PRIMARY, TaskData, prepare_data
-from tune.reports import write_reports
-from tune.results import DONE_STATES, SEARCHER_METRIC, collect_trials
+from afqmc.train import TaskData, prepare_data
+from tune.reports import test_lines, write_reports
+from tune.results import DONE_STATES, collect_trials, searcher_metric
 from tune.space import SearchSpace, load_space
 from tune.terminal import LiveView, print_leaderboard
 from tune.trial import TRAIN_RUNS, KeepBestCheckpoint, ReleaseTrainWorkers, StudySearch, run_trial, trial_dirname
@@ -73,8 +74,6 @@ STATE_NAME = "search.json"  # how the search was started: what --resume needs to
 SPACE_COPY = "space.yaml"  # the space file as it was when the search started
 STUDY_DB = "optuna.db"
 DRIVER_MEMORY = 256 * 2**20  # bytes reserved for the driver of a multi-worker trial
-# Fields that name files: made absolute, since trials run in their own working directories.
-PATH_FIELDS = ("train_file", "val_file", "test_file", "vocab_file")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
                      "workers_per_trial": space.settings.workers_per_trial,
                      "settings": asdict(space.settings), "cwd": os.getcwd(),  # relative paths resolve from here
                      "started": datetime.datetime.now().isoformat(timespec="seconds")}
-        base = _absolute_paths(space.base, state["cwd"])
+        # The exported best model comes from the trial checkpoints, so every trial saves its best.
+        base = absolute_paths(space.base, state["cwd"]).replace(save_best_model=True)
         print(_describe(space, state["scheduler"], exp_dir, resuming=bool(args.resume)))
-        data = prepare_data(base)  # the only tokenization of the whole search
+        # The only tokenization of the whole search; it also reads a labelled test_file (or splits
+        # off test_ratio), so that bad test data stops the search before it trains.
+        data = prepare_data(base)
+        base = base.replace(test_file=None)  # trials do not predict (best_config.yaml keeps test_file)
     except (ConfigError, DataError, OSError) as exc:  # OSError: e.g. a hub model without internet
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -145,12 +148,14 @@ def _new_tuner(space: SearchSpace, scheduler_name: str, exp_dir: Path, trainable
         sampler = optuna.samplers.TPESampler(multivariate=True, seed=settings.seed,
                                              n_startup_trials=settings.n_startup_trials)
     searcher = StudySearch(
-        space=space.distributions(), metric=SEARCHER_METRIC, mode="max",
+        space=space.distributions(), metric=searcher_metric(settings.metric), mode="max",
         points_to_evaluate=[space.baseline()],  # every search contains the baseline it must beat
         sampler=sampler, study_name=exp_dir.name, storage=storage,
+        eval_metric=settings.metric, max_evals=settings.max_evals,
     )
     if scheduler_name == "asha":
-        scheduler = ASHAScheduler(time_attr="evals", metric=PRIMARY, mode="max", max_t=settings.max_evals,
+        # ASHA compares trials at its rungs by asha_metric at that evaluation.
+        scheduler = ASHAScheduler(time_attr="evals", metric=settings.asha_metric, mode="max", max_t=settings.max_evals,
                                   grace_period=settings.grace_period,
                                   reduction_factor=settings.reduction_factor)
     else:
@@ -167,19 +172,22 @@ def _new_tuner(space: SearchSpace, scheduler_name: str, exp_dir: Path, trainable
         run_config=tune.RunConfig(
             name=exp_dir.name, storage_path=str(exp_dir.parent),
             stop={"evals": settings.max_evals},  # the budget; FIFO runs every trial to it
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=PRIMARY,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=settings.metric,
                                                     checkpoint_score_order="max"),
             # A trial whose worker died is retried from its last checkpoint; one that fails on
             # its own (NaN loss) ends as failed without a retry (run_trial); the search goes on.
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-            callbacks=[LiveView(settings.max_evals), KeepBestCheckpoint(), ReleaseTrainWorkers()],
+            callbacks=[LiveView(settings.max_evals, settings.metric, settings.asha_metric),
+                       KeepBestCheckpoint(settings.metric), ReleaseTrainWorkers()],
             verbose=0,  # LiveView prints the trials
         ),
     )
 
 
 def _trainable(data: TaskData, base: TrainConfig, resources: dict[str, float], workers: int, exp_dir: Path):
-    # with_parameters puts `data` into the object store once; every trial reads that one copy.
+    # with_parameters puts `data` into the object store once; every trial reads that one copy. The
+    # held-out test pairs stay in this driver: no trial can read their labels.
+    data = dataclasses.replace(data, test=None)
     trainable = tune.with_parameters(run_trial, data=data, base=base.to_dict(), workers=workers,
                                      worker_resources={"CPU": resources["cpu"], "GPU": resources["gpu"]},
                                      train_storage=str(exp_dir / TRAIN_RUNS))
@@ -222,40 +230,31 @@ def _init_ray(address: str | None) -> None:
           f"{' at ' + address if address else ' (local, loopback only)'}")
 
 
-def _absolute_paths(cfg: TrainConfig, root: str) -> TrainConfig:
-    """File fields made absolute (from `root`, where the search started): trials run in their own
-    working directories, and a resumed search may start from another one."""
-    changes: dict[str, Any] = {k: str((Path(root) / getattr(cfg, k)).resolve()) for k in PATH_FIELDS if getattr(cfg, k)}
-    local_model = Path(root) / cfg.model_name_or_path
-    if cfg.model_name_or_path != "tiny" and local_model.exists():
-        changes["model_name_or_path"] = str(local_model.resolve())
-    changes["test_file"] = None  # trials do not predict (best_config.yaml keeps the space's test_file)
-    changes["save_best_model"] = True  # the exported best model comes from the trial checkpoints
-    return cfg.replace(**changes)
-
-
 # --- after the search ----------------------------------------------------------------------------
 
 
 def _finish(exp_dir: Path, space: SearchSpace, state: dict[str, Any], elapsed: float) -> int:
     trials = collect_trials(exp_dir)
     done = [t for t in trials if t.state in DONE_STATES]
-    print_leaderboard(trials, list(space.params), max_rows=10)
-    test_file = str((Path(state["cwd"]) / space.base.test_file).resolve()) if space.base.test_file else None
-    # trials.csv, trials.md, summary.json, best_config.yaml, best_model/ and plots/ (also after an interrupt);
+    print_leaderboard(trials, list(space.params), max_rows=10, metric=space.settings.metric)
+    # trials.csv, trials.md, summary.json, best_config.yaml, best_model/ and plots/ (also after an
+    # interrupt), and the held-out test scores of the best and the baseline trial;
     # `python tune/compare.py --regenerate results/NAME` rebuilds them from the folder alone.
-    best = write_reports(exp_dir, trials, test_file=test_file).best
+    reports = write_reports(exp_dir, trials)
+    best, metric = reports.best, space.settings.metric
     counts = {s: sum(t.state == s for t in trials) for s in DONE_STATES}
     print(f"{len(done)} of {space.settings.num_samples} trials done ({elapsed / 60:.1f} min in this run): "
           + ", ".join(f"{n} {s}" for s, n in counts.items()))
     baseline = next((t for t in trials if t.is_baseline), None)
     if baseline and baseline.best_value is not None:
-        print(f"baseline trial {baseline.number}: {PRIMARY} {baseline.best_value:.4f}")
+        print(f"baseline trial {baseline.number}: {metric} {baseline.best_value:.4f}")
     elif baseline:
         print(f"baseline trial {baseline.number}: {baseline.state}{': ' + baseline.error if baseline.error else ''}")
     if best is not None:
-        print(f"best trial {best.number}: {PRIMARY} {best.best_value:.4f}; model in {_rel(exp_dir / 'best_model')}, "
-              f"config in {_rel(exp_dir / 'best_config.yaml')}")
+        print(f"best trial {best.number}: {metric} {best.best_value:.4f} (val chose it: optimistic); model in "
+              f"{_rel(exp_dir / 'best_model')}, config in {_rel(exp_dir / 'best_config.yaml')}")
+    for line in test_lines(reports.summary.get("test")):
+        print(line)
     print(f"Optuna study: optuna-dashboard sqlite:///{_rel(exp_dir / STUDY_DB)}")
     print(f"tables: {_rel(exp_dir / 'trials.md')}, {_rel(exp_dir / 'trials.csv')}; plots: {_rel(exp_dir / 'plots')}/")
     if len(done) < space.settings.num_samples:

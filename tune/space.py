@@ -29,17 +29,21 @@ from typing import Any
 import optuna
 import yaml
 
-from afqmc.config import FIELDS, ConfigError, TrainConfig, coerce_value, from_dict, read_yaml_mapping
+from afqmc.config import (FIELDS, ConfigError, TrainConfig, coerce_value, from_dict, normalize_metric,
+                          read_yaml_mapping)
 
 TYPES = ("loguniform", "uniform", "int", "choice")
 DIST_KEYS = {"type", "low", "high", "values", "baseline", "log"}
 
 # The search tokenizes train and val once, in the driver, before any trial starts: a field that
 # changes the data or the tokenizer cannot vary between trials.
-DATA_FIELDS = {"train_file", "val_file", "val_ratio", "max_train_samples", "skip_empty", "max_length",
+DATA_FIELDS = {"train_file", "val_file", "val_ratio", "test_ratio", "max_train_samples", "skip_empty", "max_length",
                "model_name_or_path", "vocab_file", "trust_remote_code"}
-# Set by the search itself (trial directories, ASHA's time unit), not searchable.
-RUN_FIELDS = {"output_dir", "save_best_model", "test_file", "eval_steps"}
+# Set by the search itself (trial directories, ASHA's time unit, search.metric), not searchable.
+RUN_FIELDS = {"output_dir", "save_best_model", "test_file", "eval_steps", "metric_for_best_model"}
+# The default of search.asha_metric: the candidate whose value at ASHA's rungs ranked the trials most
+# like their final val F1-macro (tuned threshold, cross-fitted) on the CPU space (benchmarks/README.md).
+DEFAULT_ASHA_METRIC = "val/auc"
 
 
 class SpaceError(ConfigError):
@@ -51,6 +55,11 @@ class SearchSettings:
     """The `search:` section: how many trials, ASHA's budget and the resources of one trial."""
 
     num_samples: int = 10  # trials, the baseline included
+    # What TPE optimises, the leaderboard ranks by and each trial keeps its best model by (every
+    # trial's metric_for_best_model); higher is better. See afqmc.config.SELECTION_METRICS.
+    metric: str = "val/f1_macro"
+    # What ASHA compares at its rungs: a trial's value at that evaluation (not its best so far).
+    asha_metric: str = DEFAULT_ASHA_METRIC
     seed: int = 0  # seeds the TPE sampler
     n_startup_trials: int = 10  # random trials before TPE models the results (Optuna's default)
     max_evals: int = 10  # the most evaluations a trial runs: ASHA's max_t, and the stop for FIFO
@@ -157,6 +166,10 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
     if overrides:
         base = from_dict(overrides, source="command line", base=base)
 
+    if "metric_for_best_model" in fixed or "metric_for_best_model" in overrides:
+        raise SpaceError(f"{where('params.metric_for_best_model')}: set 'search.metric' instead of "
+                         "'metric_for_best_model': the search ranks and keeps trials by it", "metric_for_best_model")
+    base = from_dict({"metric_for_best_model": settings.metric}, source=str(path), base=base)
     parsed = {name: _parse_param(name, spec, base, where, f"params.{name}") for name, spec in searched.items()}
     if not parsed:
         raise SpaceError(f"{path}: 'params' has no distribution: nothing to search")
@@ -180,6 +193,8 @@ def _parse_settings(search: dict[str, Any], where) -> SearchSettings:
             value = _check_int(key, value, 0, src)
         elif key == "max_concurrent_trials":
             value = None if value is None else _check_int(key, value, 1, src)
+        elif key in ("metric", "asha_metric"):
+            value = normalize_metric(value, f"search.{key}", src)
         elif key == "reduction_factor":
             value = _check_number(key, value, src)
             if value <= 1:
@@ -210,7 +225,7 @@ def _parse_param(name: str, spec: dict[str, Any], base: TrainConfig, where, key:
         raise fail("cannot be searched: the data is tokenized once, before the trials, so it must be fixed")
     if name in RUN_FIELDS:
         raise fail("cannot be searched: the search sets it for every trial (output_dir, test_file, "
-                   "save_best_model; eval_steps is ASHA's unit of time)")
+                   "save_best_model, metric_for_best_model from search.metric; eval_steps is ASHA's unit of time)")
     unknown = set(map(str, spec)) - DIST_KEYS
     if unknown:
         raise fail(f"has unknown key(s) {', '.join(sorted(unknown))} (a distribution has "

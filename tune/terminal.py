@@ -8,6 +8,7 @@ from typing import Any
 
 from ray import tune
 
+from afqmc.metrics import best_key
 from tune.results import FAILED, PRIMARY, TrialRecord, trial_number, trial_state
 
 SHORT = {"learning_rate": "lr", "class_weights": "w1/w0", "dropout": "dropout", "threshold": "thr",
@@ -34,8 +35,11 @@ class LiveView(tune.Callback):
     Stateless between runs (the counts come from Ray's trial list), so it is right after a resume.
     """
 
-    def __init__(self, max_evals: int, status_every_s: float = 60.0):
+    def __init__(self, max_evals: int, metric: str = PRIMARY, asha_metric: str | None = None,
+                 status_every_s: float = 60.0):
         self.max_evals = max_evals
+        self.metric, self.best = metric, best_key(metric)
+        self.asha_metric = asha_metric if asha_metric != metric else None
         self.status_every_s = status_every_s
         self._started = time.time()
         self._last_status = self._started
@@ -52,10 +56,11 @@ class LiveView(tune.Callback):
         self._print(f"trial {trial_number(trial)} started{tag}: {format_params(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if PRIMARY not in result or result.get(FAILED):  # a failure is printed when the trial ends
+        if self.metric not in result or result.get(FAILED):  # a failure is printed when the trial ends
             return
-        self._print(f"trial {trial_number(trial)} eval {result.get('evals')}/{self.max_evals}: {PRIMARY} "
-                    f"{result[PRIMARY]:.4f} (trial best {result.get('best/val_f1_macro', math.nan):.4f}, "
+        asha = f", {self.asha_metric} {result.get(self.asha_metric, math.nan):.4f}" if self.asha_metric else ""
+        self._print(f"trial {trial_number(trial)} eval {result.get('evals')}/{self.max_evals}: {self.metric} "
+                    f"{result[self.metric]:.4f}{asha} (trial best {result.get(self.best, math.nan):.4f}, "
                     f"train loss {result.get('train/loss', math.nan):.4f})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -66,8 +71,8 @@ class LiveView(tune.Callback):
             self._status(trials, ended=(trial, "TERMINATED"))
             return
         how = "stopped early by ASHA" if state == "stopped early" else "finished"
-        self._print(f"trial {trial_number(trial)} {how} after {last.get('evals', 0)} evals: best {PRIMARY} "
-                    f"{last.get('best/val_f1_macro', math.nan):.4f}")
+        self._print(f"trial {trial_number(trial)} {how} after {last.get('evals', 0)} evals: best {self.metric} "
+                    f"{last.get(self.best, math.nan):.4f}")
         self._status(trials, ended=(trial, "TERMINATED"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -92,11 +97,11 @@ class LiveView(tune.Callback):
         running = sum(status[t.trial_id] == "RUNNING" for t in trials)
         counts = (f"{running} running, {states.count('finished')} finished, "
                   f"{states.count('stopped early')} stopped early, {states.count('failed')} failed")
-        scored = [t for t in trials if _finite((t.last_result or {}).get("best/val_f1_macro"))]
+        scored = [t for t in trials if _finite((t.last_result or {}).get(self.best))]
         if scored:
-            best = max(scored, key=lambda t: (t.last_result["best/val_f1_macro"], -trial_number(t)))
-            counts += (f" | best so far: trial {trial_number(best)} {PRIMARY} "
-                       f"{best.last_result['best/val_f1_macro']:.4f} ({format_params(best.config)})")
+            best = max(scored, key=lambda t: (t.last_result[self.best], -trial_number(t)))
+            counts += (f" | best so far: trial {trial_number(best)} {self.metric} "
+                       f"{best.last_result[self.best]:.4f} ({format_params(best.config)})")
         self._print(counts)
 
 
@@ -109,28 +114,30 @@ def _short_error(trial) -> str:
         return "see the trial's error.txt"
 
 
-def print_leaderboard(trials: list[TrialRecord], param_names: list[str], max_rows: int = 10) -> None:
+def print_leaderboard(trials: list[TrialRecord], param_names: list[str], max_rows: int = 10,
+                      metric: str = PRIMARY) -> None:
     ranked = sorted((t for t in trials if t.best_value is not None), key=lambda t: (-t.best_value, t.number))
     if not ranked:
         print("no trial reported a result")
         return
-    headers = ["rank", "trial", "state", "evals", "val_f1", "val_acc", "f1@thr*", "thr*"] + \
+    headers = ["rank", "trial", "state", "evals", "value", "val_f1", "thr", "val_auc", "val_acc"] + \
               [SHORT.get(n, n) for n in param_names]
     rows = []
     for rank, t in enumerate(ranked[:max_rows], start=1):
         m = t.best_metrics
         rows.append([str(rank), f"{t.number}{' (baseline)' if t.is_baseline else ''}", t.state, str(t.evals),
-                     f"{t.best_value:.4f}", _fmt(m.get("val/accuracy")), _fmt(m.get("val/f1_macro_at_best_threshold")),
-                     _fmt(m.get("val/best_threshold"), "{:.2f}")]
+                     f"{t.best_value:.4f}", _fmt(m.get(PRIMARY)), _fmt(m.get("val/threshold"), "{:.3f}"),
+                     _fmt(m.get("val/auc")), _fmt(m.get("val/accuracy"))]
                     + [format_value(t.params.get(n)) for n in param_names])
     baseline = next((t for t in ranked[max_rows:] if t.is_baseline), None)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    print(f"\ntop {len(rows)} of {len(trials)} trials by best {PRIMARY} (f1@thr*: at the best threshold thr*):")
+    print(f"\ntop {len(rows)} of {len(trials)} trials by their best {metric} (value; val numbers chose the "
+          f"trials, so they are optimistic):")
     print("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
     for r in rows:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
     if baseline:
-        print(f"baseline: trial {baseline.number}, {PRIMARY} {baseline.best_value:.4f}, "
+        print(f"baseline: trial {baseline.number}, {metric} {baseline.best_value:.4f}, "
               f"rank {ranked.index(baseline) + 1}")
 
 

@@ -15,14 +15,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import optuna
 import ray
 import torch
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from afqmc.config import TrainConfig, from_dict
-from afqmc.train import PRIMARY, TaskData, TrainingError, train, train_with_oom_retry
-from tune.results import FAILED, SEARCHER_METRIC, keep_best_checkpoint
+from afqmc.config import SELECTION_METRICS, TrainConfig, from_dict
+from afqmc.metrics import best_key
+from afqmc.train import TaskData, TrainingError, train, train_with_oom_retry
+from tune.results import FAILED, keep_best_checkpoint, ran_its_course
 
 
 def run_trial(config: dict[str, Any], data: TaskData, base: dict[str, Any], workers: int = 1,
@@ -89,8 +91,8 @@ def _train_or_fail(cfg: TrainConfig, data: TaskData, checkpoint, report, report_
             with checkpoint.as_directory() as resume_dir:
                 train_fn(run_cfg, report_and_note, data=data, resume_from=resume_dir, progress=False, **train_kwargs)
     except TrainingError as exc:
-        report_failure({"evals": last.get("evals", 0), "step": last.get("step", 0), PRIMARY: math.nan,
-                        SEARCHER_METRIC: math.nan, FAILED: str(exc)})
+        nan = {key: math.nan for metric in SELECTION_METRICS for key in (metric, best_key(metric))}
+        report_failure({"evals": last.get("evals", 0), "step": last.get("step", 0), **nan, FAILED: str(exc)})
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -236,28 +238,47 @@ def trial_dirname(trial) -> str:
 
 
 class StudySearch(OptunaSearch):
-    """Ray's OptunaSearch, with two differences:
+    """Ray's OptunaSearch, so that the study says what happened to each trial:
 
-    - a trial that failed on its own (its last report names the reason) goes into the study as FAIL
-      with that reason, rather than as a NaN value that Optuna refuses (which would leave the trial
-      RUNNING in the study forever);
+    - every evaluation's value of the ranking metric (`eval_metric`, at that evaluation, not the
+      best so far) is the trial's intermediate value at step `evals`: optuna-dashboard draws the
+      learning curves;
+    - a trial that ASHA stopped is PRUNED (Optuna takes its last intermediate value as its value),
+      not COMPLETE with a truncated value; one that ran its course is COMPLETE with its best value
+      (`metric`, the searcher's);
+    - a trial that failed on its own (its last report names the reason) is FAIL with that reason,
+      rather than a NaN value that Optuna refuses (which would leave the trial RUNNING forever);
     - after the driver was killed, the study (written at once) can be ahead of Ray's last snapshot
       of the experiment: a trial the study already holds as finished may run again on resume.
       Its new reports leave the study's record as it is, instead of stopping the search.
     """
 
+    def __init__(self, *args: Any, eval_metric: str, max_evals: int, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.eval_metric, self.max_evals = eval_metric, max_evals
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if not self._finished_in_study(trial_id):
-            super().on_trial_result(trial_id, result)
+        if self._finished_in_study(trial_id) or trial_id in self._completed_trials:
+            return
+        value = result.get(self.eval_metric)
+        if isinstance(value, (int, float)) and math.isfinite(value) and "evals" in result:
+            self._ot_trials[trial_id].report(float(value), int(result["evals"]))
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if self._finished_in_study(trial_id):
             self._completed_trials.add(trial_id)
             return
+        if result and trial_id in self._ot_trials:
+            # Ray passes the report that ended the trial (ASHA's cut, the budget) here, not to on_trial_result.
+            self.on_trial_result(trial_id, result)
         if result and result.get(FAILED):
             if trial_id in self._ot_trials:
                 self._ot_trials[trial_id].set_user_attr(FAILED, str(result[FAILED]))
             result, error = None, True
+        if result and not error and trial_id in self._ot_trials and not ran_its_course(result, self.max_evals):
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
         super().on_trial_complete(trial_id, result, error)
 
     def _finished_in_study(self, trial_id: str) -> bool:
@@ -301,8 +322,11 @@ class KeepBestCheckpoint(tune.Callback):
     ended (finished, stopped by ASHA, or failed) the latest is of no use.
     """
 
+    def __init__(self, metric: str):
+        self.metric = metric
+
     def on_trial_complete(self, iteration, trials, trial, **info):
-        keep_best_checkpoint(trial.path)
+        keep_best_checkpoint(trial.path, self.metric)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        keep_best_checkpoint(trial.path)
+        keep_best_checkpoint(trial.path, self.metric)
