@@ -19,25 +19,28 @@ import _benchutil as bu
 
 CPU_SPACE = bu.REPO / "search_spaces" / "afqmc_cpu.yaml"
 
-# The full budget is the product's CPU space as shipped (its search settings and eval_steps: 2 epochs of
-# the 28.8k AFQMC training pairs at batch 64, one evaluation per 150 updates). Quick: the first 2,000
-# pairs, 4 trials of up to 30 updates.
+# The full budget is the product's CPU space as shipped (its search settings, eval_steps and the
+# metric ASHA cuts on). Quick: the first 2,000 pairs, 4 trials of up to 30 updates.
 BUDGET_KEYS = ("num_samples", "n_startup_trials", "max_evals", "grace_period", "reduction_factor", "eval_steps",
-               "max_train_samples")
+               "max_train_samples", "asha_metric")
 QUICK = dict(num_samples=4, n_startup_trials=2, max_evals=3, grace_period=1, reduction_factor=2,
              eval_steps=10, max_train_samples=2000)
+# The threshold searched as the product did before `tuned`: a distribution TPE samples, ranked and
+# cut on F1-macro at the sampled threshold.
+SEARCHED_THRESHOLD = {"type": "uniform", "low": 0.3, "high": 0.7, "baseline": 0.5}
 
 
 def full_budget() -> dict[str, Any]:
     space = yaml.safe_load(CPU_SPACE.read_text(encoding="utf-8"))
     out = {k: space["search"][k] for k in BUDGET_KEYS[:5]}
-    out.update(eval_steps=space["params"]["eval_steps"], max_train_samples=space["params"].get("max_train_samples"))
+    out.update(eval_steps=space["params"]["eval_steps"], max_train_samples=space["params"].get("max_train_samples"),
+               asha_metric=space["search"].get("asha_metric"))
     return out
 
 
 def budget(args) -> dict[str, Any]:
     """The full or quick budget, with any of its keys overridden by a command-line option of the same name."""
-    out = dict(QUICK) if args.quick else full_budget()
+    out = {**full_budget(), **QUICK} if args.quick else full_budget()
     for key in out:
         value = getattr(args, key, None)
         if value is not None:
@@ -48,14 +51,16 @@ def budget(args) -> dict[str, Any]:
 def add_budget_args(p) -> None:
     full = full_budget()
     for key in BUDGET_KEYS:
-        p.add_argument(f"--{key}", type=float if key == "reduction_factor" else int,
+        kind = float if key == "reduction_factor" else (str if key == "asha_metric" else int)
+        p.add_argument(f"--{key}", type=kind,
                        help=f"override the budget's {key} (full: search_spaces/afqmc_cpu.yaml's {full[key]}; "
-                            f"quick {QUICK[key]})")
+                            f"quick {QUICK.get(key, full[key])})")
 
 
-def write_space(path: Path, data_dir: Path, b: dict[str, Any], seed: int = 0) -> Path:
-    """The product's CPU space (search_spaces/afqmc_cpu.yaml): its searched fields and fixed model,
-    with the data paths from --data and the benchmark's budget."""
+def write_space(path: Path, data_dir: Path, b: dict[str, Any], seed: int = 0, threshold: str = "tuned") -> Path:
+    """The product's CPU space (search_spaces/afqmc_cpu.yaml): its searched fields, fixed model and
+    held-out test split, with the data paths from --data and the benchmark's budget. `threshold`
+    "searched" replaces the tuned threshold by SEARCHED_THRESHOLD, ranked and cut on F1 at it."""
     space = yaml.safe_load(CPU_SPACE.read_text(encoding="utf-8"))
     params = dict(space["params"])
     params.update(bu.shared_paths(data_dir))
@@ -67,8 +72,14 @@ def write_space(path: Path, data_dir: Path, b: dict[str, Any], seed: int = 0) ->
     settings.update(num_samples=b["num_samples"], seed=seed, n_startup_trials=b["n_startup_trials"],
                     max_evals=b["max_evals"], grace_period=b["grace_period"],
                     reduction_factor=b["reduction_factor"], cpus_per_trial=1, gpus_per_trial=0)
+    if b.get("asha_metric"):
+        settings["asha_metric"] = b["asha_metric"]
+    if threshold == "searched":
+        params["threshold"] = dict(SEARCHED_THRESHOLD)
+        settings.update(metric="val/f1_macro", asha_metric="val/f1_macro")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# Written by benchmarks/ from {CPU_SPACE.name} with the benchmark's budget.\n"
+    path.write_text(f"# Written by benchmarks/ from {CPU_SPACE.name} with the benchmark's budget "
+                    f"(threshold {threshold}).\n"
                     + yaml.safe_dump({"search": settings, "params": params}, sort_keys=False, allow_unicode=True),
                     encoding="utf-8")
     return path
@@ -100,23 +111,65 @@ def trial_reports(trial_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def search_figures(exp_dir: Path) -> dict[str, Any]:
-    from tune.results import collect_trials
+# The per-evaluation figures kept from each trial: the candidates for ranking and cutting trials.
+CURVE_METRICS = ("val/f1_macro", "val/f1_macro_tuned", "val/auc", "val/ap")
 
+
+def search_figures(exp_dir: Path) -> dict[str, Any]:
+    """What a search did, from its folder: per trial its state, updates, best value and parameters;
+    its curves of every candidate metric; and the held-out test figures of its best and baseline."""
+    from tune.results import collect_trials, load_state, ranking_metric
+
+    metric = ranking_metric(load_state(exp_dir))
     trials = collect_trials(exp_dir)
     rows = []
-    curves = {}
+    curves: dict[str, dict[int, list[float]]] = {m: {} for m in CURVE_METRICS}
     for t in trials:
-        reports = trial_reports(Path(t.path))
-        curves[t.number] = [r.get("val/f1_macro") for r in reports]
+        reports = [r for r in trial_reports(Path(t.path)) if not r.get("failed")]
+        for m in CURVE_METRICS:
+            curves[m][t.number] = [r.get(m) for r in reports]
         rows.append({"trial": t.number, "state": t.state, "evals": t.evals,
                      "steps": max((int(r.get("step", 0)) for r in reports), default=0),  # optimizer updates run
-                     "best_f1": t.best_value, **t.params})
-    best = [r["best_f1"] for r in rows if r["best_f1"] is not None and math.isfinite(r["best_f1"])]
-    return {"trials": rows, "curves": curves, "total_steps": sum(r["steps"] for r in rows),
-            "best_f1_macro": max(best) if best else None,
+                     "best_value": t.best_value, **t.params})
+    best = [r["best_value"] for r in rows if r["best_value"] is not None and math.isfinite(r["best_value"])]
+    summary = json.loads((exp_dir / "summary.json").read_text(encoding="utf-8"))
+    test = summary.get("test") or {}
+    tested = {role: m and {"trial": m["trial"], **{k: m["metrics"][k] for k in ("f1_macro", "accuracy", "auc",
+                                                                               "threshold")}}
+              for role, m in (test.get("models") or {}).items()}
+    return {"metric": metric, "trials": rows, "curves": curves, "total_steps": sum(r["steps"] for r in rows),
+            "best_value": max(best) if best else None, "best_trial": (summary.get("best") or {}).get("trial"),
+            "test": tested, "test_pairs": test.get("pairs"),
             "stopped_early": sum(r["state"] == "stopped early" for r in rows),
             "failed": sum(r["state"] == "failed" for r in rows)}
+
+
+def spearman_at_evals(curves: dict[int, list[float]], target: dict[int, float], max_t: int) -> list[float | None]:
+    """Spearman's rank correlation, across trials, between a metric at evaluation k (k = 1..max_t)
+    and each trial's final figure (`target`), for every k; None where it is undefined."""
+    from scipy.stats import spearmanr
+
+    out = []
+    for k in range(max_t):
+        pairs = [(c[k], target[n]) for n, c in curves.items()
+                 if len(c) > k and c[k] is not None and target.get(n) is not None]
+        if len(pairs) < 3 or len({a for a, _ in pairs}) < 2:
+            out.append(None)
+            continue
+        rho = spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic
+        out.append(None if rho != rho else float(rho))  # NaN: constant input
+    return out
+
+
+def perfect_asha_share(max_t: int, grace: int, rf: float) -> float:
+    """The share of FIFO's updates a synchronous, perfectly informed ASHA uses: every trial runs to
+    the first rung, a 1/rf share of them to the next, and so on, the last share to max_t."""
+    rungs = asha_milestones(max_t, grace, rf)
+    used, last, share = 0.0, 0, 1.0
+    for r in rungs:
+        used += share * (r - last)
+        last, share = r, share / rf
+    return (used + share * (max_t - last)) / max_t
 
 
 def asha_milestones(max_t: int, grace: int, rf: float) -> list[int]:
@@ -126,9 +179,10 @@ def asha_milestones(max_t: int, grace: int, rf: float) -> list[int]:
 
 
 def simulate_asha(curves: dict[int, list[float]], max_t: int, grace: int, rf: float,
-                  order: list[int] | None = None) -> dict[str, Any]:
+                  order: list[int] | None = None, values: dict[int, list[float]] | None = None) -> dict[str, Any]:
     """ASHA's stopping rule replayed on full learning curves (FIFO's), trials taken in order
-    (trial number, or `order`).
+    (trial number, or `order`). `curves` are what ASHA compares at its rungs; `values` (default:
+    the same) what the search keeps: the best value a trial reaches before it is stopped.
 
     Ray's rule: when a trial reaches a rung, it stops if its current value is below the
     (1 - 1/rf) quantile of the values recorded at that rung so far (the first one always goes on).
@@ -136,6 +190,7 @@ def simulate_asha(curves: dict[int, list[float]], max_t: int, grace: int, rf: fl
     """
     import numpy as np
 
+    values = values or curves
     rungs: dict[int, list[float]] = {m: [] for m in asha_milestones(max_t, grace, rf)}
     used, best = 0, -math.inf
     for number in order or sorted(curves):
@@ -150,29 +205,31 @@ def simulate_asha(curves: dict[int, list[float]], max_t: int, grace: int, rf: fl
                     stop_at = i
                     break
         used += stop_at
-        best = max([best, *[v for v in curve[:stop_at] if v is not None]])
+        best = max([best, *[v for v in values[number][:stop_at] if v is not None]])
     full = sum(len(c[:max_t]) for c in curves.values())
     return {"grace_period": grace, "reduction_factor": rf, "rungs": list(rungs), "evals_used": used,
-            "evals_fifo": full, "steps_ratio": used / full if full else None, "best_f1_macro": best}
+            "evals_fifo": full, "steps_ratio": used / full if full else None, "best_value": best}
 
 
-def replay_orders(curves: dict[int, list[float]], max_t: int, grace: int, rf: float, f1_goal: float,
-                  n: int = 500, seed: int = 0) -> dict[str, Any]:
+def replay_orders(curves: dict[int, list[float]], max_t: int, grace: int, rf: float, goal: float,
+                  n: int = 500, seed: int = 0, values: dict[int, list[float]] | None = None) -> dict[str, Any]:
     """`simulate_asha` over `n` random orders of the trials: which trials a rung cuts depends on
     which came before, so one order says little. The share of the updates used (mean, range) and
-    how often the best F1-macro kept is at least `f1_goal` of FIFO's best."""
+    how often the best value kept is at least `goal` of FIFO's best."""
     import random
 
+    values = values or curves
     rng = random.Random(seed)
     numbers = sorted(curves)
-    best = max(v for c in curves.values() for v in c[:max_t] if v is not None)
+    best = max(v for c in values.values() for v in c[:max_t] if v is not None)
     ratios, kept = [], []
     for _ in range(n):
         rng.shuffle(numbers)
-        sim = simulate_asha(curves, max_t, grace, rf, order=list(numbers))
+        sim = simulate_asha(curves, max_t, grace, rf, order=list(numbers), values=values)
         ratios.append(sim["steps_ratio"])
-        kept.append(sim["best_f1_macro"] / best)
+        kept.append(sim["best_value"] / best)
     return {"grace_period": grace, "reduction_factor": rf, "rungs": asha_milestones(max_t, grace, rf),
+            "perfect_share": perfect_asha_share(max_t, grace, rf),
             "orders": n, "steps_ratio_mean": sum(ratios) / n, "steps_ratio_min": min(ratios),
-            "steps_ratio_max": max(ratios), "f1_ratio_mean": sum(kept) / n,
-            "share_f1_goal_met": sum(k >= f1_goal for k in kept) / n}
+            "steps_ratio_max": max(ratios), "value_ratio_mean": sum(kept) / n,
+            "share_goal_met": sum(k >= goal for k in kept) / n}

@@ -1,38 +1,36 @@
-"""Search efficiency and the peer, side by side in one run, on the shared AFQMC data (tiny preset):
+"""What the search optimises, and against the peer: on the shared AFQMC data, the product's CPU space
+(search_spaces/afqmc_cpu.yaml, tiny preset, a held-out test split of 10%):
 
-    python benchmarks/search_compare.py [--quick] [--data ../shared/data] [--json OUT] [--backends optuna,ray]
+    python benchmarks/search_compare.py [--quick] [--runs fifo_searched,fifo,asha,hf_optuna]
+        [--workdir DIR] [--json OUT] [--data ../shared/data]
 
-1. ASHA against FIFO (issue goal: ASHA reaches >= 99% of FIFO's best val F1-macro with <= 40% of
-   its optimizer updates). Both are the product's search (`tune.search.main`, the function behind
-   `python tune/search.py --scheduler asha|fifo`), called in this process, with the same seeded
-   TPE sampler, the product's CPU space (search_spaces/afqmc_cpu.yaml: learning rate, class
-   weights, dropout, threshold, warm-up) and the same number of trials. The first
-   n_startup_trials + 1 trials (the baseline, then TPE's seeded random start) get the same values
-   in both; later ones depend on the results, which ASHA changes by stopping trials.
+Searches, each `tune.search.main` (what `python tune/search.py` runs) in this process, with the same
+seeded TPE and the same trials' budget, except the peer:
 
-2. Our search (the ASHA run above) against the peer a user would pick instead:
-   `transformers.Trainer.hyperparameter_search` (goal: at least the same best F1-macro in <= 0.7x
-   the wall time). One `Trainer` with `model_init` returning our tiny model
-   (afqmc.modeling.load_model), the same tokenized data (afqmc.train.prepare_data, wrapped as
-   torch datasets), our collate, `compute_metrics` giving F1-macro at the trial's threshold; class
-   weights through `compute_loss_func`, dropout through `model_init(trial)`, learning rate and
-   warm-up through the TrainingArguments it sets from `hp_space`. Same TPE settings (seed,
-   n_startup_trials, multivariate) and the same baseline trial first (enqueued in the study it
-   loads); Optuna's default pruner (MedianPruner), as `hyperparameter_search` leaves it; trials one
-   after another in one process with every core (--hf_threads). It saves no checkpoints
-   (save_strategy "no"), which favours it: ours writes one per evaluation (what resuming and
-   exporting the best model need). The Ray backend of the same API is tried too (its defaults: no
-   scheduler, 1 CPU per trial; our TPE as its search_alg); what fails is reported.
-   Each peer search runs in a fresh process (a Trainer that has trained once in a process can no
-   longer be pickled for Ray: Accelerate's shared GradientState keeps references to old data
-   loaders).
+- fifo_searched: FIFO, the decision threshold searched by TPE (uniform 0.3-0.7, the product's
+  mode before `tuned`), ranked on F1-macro at the sampled threshold;
+- fifo: FIFO, the threshold tuned on val after every evaluation (the shipped space);
+- asha: the shipped space as it is: tuned threshold, ASHA on its asha_metric;
+- hf_optuna (and hf_ray): `transformers.Trainer.hyperparameter_search` on the same data, model,
+  collate, class weights, dropout, learning rate and warm-up; the threshold is searched (the
+  peer's API has no tuning of it: `compute_metrics` scores F1 at the trial's threshold);
+  Optuna's MedianPruner, as the peer leaves it; then, as its docs show, the best run's
+  hyperparameters are trained once more (keeping the best checkpoint on val) to get a model,
+  whose held-out test F1 is what is compared. The retraining is in its wall time.
 
-Wall time ("search_wall_s"): from loading and tokenizing the data to the end of the search, for
-every run (interpreter start and the driver's imports are left out of all of them; our trial
-workers' start and imports are in ours). Best F1-macro: the best val F1-macro of any evaluation of
-any trial (what our search exports; the peer's BestRun.objective, its best trial's last
-evaluation, is reported as well). Order: ASHA, peer (Optuna), FIFO, peer (Ray), so that the two
-runs compared for wall time are next to each other.
+Figures (every search is scored on the same held-out test split, which no choice has seen):
+
+1. Metric roles: on FIFO's curves (fifo and fifo_searched), Spearman's rank correlation between
+   each candidate (tuned F1 = val/f1_macro_tuned, AUC, AP, F1 at the sampled threshold) at every
+   evaluation and each trial's final tuned F1 (its best over all evaluations); ASHA's rule replayed
+   on fifo's curves for each candidate as the rung metric and several (grace, reduction factor),
+   over 500 trial orders; the share of FIFO's updates a perfect ASHA would use.
+2. ASHA against FIFO (asha, fifo): best val objective >= 0.99 of FIFO's on <= 40% of its updates.
+3. Tuned against searched threshold (fifo, fifo_searched): best trial's held-out test F1 of each.
+4. Ours (asha) against the peer (hf_optuna): held-out test F1 >= the peer's in <= 0.7x its wall time.
+
+Each run's figures are kept in the work folder (`--workdir`, `<run>.json`): a later call with other
+`--runs` and the same folder reports on all of them.
 """
 
 from __future__ import annotations
@@ -51,19 +49,22 @@ from typing import Any
 import _benchutil as bu  # noqa: E402  (sets up sys.path for afqmc and tune)
 import _searchutil as su
 
-GOAL_F1, GOAL_STEPS = 0.99, 0.40  # ASHA vs FIFO
+GOAL_VALUE, GOAL_STEPS = 0.99, 0.40  # ASHA vs FIFO
 GOAL_TIME = 0.7  # ours vs the peer
+OURS = {"fifo_searched": ("fifo", "searched"), "fifo": ("fifo", "tuned"), "asha": ("asha", "tuned")}
+CANDIDATES = {"tuned F1": "val/f1_macro_tuned", "AUC": "val/auc", "AP": "val/ap", "F1 at sampled thr": "val/f1_macro"}
 
 
 def hf_search(space_path: Path, b: dict[str, Any], backend: str, workdir: Path, threads: int) -> dict[str, Any]:
-    """`Trainer.hyperparameter_search` on the space's fixed config and searched fields."""
+    """`Trainer.hyperparameter_search` on the space's fixed config and searched fields, then the
+    best run trained again and scored on the held-out test split."""
     import optuna
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.utils import logging as hf_logging
 
-    from afqmc.data import PairDataset, collate
-    from afqmc.metrics import classification_metrics
+    from afqmc.data import PairDataset, collate, encode
+    from afqmc.metrics import classification_metrics, ranking_metrics
     from afqmc.modeling import load_model
     from afqmc.train import prepare_data
     from tune.space import load_space
@@ -72,10 +73,10 @@ def hf_search(space_path: Path, b: dict[str, Any], backend: str, workdir: Path, 
     hf_logging.set_verbosity_error()  # one "no field class_weights in TrainingArguments" per trial otherwise
     space = load_space(space_path)
     cfg, settings = space.base, space.settings
-    params = su.searched_params(space_path)
-    baseline = space.baseline()
+    params = {**su.searched_params(space_path), "threshold": su.SEARCHED_THRESHOLD}
+    baseline = {**space.baseline(), "threshold": su.SEARCHED_THRESHOLD["baseline"]}
     started = time.perf_counter()
-    data = prepare_data(cfg)
+    data = prepare_data(cfg)  # the same split as ours: train, val, and the held-out test pairs
     current: dict[str, Any] = {"number": -1, **baseline}  # the running trial's sampled values
     evals: list[dict[str, Any]] = []  # every evaluation of every trial (optuna backend: same process)
     current_log: dict[int, dict[str, Any]] = {}  # the values each trial's model, loss and metrics used
@@ -123,27 +124,30 @@ def hf_search(space_path: Path, b: dict[str, Any], backend: str, workdir: Path, 
         return torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weights)
 
     def compute_metrics(pred) -> dict[str, float]:
-        logits = torch.as_tensor(pred.predictions).float()
-        m = classification_metrics(pred.label_ids, logits.softmax(-1)[:, 1].numpy(), float(current["threshold"]))
+        prob = torch.as_tensor(pred.predictions).float().softmax(-1)[:, 1].numpy()
+        m = classification_metrics(pred.label_ids, prob, float(current["threshold"]))
         return {"f1_macro": m["val/f1_macro"], "accuracy": m["val/accuracy"]}
 
     class Record(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             evals.append({"trial": current["number"], "step": state.global_step, "f1": metrics["eval_f1_macro"]})
 
-    args = TrainingArguments(
-        output_dir=str(workdir / f"hf_{backend}"), per_device_train_batch_size=cfg.per_device_batch_size,
-        per_device_eval_batch_size=cfg.eval_batch_size, max_steps=b["max_evals"] * b["eval_steps"],
-        eval_strategy="steps", eval_steps=b["eval_steps"], save_strategy="no", logging_strategy="no",
-        learning_rate=baseline["learning_rate"], warmup_steps=float(baseline["warmup_ratio"]),
-        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, lr_scheduler_type="linear",
-        seed=cfg.seed, report_to="none", disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
-        # the space's length-grouped batches, with the peer's own sampler of the same scheme
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-    )
-    trainer = Trainer(model_init=model_init, args=args, train_dataset=PairDataset(data.train),
-                      eval_dataset=PairDataset(data.val),
-                      data_collator=functools.partial(collate, pad_id=data.tokenizer.pad_token_id or 0),
+    def arguments(name: str, **changes: Any) -> TrainingArguments:
+        values = dict(
+            output_dir=str(workdir / name), per_device_train_batch_size=cfg.per_device_batch_size,
+            per_device_eval_batch_size=cfg.eval_batch_size, max_steps=b["max_evals"] * b["eval_steps"],
+            eval_strategy="steps", eval_steps=b["eval_steps"], save_strategy="no", logging_strategy="no",
+            learning_rate=baseline["learning_rate"], warmup_steps=float(baseline["warmup_ratio"]),
+            weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, lr_scheduler_type="linear",
+            seed=cfg.seed, report_to="none", disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+            # the space's length-grouped batches, with the peer's own sampler of the same scheme
+            train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
+        values.update(changes)
+        return TrainingArguments(**values)
+
+    collator = functools.partial(collate, pad_id=data.tokenizer.pad_token_id or 0)
+    trainer = Trainer(model_init=model_init, args=arguments(f"hf_{backend}"), train_dataset=PairDataset(data.train),
+                      eval_dataset=PairDataset(data.val), data_collator=collator,
                       compute_loss_func=compute_loss, compute_metrics=compute_metrics, callbacks=[Record()])
     sampler = optuna.samplers.TPESampler(multivariate=True, seed=settings.seed,
                                          n_startup_trials=settings.n_startup_trials)
@@ -156,14 +160,14 @@ def hf_search(space_path: Path, b: dict[str, Any], backend: str, workdir: Path, 
         best = trainer.hyperparameter_search(hp_space=hp_space, compute_objective=objective,
                                              n_trials=settings.num_samples, direction="maximize", backend="optuna",
                                              storage=storage, study_name="hf", load_if_exists=True, sampler=sampler)
-        wall = time.perf_counter() - started
+        search_wall = time.perf_counter() - started
         study = optuna.load_study(storage=storage, study_name="hf")
         trials = []
         for t in study.trials:
             mine = [e for e in evals if e["trial"] == t.number]
             trials.append({"trial": t.number + 1, "state": t.state.name.lower(), "evals": len(mine),
                            "steps": max((e["step"] for e in mine), default=0),
-                           "best_f1": max((e["f1"] for e in mine), default=None), **t.params})
+                           "best_value": max((e["f1"] for e in mine), default=None), **t.params})
             curves[t.number + 1] = [e["f1"] for e in mine]
             used[t.number + 1] = {k: current_log[t.number][k] for k in params} if t.number in current_log else None
     else:
@@ -174,7 +178,7 @@ def hf_search(space_path: Path, b: dict[str, Any], backend: str, workdir: Path, 
                                              n_trials=settings.num_samples, direction="maximize", backend="ray",
                                              search_alg=searcher, storage_path=str(workdir / "hf_ray_results"),
                                              resources_per_trial={"cpu": 1}, verbose=0)
-        wall = time.perf_counter() - started
+        search_wall = time.perf_counter() - started
         analysis = best.run_summary
         trials = []
         for i, t in enumerate(analysis.trials):
@@ -182,17 +186,39 @@ def hf_search(space_path: Path, b: dict[str, Any], backend: str, workdir: Path, 
             f1s = list(df["eval_f1_macro"].dropna()) if df is not None and "eval_f1_macro" in df else []
             curves[i + 1] = f1s
             trials.append({"trial": i + 1, "state": t.status.lower(), "evals": len(f1s),
-                           "steps": len(f1s) * b["eval_steps"], "best_f1": max(f1s) if f1s else None,
+                           "steps": len(f1s) * b["eval_steps"], "best_value": max(f1s) if f1s else None,
                            **{k: t.config.get(k, t.config.get("warmup_steps")) for k in params}})
-    scored = [t["best_f1"] for t in trials if t["best_f1"] is not None]
     if used and any(u is not None for u in used.values()):
         # The values the model, loss and metrics used must be the trial's (Optuna's record of it).
         for t in trials:
             u = used.get(t["trial"])
             assert u is None or all(abs(u[k] - t[k]) < 1e-12 for k in params), (u, t)
-    return {"wall_s": wall, "trials": trials, "curves": curves, "total_steps": sum(t["steps"] for t in trials),
-            "best_f1_macro": max(scored) if scored else None, "best_run_objective": best.objective,
-            "pruned": sum(t["state"] == "pruned" for t in trials), "threads": threads}
+
+    # The peer's way to a model: train the best run's hyperparameters again, keeping the best
+    # checkpoint on val (its F1 at the run's threshold), then predict the held-out test pairs.
+    winner = {**baseline, **{("warmup_ratio" if k == "warmup_steps" else k): v for k, v in best.hyperparameters.items()}}
+    current.update(winner, number=-2)
+    final = Trainer(model=model_init(), args=arguments(
+        f"hf_{backend}_best", save_strategy="steps", save_steps=b["eval_steps"], save_total_limit=1,
+        load_best_model_at_end=True, metric_for_best_model="f1_macro", greater_is_better=True,
+        learning_rate=winner["learning_rate"], warmup_steps=float(winner["warmup_ratio"])),
+        train_dataset=PairDataset(data.train), eval_dataset=PairDataset(data.val), data_collator=collator,
+        compute_loss_func=compute_loss, compute_metrics=compute_metrics)
+    final.train()
+    test_enc = encode(data.tokenizer, data.test, cfg.max_length)
+    logits = final.predict(PairDataset(test_enc)).predictions
+    prob = torch.as_tensor(logits).float().softmax(-1)[:, 1].numpy()
+    test = {**classification_metrics(data.test.labels, prob, float(winner["threshold"]), prefix=""),
+            **ranking_metrics(data.test.labels, prob, prefix="")}
+    wall = time.perf_counter() - started
+    scored = [t["best_value"] for t in trials if t["best_value"] is not None]
+    return {"wall_s": wall, "search_wall_s": search_wall, "retrain_wall_s": wall - search_wall, "trials": trials,
+            "curves": {"val/f1_macro": curves}, "total_steps": sum(t["steps"] for t in trials),
+            "best_value": max(scored) if scored else None, "best_run_objective": best.objective,
+            "best_hyperparameters": winner, "test": {"best": {"f1_macro": test["f1_macro"],
+                                                             "accuracy": test["accuracy"], "auc": test["auc"],
+                                                             "threshold": float(winner["threshold"])}},
+            "test_pairs": len(data.test), "pruned": sum(t["state"] == "pruned" for t in trials), "threads": threads}
 
 
 def run_peer(backend: str, space: Path, workdir: Path, budget_file: Path, hf_threads: int) -> dict[str, Any]:
@@ -222,11 +248,125 @@ def worker(args) -> int:
     return 0
 
 
+# --- the analysis --------------------------------------------------------------------------------
+
+
+def metric_roles(runs: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Spearman at every evaluation of each candidate against the final tuned F1, on FIFO's curves;
+    ASHA replayed on fifo's curves with each candidate at its rungs."""
+    max_t = b["max_evals"]
+    out: dict[str, Any] = {"correlation": [], "replay": []}
+    for name in ("fifo", "fifo_searched"):
+        run = runs.get(name)
+        if not run or "curves" not in run:
+            continue
+        curves = {m: {int(n): c for n, c in v.items()} for m, v in run["curves"].items()}
+        tuned = curves["val/f1_macro_tuned"]
+        target = {n: max((x for x in c if x is not None), default=None) for n, c in tuned.items()}
+        for label, metric in CANDIDATES.items():
+            if metric == "val/f1_macro" and name == "fifo":
+                continue  # the same as tuned F1 there
+            rho = su.spearman_at_evals(curves[metric], target, max_t)
+            out["correlation"].append({"run": name, "candidate": label, "metric": metric, "spearman": rho})
+    fifo = runs.get("fifo")
+    if fifo and "curves" in fifo:
+        curves = {m: {int(n): c for n, c in v.items()} for m, v in fifo["curves"].items()}
+        tuned = curves["val/f1_macro_tuned"]
+        settings = sorted({(1, 2), (1, 3), (2, 3), (2, 4), (3, 3), (4, 3), (b["grace_period"], b["reduction_factor"])})
+        for label, metric in CANDIDATES.items():
+            if metric == "val/f1_macro":
+                continue
+            for grace, rf in settings:
+                if grace >= max_t:
+                    continue
+                sim = su.replay_orders(curves[metric], max_t, grace, rf, GOAL_VALUE, values=tuned)
+                out["replay"].append({"rung metric": label, **sim})
+    return out
+
+
+def report(runs: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, r in runs.items():
+        if r.get("trials"):
+            print()
+            cols = [c for c in r["trials"][0] if c not in ("evals",)]
+            print(bu.table(r["trials"], cols, f"{name} trials"))
+    rows = [{"search": name, "wall_s": r.get("wall_s"), "best_val": r.get("best_value"),
+             "test_f1_best": ((r.get("test") or {}).get("best") or {}).get("f1_macro"),
+             "test_f1_baseline": ((r.get("test") or {}).get("baseline") or {}).get("f1_macro"),
+             "total_steps": r.get("total_steps"), "cut": r.get("stopped_early", r.get("pruned")),
+             "load": r.get("load_at_start"), "error": r.get("error")} for name, r in runs.items()]
+    result["rows"] = rows
+    print()
+    print(bu.table(rows, ["search", "wall_s", "best_val", "test_f1_best", "test_f1_baseline", "total_steps", "cut",
+                          "load", "error"], "searches (best_val: the ranking metric, val, chose the winner; "
+                                            "test: held out)"))
+
+    roles = metric_roles(runs, b)
+    result["metric_roles"] = roles
+    if roles["correlation"]:
+        evals = list(range(1, b["max_evals"] + 1))
+        table = [{"run": c["run"], "candidate": c["candidate"],
+                  **{f"@{k}": (None if v is None else round(v, 3)) for k, v in zip(evals, c["spearman"])}}
+                 for c in roles["correlation"]]
+        print()
+        print(bu.table(table, ["run", "candidate", *[f"@{k}" for k in evals]],
+                       f"Spearman: candidate at evaluation k (x {b['eval_steps']} updates) vs the trial's final tuned "
+                       f"F1 (its best over all evaluations), across {b['num_samples']} FIFO trials"))
+    if roles["replay"]:
+        print()
+        print(bu.table(roles["replay"], ["rung metric", "grace_period", "reduction_factor", "rungs", "perfect_share",
+                                         "steps_ratio_mean", "steps_ratio_min", "steps_ratio_max", "value_ratio_mean",
+                                         "share_goal_met"],
+                       f"ASHA's rule replayed on fifo's curves, 500 trial orders (value: best tuned F1 kept; "
+                       f"share_goal_met: how often it is >= {GOAL_VALUE} of FIFO's)"))
+    result["perfect_share_shipped"] = su.perfect_asha_share(b["max_evals"], b["grace_period"], b["reduction_factor"])
+    print(f"\nshipped ASHA (grace {b['grace_period']}, reduction factor {b['reduction_factor']:g}, max_t "
+          f"{b['max_evals']}): a perfect ASHA uses {result['perfect_share_shipped']:.3f} of FIFO's updates")
+
+    asha, fifo, searched = runs.get("asha"), runs.get("fifo"), runs.get("fifo_searched")
+    if asha and fifo and "trials" in asha and "trials" in fifo:
+        result["steps_ratio"] = asha["total_steps"] / fifo["total_steps"]
+        result["value_ratio"] = asha["best_value"] / fifo["best_value"]
+        result["asha_fifo_wall_ratio"] = asha["wall_s"] / fifo["wall_s"]
+        n_same = b["n_startup_trials"] + 1
+        strip = lambda t: {k: v for k, v in t.items() if k not in ("state", "evals", "steps", "best_value")}  # noqa: E731
+        result["same_start_trials"] = all(strip(a) == strip(f) for a, f in zip(asha["trials"][:n_same],
+                                                                                 fifo["trials"][:n_same]))
+        result["goal_met_asha"] = result["value_ratio"] >= GOAL_VALUE and result["steps_ratio"] <= GOAL_STEPS
+        print(f"\nfirst {n_same} trials sampled identically by ASHA and FIFO: {result['same_start_trials']}")
+        print(f"ASHA / FIFO: updates {result['steps_ratio']:.3f} (goal <= {GOAL_STEPS}), best {asha['metric']} "
+              f"{asha['best_value']:.4f} / {fifo['best_value']:.4f} = {result['value_ratio']:.4f} (goal >= {GOAL_VALUE}), "
+              f"wall time {result['asha_fifo_wall_ratio']:.3f}: {'MET' if result['goal_met_asha'] else 'MISSED'}")
+    if fifo and searched and fifo.get("test") and searched.get("test"):
+        t, s = fifo["test"]["best"]["f1_macro"], searched["test"]["best"]["f1_macro"]
+        result["tuned_vs_searched_test_f1"] = {"tuned": t, "searched": s, "difference": t - s}
+        print(f"tuned vs searched threshold (FIFO, same budget and seed): best trial's held-out test F1-macro "
+              f"{t:.4f} vs {s:.4f} ({t - s:+.4f})")
+    for name, r in runs.items():
+        if not name.startswith("hf_") or "error" in r or not asha or "trials" not in asha:
+            continue
+        time_ratio = asha["wall_s"] / r["wall_s"]
+        ours, peer = asha["test"]["best"]["f1_macro"], r["test"]["best"]["f1_macro"]
+        met = time_ratio <= GOAL_TIME and ours >= peer
+        result[f"vs_{name}"] = {"time_ratio": time_ratio, "test_f1_ours": ours, "test_f1_peer": peer,
+                                "test_f1_difference": ours - peer, "goal_met": met,
+                                "time_ratio_search_only": asha["wall_s"] / r["search_wall_s"]}
+        print(f"ours (asha) vs {name}: wall time ratio {time_ratio:.3f} (goal <= {GOAL_TIME}; "
+              f"{asha['wall_s'] / r['search_wall_s']:.3f} against its search alone, without the retraining), "
+              f"held-out test F1-macro {ours:.4f} vs {peer:.4f} ({ours - peer:+.4f}, goal >= 0): "
+              f"{'MET' if met else 'MISSED'}")
+    for name, r in runs.items():
+        if "error" in r:
+            print(f"{name} failed: {r['error']}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = bu.parser(__doc__.split("\n\n")[0])
     su.add_budget_args(p)
-    p.add_argument("--backends", default="optuna,ray",
-                   help="Trainer.hyperparameter_search backends to compare with ('' for none)")
+    p.add_argument("--runs", default="fifo_searched,fifo,asha,hf_optuna",
+                   help="the searches to run, in this order: fifo_searched, fifo, asha, hf_optuna, hf_ray")
     p.add_argument("--hf_threads", type=int, default=os.cpu_count(),
                    help="torch threads of the peer's single process (default: every core, as a user would)")
     for hidden in ("--worker", "--space", "--budget_file", "--out"):
@@ -236,93 +376,39 @@ def main(argv: list[str] | None = None) -> int:
         return worker(args)
     b = su.budget(args)
     info = bu.machine()
-    backends = [x.strip() for x in args.backends.split(",") if x.strip()]
-    runs: dict[str, dict[str, Any]] = {}
+    plan = [x.strip() for x in args.runs.split(",") if x.strip()]
+    unknown = [x for x in plan if x not in OURS and x not in ("hf_optuna", "hf_ray")]
+    if unknown:
+        p.error(f"unknown run(s) {', '.join(unknown)}")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        space = su.write_space(workdir / "space.yaml", args.data, b)
         budget_file = workdir / "budget.json"
+        if budget_file.is_file() and json.loads(budget_file.read_text()) != b:
+            p.error(f"{workdir} holds runs of another budget ({budget_file}); use another --workdir")
         budget_file.write_text(json.dumps(b))
+        spaces = {mode: su.write_space(workdir / f"space_{mode}.yaml", args.data, b, threshold=mode)
+                  for mode in ("tuned", "searched")}
         subset = f" (first {b['max_train_samples']} pairs)" if b["max_train_samples"] else ""
         print(f"search compare: {b['num_samples']} trials of up to {b['max_evals']} x {b['eval_steps']} updates "
-              f"(batch 64, tiny BERT on AFQMC{subset}); ASHA grace {b['grace_period']}, reduction factor "
-              f"{b['reduction_factor']:g}; TPE seed 0, {b['n_startup_trials']} random start trials", flush=True)
-        plan = [("asha", None), *[(f"hf_{x}", x) for x in backends[:1]], ("fifo", None),
-                *[(f"hf_{x}", x) for x in backends[1:]]]
-        for name, backend in plan:
+              f"(batch 64, tiny BERT on AFQMC{subset}, 10% held out as test); ASHA grace {b['grace_period']}, "
+              f"reduction factor {b['reduction_factor']:g} on {b['asha_metric']}; TPE seed 0, "
+              f"{b['n_startup_trials']} random start trials; runs: {', '.join(plan)}", flush=True)
+        for name in plan:
             print(f"\n=== {name} ===", flush=True)
-            if backend is None:
-                load = os.getloadavg()[0]
-                runs[name] = {**su.run_search(space, name, name, workdir / "results"), "load_at_start": load}
+            load = os.getloadavg()[0]
+            if name in OURS:
+                scheduler, mode = OURS[name]
+                run = {**su.run_search(spaces[mode], name, scheduler, workdir / "results"), "load_at_start": load}
             else:
-                runs[name] = run_peer(backend, space, workdir, budget_file, args.hf_threads)
-            if args.json:  # what is done so far survives an interrupted run
-                bu.write_json(args.json, {"benchmark": "search_compare", "partial": True, "budget": b, "runs": runs})
-
-    asha, fifo = runs["asha"], runs["fifo"]
-    result: dict[str, Any] = {"benchmark": "search_compare", "quick": args.quick, "machine": info, "budget": b,
-                              "runs": runs}
-    for name, r in runs.items():
-        if r.get("trials"):
-            print()
-            print(bu.table(r["trials"], list(r["trials"][0].keys()), f"{name} trials"))
-    rows = [{"search": name, "search_wall_s": r.get("wall_s"), "best_f1_macro": r.get("best_f1_macro"),
-             "total_steps": r.get("total_steps"), "trials_cut": r.get("stopped_early", r.get("pruned")),
-             "load": r.get("load_at_start"), "error": r.get("error")} for name, r in runs.items()]
-    result["rows"] = rows
-    print()
-    print(bu.table(rows, ["search", "search_wall_s", "best_f1_macro", "total_steps", "trials_cut", "load", "error"]))
-
-    # 1. ASHA against FIFO
-    n_same = b["n_startup_trials"] + 1
-    strip = lambda t: {k: v for k, v in t.items() if k not in ("state", "evals", "steps", "best_f1")}  # noqa: E731
-    result["same_start_trials"] = all(strip(a) == strip(f) for a, f in zip(asha["trials"][:n_same], fifo["trials"][:n_same]))
-    result["steps_ratio"] = asha["total_steps"] / fifo["total_steps"]
-    result["f1_ratio"] = asha["best_f1_macro"] / fifo["best_f1_macro"]
-    result["asha_fifo_wall_ratio"] = asha["wall_s"] / fifo["wall_s"]
-    result["goal_met_asha"] = result["f1_ratio"] >= GOAL_F1 and result["steps_ratio"] <= GOAL_STEPS
-    print(f"\nfirst {n_same} trials sampled identically by ASHA and FIFO: {result['same_start_trials']}")
-    print(f"ASHA / FIFO: updates {result['steps_ratio']:.3f} (goal <= {GOAL_STEPS}), best F1-macro "
-          f"{result['f1_ratio']:.4f} (goal >= {GOAL_F1}), wall time {result['asha_fifo_wall_ratio']:.3f}: "
-          f"{'MET' if result['goal_met_asha'] else 'MISSED'}")
-
-    # ASHA's rule replayed on FIFO's full learning curves, for other settings than the space's
-    fifo_curves = {int(k): v for k, v in fifo["curves"].items()}
-    sims = []
-    for grace, rf in ((1, 2), (1, 3), (2, 2), (2, 3), (3, 3), (b["grace_period"], b["reduction_factor"])):
-        if grace >= b["max_evals"] or any(s["grace_period"] == grace and s["reduction_factor"] == rf for s in sims):
-            continue
-        sim = su.simulate_asha(fifo_curves, b["max_evals"], grace, rf)
-        sim["f1_ratio"] = sim["best_f1_macro"] / fifo["best_f1_macro"] if fifo["best_f1_macro"] else None
-        sims.append(sim)
-    result["asha_replayed_on_fifo"] = sims
-    print()
-    print(bu.table(sims, ["grace_period", "reduction_factor", "rungs", "steps_ratio", "best_f1_macro", "f1_ratio"],
-                   "ASHA's rule replayed on FIFO's learning curves (a replay, not a measured search)"))
-    orders = [su.replay_orders(fifo_curves, b["max_evals"], s["grace_period"], s["reduction_factor"], GOAL_F1)
-              for s in sims]
-    result["asha_replayed_on_fifo_random_orders"] = orders
-    print()
-    print(bu.table(orders, ["grace_period", "reduction_factor", "rungs", "steps_ratio_mean", "steps_ratio_min",
-                            "steps_ratio_max", "f1_ratio_mean", "share_f1_goal_met"],
-                   f"the same replay over {orders[0]['orders'] if orders else 0} random orders of the trials "
-                   f"(share_f1_goal_met: how often the best F1-macro kept is >= {GOAL_F1} of FIFO's)"))
-
-    # 2. ours (ASHA) against the peer
-    for name, r in runs.items():
-        if not name.startswith("hf_") or "error" in r:
-            continue
-        time_ratio = asha["wall_s"] / r["wall_s"]
-        f1_diff = asha["best_f1_macro"] - r["best_f1_macro"]
-        met = time_ratio <= GOAL_TIME and f1_diff >= 0
-        result[f"time_ratio_vs_{name}"], result[f"f1_diff_vs_{name}"], result[f"goal_met_vs_{name}"] = time_ratio, f1_diff, met
-        print(f"ours (ASHA) vs {name}: wall time ratio {time_ratio:.3f} (goal <= {GOAL_TIME}), best F1-macro "
-              f"{asha['best_f1_macro']:.4f} vs {r['best_f1_macro']:.4f} (difference {f1_diff:+.4f}, goal >= 0): "
-              f"{'MET' if met else 'MISSED'}")
-    for name, r in runs.items():
-        if "error" in r:
-            print(f"{name} failed: {r['error']}")
+                run = run_peer(name.removeprefix("hf_"), spaces["searched"], workdir, budget_file, args.hf_threads)
+            bu.write_json(workdir / f"{name}.json", run)
+        runs = {path.stem: json.loads(path.read_text()) for path in sorted(workdir.glob("*.json"))
+                if path.stem in OURS or path.stem in ("hf_optuna", "hf_ray")}
+        result: dict[str, Any] = {"benchmark": "search_compare", "quick": args.quick, "machine": info, "budget": b,
+                                  "runs_this_call": plan, "workdir": str(workdir)}
+        result.update(report(runs, b))
+        result["runs"] = runs
     bu.write_json(args.json, result)
     return 0
 
