@@ -85,7 +85,7 @@ def test_a_search_whose_trials_each_span_two_ray_train_workers(tmp_path):
     # because the first one's workers released their CPUs (two workers fill both).
     assert not (exp_dir / "train_runs").exists()
     best = json.loads((exp_dir / "summary.json").read_text())
-    assert best["best"][PRIMARY] == pytest.approx(max(float(t[PRIMARY]) for t in _trials(exp_dir)))
+    assert best["best"]["value"] == pytest.approx(max(float(t[PRIMARY]) for t in _trials(exp_dir)))
 
 
 # --- a two-node cluster on 127.0.0.1 ------------------------------------------------------------

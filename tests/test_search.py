@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from afqmc.config import ConfigError, load_config
-from afqmc.data import load_pairs, split_train_val
+from afqmc.data import load_splits
 from tune.results import DONE_STATES, keep_best_checkpoint, trial_state
 from tune.space import load_space
 
@@ -248,7 +248,10 @@ def test_demo_search_trials_never_tokenize(demo_search):
     # on the copy in Ray's object store.
     assert not demo_search["train_file"].exists()
     assert "prepare_data calls in the driver: 1" in demo_search["stdout"]
-    assert "driver tokenized 800 + 200 pairs" in demo_search["stdout"]
+    # The held-out test pairs were scored from the driver's copy too (the file was gone by then).
+    test = json.loads((demo_search["exp_dir"] / "summary.json").read_text())["test"]
+    assert test["pairs"] == 100 and test["models"]["best"] and test["models"]["baseline"] and not test["note"]
+    assert "driver tokenized 700 + 200 pairs" in demo_search["stdout"]  # 100 held out as test: never tokenized
 
 
 @pytest.mark.slow
@@ -311,8 +314,7 @@ def test_demo_search_best_model_reloads_and_reproduces_its_val_metrics(demo_sear
     metrics = json.loads((exp_dir / "best_model" / "metrics.json").read_text())
     cfg = load_config(exp_dir / "best_model" / "train_config.yaml")
     # The same val split, rebuilt from the original demo file (the search's copy is gone).
-    _, val = split_train_val(load_pairs(ROOT / "afqmc/demo_data/train.jsonl", max_rows=cfg.max_train_samples),
-                             cfg.val_ratio, cfg.seed)
+    val = load_splits(cfg.replace(train_file=str(DEMO_TRAIN))).val
     val_file = tmp_path / "val.jsonl"
     val_file.write_text("".join(json.dumps({"text1": a, "text2": b, "label": y}, ensure_ascii=False) + "\n"
                                 for a, b, y in zip(val.text1, val.text2, val.labels)), encoding="utf-8")
@@ -501,7 +503,8 @@ def test_held_out_labels_are_never_read_for_a_choice(tmp_path):
         space = _test_space(tmp_path, DEMO_TRAIN, num_samples=3, max_steps=15)
         proc = subprocess.run([sys.executable, "tune/search.py", "--space", str(space), "--name", name,
                                "--scheduler", "fifo", "--results_dir", str(tmp_path / "results"),
-                               "--test_file", str(test_file)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                               "--test_file", str(test_file), "--test_ratio", "0"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         exp_dir = tmp_path / "results" / name
         outcomes[name] = {"summary": json.loads((exp_dir / "summary.json").read_text()),

@@ -358,9 +358,10 @@ def _predict(model_dir: Path, pairs) -> tuple[list[float], float]:
 
 
 def held_out_test(experiment_dir: Path, state: dict[str, Any], best: TrialRecord | None,
-                  baseline: TrialRecord | None) -> dict[str, Any] | None:
+                  baseline: TrialRecord | None, test_pairs=None) -> dict[str, Any] | None:
     """The best and the baseline trial's kept models, each scored once on the held-out test pairs
     (the space's test_ratio split or labelled test_file) at its saved threshold; None without a test set.
+    `test_pairs`: those pairs as the search's driver loaded them (else they are read again).
 
     Nothing here chooses: the models and thresholds were chosen on val before. The scores are kept
     in test_scores.json (by trial, evaluation and a fingerprint of the test pairs), so rebuilding
@@ -375,7 +376,7 @@ def held_out_test(experiment_dir: Path, state: dict[str, Any], best: TrialRecord
     cache_file = experiment_dir / TEST_SCORES
     cache = json.loads(cache_file.read_text(encoding="utf-8")) if cache_file.is_file() else {}
     try:
-        test = load_splits(base).test
+        test = test_pairs if test_pairs is not None else load_splits(base).test
     except (DataError, OSError) as exc:  # the data has moved: the figures already scored still stand
         if not cache:
             raise
@@ -433,12 +434,13 @@ def test_lines(test: dict[str, Any] | None) -> list[str]:
 
 
 def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None = None,
-                  test_file: str | None = None, plots: bool = True, log=print) -> Reports:
+                  test_file: str | None = None, plots: bool = True, log=print, test_pairs=None) -> Reports:
     """Write trials.csv, trials.md, summary.json, best_config.yaml (+ best_model/) and plots/, and
     score the best and the baseline trial on the held-out test set.
 
     Reads only the experiment folder (and, once, the val and test data); works on a finished,
     interrupted or running search. `test_file` goes into best_config.yaml; by default the space's own.
+    `test_pairs`: the held-out test pairs, when the caller (the search's driver) holds them already.
     """
     experiment_dir = Path(experiment_dir).resolve()
     state = load_state(experiment_dir)
@@ -460,7 +462,7 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
     else:
         notes.append(f"no trial has a checkpoint with a val {metric} yet: no best_config.yaml")
     try:
-        test = held_out_test(experiment_dir, state, best, baseline)
+        test = held_out_test(experiment_dir, state, best, baseline, test_pairs)
     except Exception as exc:  # the tables must not depend on it
         test = None
         notes.append(f"held-out test not scored: {type(exc).__name__}: {exc}")

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.time() - started
     finally:
         ray.shutdown()
-    return _finish(exp_dir, space, state, elapsed)
+    return _finish(exp_dir, space, state, elapsed, data.test)
 
 
 # --- building the search -------------------------------------------------------------------------
@@ -233,14 +233,14 @@ def _init_ray(address: str | None) -> None:
 # --- after the search ----------------------------------------------------------------------------
 
 
-def _finish(exp_dir: Path, space: SearchSpace, state: dict[str, Any], elapsed: float) -> int:
+def _finish(exp_dir: Path, space: SearchSpace, state: dict[str, Any], elapsed: float, test_pairs=None) -> int:
     trials = collect_trials(exp_dir)
     done = [t for t in trials if t.state in DONE_STATES]
     print_leaderboard(trials, list(space.params), max_rows=10, metric=space.settings.metric)
     # trials.csv, trials.md, summary.json, best_config.yaml, best_model/ and plots/ (also after an
     # interrupt), and the held-out test scores of the best and the baseline trial;
     # `python tune/compare.py --regenerate results/NAME` rebuilds them from the folder alone.
-    reports = write_reports(exp_dir, trials)
+    reports = write_reports(exp_dir, trials, test_pairs=test_pairs)
     best, metric = reports.best, space.settings.metric
     counts = {s: sum(t.state == s for t in trials) for s in DONE_STATES}
     print(f"{len(done)} of {space.settings.num_samples} trials done ({elapsed / 60:.1f} min in this run): "
