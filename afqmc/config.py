@@ -244,6 +244,10 @@ def _did_you_mean(name: str) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+# Fields that decide which pairs a run trains, validates and tests on, and how they are tokenized:
+# a search tokenizes once, in its driver, so none of them can vary between its trials.
+DATA_FIELDS = ("train_file", "val_file", "val_ratio", "test_ratio", "max_train_samples", "skip_empty", "max_length",
+               "model_name_or_path", "vocab_file", "trust_remote_code")
 # Fields that name files (or a local model directory): relative to where the command started.
 PATH_FIELDS = ("train_file", "val_file", "test_file", "vocab_file")
 

@@ -42,7 +42,7 @@ def load_tokenizer(cfg: TrainConfig, train_texts: Iterable[str] = ()) -> Any:
         if cfg.vocab_file:
             if not Path(cfg.vocab_file).is_file():
                 raise ConfigError(f"config: field 'vocab_file': {cfg.vocab_file} does not exist", "vocab_file")
-            # Positional path: BertTokenizerFast(vocab_file=...) silently builds a 5-token vocab (DESIGN.md).
+            # Positional path: BertTokenizerFast(vocab_file=...) silently builds a 5-token vocab (tests/test_data.py).
             return BertTokenizer(cfg.vocab_file)
         with tempfile.TemporaryDirectory() as tmp:
             return BertTokenizer(str(build_char_vocab(train_texts, Path(tmp) / "vocab.txt")))

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, find_executable_batch_size, set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -144,14 +144,58 @@ def _class_weights(cfg: TrainConfig, labels: list[int]) -> torch.Tensor | None:
 # --- the run -------------------------------------------------------------------------------------
 
 
+@dataclass
+class Schedule:
+    """The run's schedule, computed once (from the prepared train loader: Accelerate gives each
+    process its share of the batches) and reported with every evaluation, so that whoever reads the
+    reports (a search's tables, reseeding) never recomputes it."""
+
+    updates_per_epoch: int
+    total_steps: int  # optimizer updates
+    eval_every: int  # updates between evaluations
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, batches_per_epoch: int) -> "Schedule":
+        updates_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
+        total = cfg.max_steps or math.ceil(updates_per_epoch * cfg.num_epochs)
+        return cls(updates_per_epoch, total, cfg.eval_steps or updates_per_epoch)
+
+    @property
+    def planned_evals(self) -> int:  # one every eval_every updates, and one at the end
+        return math.ceil(self.total_steps / self.eval_every)
+
+    def is_eval_step(self, step: int) -> bool:
+        return step % self.eval_every == 0 or step >= self.total_steps
+
+    def as_metrics(self) -> dict[str, int]:
+        return {"planned_updates": self.total_steps, "planned_evals": self.planned_evals,
+                "eval_every": self.eval_every}
+
+
+@dataclass
+class Run:
+    """What every evaluation of one run needs, built once by `train` (the loop's fixed context)."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    model: torch.nn.Module
+    data: TaskData
+    val_loader: Any
+    weights: torch.Tensor | None  # class weights of the loss (val/loss uses them too)
+    scheduler: Any  # the learning-rate schedule
+    schedule: Schedule
+    report: Reporter | None
+    bar: Any  # tqdm: the table rows are written through it
+
+
 def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | None = None,
-          resume_from: str | None = None, progress: bool = True,
-          report_every_process: bool = False) -> dict[str, Any]:
+          resume_from: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train one model; returns a summary with the best evaluation's metrics.
 
-    `report(metrics, checkpoint_dir)` is called on the main process after every evaluation, once
-    the checkpoint for that evaluation is on disk; with `report_every_process` on every process
-    (the same metrics; checkpoint_dir None but on the main one), as Ray Train's report wants.
+    `report(metrics, checkpoint_dir)` is called on every process after every evaluation, once the
+    checkpoint for that evaluation is on disk: the same metrics everywhere, `checkpoint_dir` on the
+    main process and None on the others (a reporter that writes, writes on the main process only).
+    Build, prepare, loop, finish, in this order.
     """
     accelerator = _setup_accelerator(cfg)
     log = accelerator.print
@@ -164,45 +208,64 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
     data = data or prepare_data(cfg, log)
 
     model = load_model(cfg, data.tokenizer)
-    pad = functools.partial(collate, pad_id=data.tokenizer.pad_token_id or 0)
-    # An own generator: DataLoader draws each iterator's base seed from it, not from the global RNG
-    # that dropout uses, so a resumed run (new iterator after restoring the RNG) matches an unbroken one.
-    # group_by_length: batches of similar length, in an order seeded by cfg.seed + epoch (set_epoch below).
-    grouped = LengthGroupedSampler([len(x) for x in data.train.input_ids], cfg.per_device_batch_size,
-                                   seed=cfg.seed) if cfg.group_by_length else None
-    train_loader = torch.utils.data.DataLoader(PairDataset(data.train), batch_size=cfg.per_device_batch_size,
-                                               shuffle=grouped is None, sampler=grouped, collate_fn=pad,
-                                               generator=torch.Generator().manual_seed(cfg.seed))
-    val_loader = torch.utils.data.DataLoader(PairDataset(data.val), batch_size=cfg.eval_batch_size,
-                                             collate_fn=pad)
+    train_loader, val_loader = _setup_loaders(cfg, data)
     optimizer = _setup_optimizer(cfg, model)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-
-    # The schedule counts optimizer updates of this process; it is stepped by hand after each real
-    # update (not prepared, so Accelerate does not step it once per process).
-    updates_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
-    total_steps = cfg.max_steps or math.ceil(updates_per_epoch * cfg.num_epochs)
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
-    accelerator.register_for_checkpointing(scheduler)
+    schedule = Schedule.of(cfg, len(train_loader))
+    # The learning-rate schedule counts optimizer updates of this process; it is stepped by hand after
+    # each real update (not prepared, so Accelerate does not step it once per process).
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * schedule.total_steps),
+                                                schedule.total_steps)
+    accelerator.register_for_checkpointing(scheduler)  # before load_state, which restores it
     weights = _class_weights(cfg, data.train.labels)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else weights.to(accelerator.device))
 
     state = TrainerState()
     if resume_from:
         state = _load_checkpoint(accelerator, resume_from)
         log(f"resumed from {resume_from} at step {state.step} (epoch {state.epoch}, best "
             f"{cfg.metric_for_best_model} {state.best_metric:.4f})")
-    eval_every = cfg.eval_steps or updates_per_epoch
-    log(f"training: {total_steps} optimizer updates ({updates_per_epoch} per epoch), batch "
+    log(f"training: {schedule.total_steps} optimizer updates ({schedule.updates_per_epoch} per epoch), batch "
         f"{cfg.per_device_batch_size} x {cfg.gradient_accumulation_steps} accumulation x "
-        f"{accelerator.num_processes} processes, evaluating every {eval_every} updates, "
+        f"{accelerator.num_processes} processes, evaluating every {schedule.eval_every} updates, "
         f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}, threshold {cfg.threshold}, "
         f"best model by {cfg.metric_for_best_model}")
+    bar = tqdm(total=schedule.total_steps, initial=state.step,
+               disable=not (progress and accelerator.is_main_process), desc="train", dynamic_ncols=True)
+    run = Run(cfg, accelerator, model, data, val_loader, weights, scheduler, schedule, report, bar)
+    _loop(run, state, train_loader, optimizer)
+    bar.close()
 
-    bar = tqdm(total=total_steps, initial=state.step, disable=not (progress and accelerator.is_main_process),
-               desc="train", dynamic_ncols=True)
+    accelerator.wait_for_everyone()
+    summary = _summarize(cfg, state, schedule.total_steps, data.info)
+    if accelerator.is_main_process:
+        if cfg.save_best_model and state.history:
+            summary.update(_predict_and_score_test(cfg, data, output_dir / "best_model", accelerator.device, log))
+        write_json(output_dir / "summary.json", summary)
+    accelerator.end_training()
+    return summary
+
+
+def _setup_loaders(cfg: TrainConfig, data: TaskData):
+    pad = functools.partial(collate, pad_id=data.tokenizer.pad_token_id or 0)
+    # An own generator: DataLoader draws each iterator's base seed from it, not from the global RNG
+    # that dropout uses, so a resumed run (new iterator after restoring the RNG) matches an unbroken one.
+    # group_by_length: batches of similar length, in an order seeded by cfg.seed + epoch (set_epoch in _loop).
+    grouped = LengthGroupedSampler([len(x) for x in data.train.input_ids], cfg.per_device_batch_size,
+                                   seed=cfg.seed) if cfg.group_by_length else None
+    train_loader = torch.utils.data.DataLoader(PairDataset(data.train), batch_size=cfg.per_device_batch_size,
+                                               shuffle=grouped is None, sampler=grouped, collate_fn=pad,
+                                               generator=torch.Generator().manual_seed(cfg.seed))
+    val_loader = torch.utils.data.DataLoader(PairDataset(data.val), batch_size=cfg.eval_batch_size, collate_fn=pad)
+    return train_loader, val_loader
+
+
+def _loop(run: Run, state: TrainerState, train_loader, optimizer) -> None:
+    """Epochs of accumulated, clipped updates, an evaluation every `eval_every` updates, until the
+    schedule ends or early stopping says stop. `state` carries what a resume needs."""
+    cfg, accelerator, model = run.cfg, run.accelerator, run.model
+    loss_fn = torch.nn.CrossEntropyLoss(weight=None if run.weights is None else run.weights.to(accelerator.device))
     window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
-    stop = state.step >= total_steps
+    stop = state.step >= run.schedule.total_steps
     model.train()
     while not stop:
         train_loader.set_epoch(state.epoch)
@@ -212,8 +275,7 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
         for batch in batches:
             labels = batch.pop("labels")
             with accelerator.accumulate(model):
-                logits = model(**batch).logits
-                loss = loss_fn(logits.float(), labels)
+                loss = loss_fn(model(**batch).logits.float(), labels)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -227,37 +289,27 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
                 continue
             # One optimizer update done (or skipped by the fp16 scaler after an overflow).
             if not accelerator.optimizer_step_was_skipped:
-                scheduler.step()
+                run.scheduler.step()
             state.step += 1
-            bar.update(1)
+            run.bar.update(1)
             if not _finite_everywhere(accelerator, window_loss):  # stop at once: nothing good comes after a NaN/inf loss
                 raise TrainingError(f"training loss is {float(window_loss)} at step {state.step} "
                                     f"(learning_rate {cfg.learning_rate:g}); stopping this run")
-            if state.step % eval_every == 0 or state.step >= total_steps:
+            if run.schedule.is_eval_step(state.step):
                 state.train_seconds += time.perf_counter() - started
                 train_loss = accelerator.reduce(window_loss, "mean").item() / window_batches
                 epoch = state.epoch + state.batches_in_epoch / len(train_loader)
-                stop = _evaluate_and_report(cfg, accelerator, model, data, val_loader, weights, state,
-                                            scheduler, epoch, train_loss, report, bar, report_every_process)
+                stop = _evaluate_and_report(run, state, epoch, train_loss)
                 window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
                 started = time.perf_counter()
                 model.train()
-            if stop or state.step >= total_steps:
+            if stop or state.step >= run.schedule.total_steps:
                 stop = True
                 break
         else:  # the epoch ran out
             state.train_seconds += time.perf_counter() - started
             state.epoch += 1
             state.batches_in_epoch = 0
-    bar.close()
-    accelerator.wait_for_everyone()
-    summary = _summarize(cfg, state, total_steps, data.info)
-    if accelerator.is_main_process:
-        if cfg.save_best_model and state.history:
-            summary.update(_predict_and_score_test(cfg, data, output_dir / "best_model", accelerator.device, log))
-        write_json(output_dir / "summary.json", summary)
-    accelerator.end_training()
-    return summary
 
 
 def _finite_everywhere(accelerator: Accelerator, loss: torch.Tensor) -> bool:
@@ -295,10 +347,10 @@ def _predict_and_score_test(cfg: TrainConfig, data: TaskData, best_model: Path, 
 HELD_OUT_HIDDEN = ("best_threshold", "f1_macro_at_best_threshold")
 
 
-def _evaluate_and_report(cfg, accelerator, model, data, val_loader, weights, state, scheduler, epoch,
-                         train_loss, report, bar, report_every_process=False) -> bool:
+def _evaluate_and_report(run: Run, state: TrainerState, epoch: float, train_loss: float) -> bool:
     """Evaluate, update early stopping, write checkpoint and best model, report. True means stop."""
-    val = evaluate(accelerator, model, val_loader, weights, cfg.threshold, cfg.seed)
+    cfg, accelerator = run.cfg, run.accelerator
+    val = evaluate(accelerator, run.model, run.val_loader, run.weights, cfg.threshold, cfg.seed)
     state.evals += 1
     value = val[cfg.metric_for_best_model]
     improved = value > state.best_metric
@@ -308,20 +360,18 @@ def _evaluate_and_report(cfg, accelerator, model, data, val_loader, weights, sta
         state.bad_evals += 1
     stop = cfg.patience > 0 and state.bad_evals >= cfg.patience
     metrics = {
-        "step": state.step, "epoch": round(epoch, 4), "evals": state.evals,
-        "train/loss": train_loss, "train/lr": scheduler.get_last_lr()[0],
+        "step": state.step, "epoch": round(epoch, 4), "evals": state.evals, **run.schedule.as_metrics(),
+        "train/loss": train_loss, "train/lr": run.scheduler.get_last_lr()[0],
         "train/samples_per_second": state.samples_seen / max(state.train_seconds, 1e-9),
         **val,
         best_key(cfg.metric_for_best_model): state.best_metric, "best/step": state.best_step,
         "early_stopped": stop,
     }
     state.history.append(metrics)
-    _print_eval(bar, metrics, cfg.metric_for_best_model, first=state.evals == 1)
-    checkpoint_dir = _save_checkpoint(cfg, accelerator, model, data, state, metrics, improved)
-    if report is not None and accelerator.is_main_process:
-        report(metrics, checkpoint_dir)
-    elif report is not None and report_every_process:
-        report(metrics, None)
+    _print_eval(run.bar, metrics, cfg.metric_for_best_model, first=state.evals == 1)
+    checkpoint_dir = _save_checkpoint(cfg, accelerator, run.model, run.data, state, metrics, improved)
+    if run.report is not None:
+        run.report(metrics, checkpoint_dir if accelerator.is_main_process else None)
     return stop
 
 
@@ -437,10 +487,12 @@ def train_with_oom_retry(cfg: TrainConfig, report: Reporter | None = None, **kwa
 
 
 def logging_reporter(output_dir: str) -> Reporter:
-    """The CLI's reporter: every evaluation's metrics appended to metrics.jsonl."""
+    """The CLI's reporter: every evaluation's metrics appended to metrics.jsonl, by the main process."""
     path = Path(output_dir) / "metrics.jsonl"
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        if not PartialState().is_main_process:
+            return
         with path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps({**metrics, "checkpoint": checkpoint_dir}) + "\n")
 
@@ -463,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     if main_process:  # the resolved config comes first
         print("resolved config:\n" + "".join(f"  {k}: {v!r}\n" for k, v in cfg.to_dict().items()), end="")
     try:
-        if not args.resume_from and (Path(cfg.output_dir) / "metrics.jsonl").exists():
+        if main_process and not args.resume_from and (Path(cfg.output_dir) / "metrics.jsonl").exists():
             (Path(cfg.output_dir) / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
         summary = train_with_oom_retry(cfg, logging_reporter(cfg.output_dir), resume_from=args.resume_from)
     except (ConfigError, DataError, TrainingError, CheckpointError) as exc:

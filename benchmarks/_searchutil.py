@@ -118,9 +118,10 @@ CURVE_METRICS = ("val/f1_macro", "val/f1_macro_tuned", "val/auc", "val/ap")
 def search_figures(exp_dir: Path) -> dict[str, Any]:
     """What a search did, from its folder: per trial its state, updates, best value and parameters;
     its curves of every candidate metric; and the held-out test figures of its best and baseline."""
-    from tune.results import collect_trials, load_state, ranking_metric
+    from tune.folder import SearchState
+    from tune.results import collect_trials
 
-    metric = ranking_metric(load_state(exp_dir))
+    metric = SearchState.load(exp_dir).metric
     trials = collect_trials(exp_dir)
     rows = []
     curves: dict[str, dict[int, list[float]]] = {m: {} for m in CURVE_METRICS}

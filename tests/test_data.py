@@ -107,7 +107,8 @@ def test_pair_encoding_and_dynamic_padding():
 
 
 def test_unk_rate_on_real_afqmc_with_the_macbert_vocab():
-    """The tokenizer trap in DESIGN.md: a 5-token vocab makes every character [UNK]."""
+    """The tokenizer trap of transformers 5: BertTokenizerFast(vocab_file=...) builds a 5-token
+    vocabulary, so every character is [UNK]; BertTokenizer(path) loads all 21,128 tokens."""
     need_shared()
     tok = load_tokenizer(from_dict({"model_name_or_path": "tiny", "vocab_file": str(VOCAB)}))
     assert len(tok) == 21128

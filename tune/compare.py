@@ -26,9 +26,10 @@ import pandas as pd
 
 import json
 
-from tune.reports import (METRICS, PRIMARY, SHORT, STATES, leaderboard_rows, markdown_table, param_names,
-                          ranked, trials_frame, write_reports)
-from tune.results import collect_trials, load_state, ranking_metric
+from tune.folder import COMPARISON_MD, PRIMARY, SHORT, SUMMARY, SearchState
+from tune.reports import (METRICS, STATES, leaderboard_rows, markdown_table, param_names, ranked, regenerate,
+                          trials_frame)
+from tune.results import collect_trials
 
 # Names accepted by --sort besides the CSV columns: the headers of the table, and a few more.
 SORT_ALIASES = {**{header.lower(): key for key, header, _ in METRICS},
@@ -51,11 +52,9 @@ def load_searches(experiment_dirs: list[str | Path]) -> tuple[pd.DataFrame, list
     names = _unique_names([Path(d) for d in experiment_dirs])
     for exp, name in zip(experiment_dirs, names):
         exp = Path(exp).resolve()
-        state = load_state(exp)
-        if not state:
-            raise FileNotFoundError(f"{exp}: not a search folder (no search.json)")
+        state = SearchState.load(exp)
         trials = collect_trials(exp)
-        summary_file = exp / "summary.json"
+        summary_file = exp / SUMMARY
         test = json.loads(summary_file.read_text(encoding="utf-8")).get("test") if summary_file.is_file() else None
         frame = trials_frame(trials, state, test)
         frame.insert(0, "search", name)
@@ -63,9 +62,9 @@ def load_searches(experiment_dirs: list[str | Path]) -> tuple[pd.DataFrame, list
         params += [p for p in param_names(trials, state) if p not in params]
         counts = {s: int((frame["state"] == s).sum()) for s in STATES}
         base = frame[frame["baseline"] == 1]
-        metric = ranking_metric(state)
+        metric = state.metric
         info.append({"search": name, "path": str(exp), "trials": len(frame), "metric": metric,
-                     "num_samples": state.get("num_samples"), "counts": counts,
+                     "num_samples": state.num_samples, "counts": counts,
                      "best": frame[metric].max() if frame[metric].notna().any() else None,
                      "baseline": base[metric].iloc[0] if len(base) else None, "test": test})
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -160,8 +159,8 @@ def compare(experiment_dirs: list[str], sort: str | None = None, ascending: bool
 
 def _default_output(dirs: list[Path]) -> Path:
     if len(dirs) == 1:
-        return dirs[0] / "comparison.md"
-    return Path(os.path.commonpath([str(d.resolve()) for d in dirs])) / "comparison.md"
+        return dirs[0] / COMPARISON_MD
+    return Path(os.path.commonpath([str(d.resolve()) for d in dirs])) / COMPARISON_MD
 
 
 def _unique_names(dirs: list[Path]) -> list[str]:
@@ -216,9 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             reseed(args.experiments[0], args.reseed, seeds=seeds, max_steps=args.max_steps)
             return 0
         if args.regenerate:
-            for exp in args.experiments:
-                reports = write_reports(exp, plots=not args.no_plots)
-                print(f"{exp}: wrote " + ", ".join(str(p.relative_to(reports.experiment_dir)) for p in reports.files))
+            regenerate(args.experiments, plots=not args.no_plots)
             return 0
         compare(args.experiments, sort=args.sort, ascending=args.ascending, top=args.top, status=args.status,
                 output=args.output)

@@ -13,10 +13,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from tune.results import PRIMARY, TrialRecord
+from tune.folder import LABEL, PRIMARY
+from tune.results import TrialRecord
 
-SHORT = {"learning_rate": "learning rate", "class_weights": "class weight w1/w0", "threshold": "threshold",
-         "warmup_ratio": "warmup ratio", "dropout": "dropout", "weight_decay": "weight decay"}
 # How each state is drawn in the learning curves and the parameter plots.
 STYLE = {"finished": dict(linestyle="-", marker="o", alpha=0.9),
          "stopped early": dict(linestyle="--", marker="x", alpha=0.6),
@@ -109,7 +108,7 @@ def params_vs_metric(trials: list[TrialRecord], params: list[str], log_params: s
             else:
                 pad = (high - low) * 0.04
                 ax.set_xlim(low - pad, high + pad)
-        ax.set_xlabel(SHORT.get(name, name))
+        ax.set_xlabel(LABEL.get(name, name))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     for ax in axes[len(params):]:
@@ -124,7 +123,7 @@ def importance(values: dict[str, float], method: str, n_trials: int, path: str |
     names = list(values)[::-1]
     fig = Figure(figsize=(7, 0.5 * len(names) + 1.6), layout="constrained")
     ax = fig.add_subplot()
-    bars = ax.barh([SHORT.get(n, n) for n in names], [values[n] for n in names], color="C0")
+    bars = ax.barh([LABEL.get(n, n) for n in names], [values[n] for n in names], color="C0")
     for bar, name in zip(bars, names):
         ax.annotate(f"{values[name]:.2f}", (bar.get_width(), bar.get_y() + bar.get_height() / 2), xytext=(3, 0),
                     textcoords="offset points", va="center", fontsize=9)

@@ -40,20 +40,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tune.results import (PRIMARY, TrialRecord, best_trial, collect_trials, export_best, load_state,
-                          ranking_metric)
+from tune.folder import (BEST_CONFIG, BEST_MODEL, PLOTS, PRIMARY, SHORT, SPACE_COPY, STUDY_DB, SUMMARY, TEST_F1,
+                         TEST_SCORES, TRIALS_CSV, TRIALS_MD, VAL_PREDICTIONS, SearchState, fmt_param)
+from tune.results import TrialRecord, best_trial, collect_trials, export_best
 
-STUDY_DB = "optuna.db"
-SPACE_COPY = "space.yaml"
-VAL_PREDICTIONS = "best_val_predictions.json"
-TEST_SCORES = "test_scores.json"  # the held-out test figures of each scored model (each scored once)
-TEST_F1 = "test/f1_macro"
 STATES = ("finished", "stopped early", "failed", "unfinished")
-# Short names for parameters in tables (the CSV keeps the TrainConfig field names).
-SHORT = {"learning_rate": "lr", "class_weights": "w1/w0", "dropout": "dropout", "threshold": "thr",
-         "weight_decay": "wd", "warmup_ratio": "warmup", "per_device_batch_size": "batch",
-         "num_epochs": "epochs", "gradient_accumulation_steps": "accum", "attention_dropout": "attn_drop",
-         "max_grad_norm": "clip", "tiny_num_layers": "layers", "tiny_hidden_size": "hidden"}
 # The trial's metrics in the tables: its best evaluation's val figures (CSV name, Markdown header,
 # format), in this order after the ranking metric; then the held-out test F1 (best and baseline only).
 METRICS = [(PRIMARY, "val F1", "{:.4f}"), ("val/f1_macro_tuned", "F1 tuned", "{:.4f}"),
@@ -80,9 +71,9 @@ class Reports:
 # --- the table -----------------------------------------------------------------------------------
 
 
-def param_names(trials: list[TrialRecord], state: dict[str, Any]) -> list[str]:
+def param_names(trials: list[TrialRecord], state: SearchState) -> list[str]:
     """The searched parameters, in the order of the space file."""
-    names = list(state.get("baseline") or {})
+    names = list(state.baseline)
     return names + sorted({k for t in trials for k in t.params} - set(names))
 
 
@@ -94,13 +85,13 @@ def best_row(trial: TrialRecord) -> dict[str, Any]:
     return {}
 
 
-def trials_frame(trials: list[TrialRecord], state: dict[str, Any],
+def trials_frame(trials: list[TrialRecord], state: SearchState,
                  test: dict[str, Any] | None = None) -> pd.DataFrame:
     """One row per trial, in trial order; the columns of trials.csv. The ranking metric's column
     holds the trial's best value (its best evaluation's); `gain_vs_baseline` is in that metric;
     `test/f1_macro` is filled for the scored models (the best and the baseline trial)."""
     params = param_names(trials, state)
-    metric = ranking_metric(state)
+    metric = state.metric
     baseline = next((t for t in trials if t.is_baseline), None)
     base_value = baseline.best_value if baseline else None
     tested = {r["trial"]: r["metrics"]["f1_macro"] for r in (test or {}).get("models", {}).values() if r}
@@ -156,15 +147,6 @@ def fmt(value: Any, spec: str = "{:.4f}") -> str:
     if isinstance(value, (float, np.floating)):
         return spec.format(float(value))
     return str(value)
-
-
-def fmt_param(value: Any) -> str:
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        if not math.isfinite(value):
-            return "-"
-        return f"{value:.2e}" if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4) else f"{value:.3g}"
-    return "-" if value is None or value is pd.NA else str(value)
 
 
 def fmt_gain(value: Any) -> str:
@@ -239,7 +221,7 @@ def trials_markdown(name: str, frame: pd.DataFrame, params: list[str], summary: 
         else:
             gain = ""
         lines.append(f"Best: trial {best['trial']}, {metric} {best['value']:.4f}{gain}, at step "
-                     f"{best['best_step']}; config in `best_config.yaml`, model in `best_model/`.")
+                     f"{best['best_step']}; config in `{BEST_CONFIG}`, model in `{BEST_MODEL}/`.")
     if base:
         value = f"{metric} {base['value']:.4f} (rank {base.get('rank') or '-'})" if base.get("value") is not None \
             else base["reason"] or base["state"]
@@ -357,7 +339,7 @@ def _predict(model_dir: Path, pairs) -> tuple[list[float], float]:
 # --- the held-out test set -------------------------------------------------------------------------
 
 
-def held_out_test(experiment_dir: Path, state: dict[str, Any], best: TrialRecord | None,
+def held_out_test(experiment_dir: Path, state: SearchState, best: TrialRecord | None,
                   baseline: TrialRecord | None, test_pairs=None) -> dict[str, Any] | None:
     """The best and the baseline trial's kept models, each scored once on the held-out test pairs
     (the space's test_ratio split or labelled test_file) at its saved threshold; None without a test set.
@@ -443,12 +425,10 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
     `test_pairs`: the held-out test pairs, when the caller (the search's driver) holds them already.
     """
     experiment_dir = Path(experiment_dir).resolve()
-    state = load_state(experiment_dir)
-    if not state:
-        raise FileNotFoundError(f"{experiment_dir}: not a search folder (no search.json)")
+    state = SearchState.load(experiment_dir)
     trials = collect_trials(experiment_dir) if trials is None else trials
-    settings = state.get("settings", {})
-    metric = ranking_metric(state)
+    settings = state.settings
+    metric = state.metric
     notes: list[str] = []
     files: list[Path] = []
 
@@ -458,9 +438,9 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
         base = search_config(experiment_dir, state)
         export_best(trials, experiment_dir, test_file if test_file is not None else (base.test_file if base else None),
                     metric=metric)
-        files += [experiment_dir / "best_config.yaml", experiment_dir / "best_model"]
+        files += [experiment_dir / BEST_CONFIG, experiment_dir / BEST_MODEL]
     else:
-        notes.append(f"no trial has a checkpoint with a val {metric} yet: no best_config.yaml")
+        notes.append(f"no trial has a checkpoint with a val {metric} yet: no {BEST_CONFIG}")
     try:
         test = held_out_test(experiment_dir, state, best, baseline, test_pairs)
     except Exception as exc:  # the tables must not depend on it
@@ -469,8 +449,8 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
 
     frame = trials_frame(trials, state, test)
     params = param_names(trials, state)
-    frame.drop(columns=["path"]).to_csv(experiment_dir / "trials.csv", index=False)
-    files.append(experiment_dir / "trials.csv")
+    frame.drop(columns=["path"]).to_csv(experiment_dir / TRIALS_CSV, index=False)
+    files.append(experiment_dir / TRIALS_CSV)
 
     importance = param_importances(experiment_dir, seed=settings.get("seed", 0))
     if importance.get("error"):
@@ -481,7 +461,7 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
     if plots:
         from tune import figures
 
-        plot_dir = experiment_dir / "plots"
+        plot_dir = experiment_dir / PLOTS
         plot_dir.mkdir(exist_ok=True)
         made = []
         jobs = [("learning_curves.png", lambda p: figures.learning_curves(trials, p, metric)),
@@ -518,23 +498,23 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
         files += made
 
     else:  # tables only: the plots already there stay listed
-        summary["plots"] = sorted(str(p.relative_to(experiment_dir)) for p in (experiment_dir / "plots").glob("*.png"))
+        summary["plots"] = sorted(str(p.relative_to(experiment_dir)) for p in (experiment_dir / PLOTS).glob("*.png"))
     summary["notes"] = notes
-    (experiment_dir / "trials.md").write_text(trials_markdown(experiment_dir.name, frame, params, summary),
-                                              encoding="utf-8")
-    (experiment_dir / "summary.json").write_text(json.dumps(_clean(summary), indent=2, allow_nan=False) + "\n",
-                                                 encoding="utf-8")
-    files += [experiment_dir / "trials.md", experiment_dir / "summary.json"]
+    (experiment_dir / TRIALS_MD).write_text(trials_markdown(experiment_dir.name, frame, params, summary),
+                                            encoding="utf-8")
+    (experiment_dir / SUMMARY).write_text(json.dumps(_clean(summary), indent=2, allow_nan=False) + "\n",
+                                          encoding="utf-8")
+    files += [experiment_dir / TRIALS_MD, experiment_dir / SUMMARY]
     for note in notes:
         log(f"note: {note}")
     return Reports(experiment_dir, frame, summary, best, files, notes)
 
 
-def _summary(experiment_dir: Path, trials: list[TrialRecord], frame: pd.DataFrame, state: dict[str, Any],
+def _summary(experiment_dir: Path, trials: list[TrialRecord], frame: pd.DataFrame, state: SearchState,
              best: TrialRecord | None, importance: dict[str, Any]) -> dict[str, Any]:
-    settings = state.get("settings", {})
-    metric = ranking_metric(state)
-    num_samples = state.get("num_samples") or settings.get("num_samples") or len(trials)
+    settings = state.settings
+    metric = state.metric
+    num_samples = state.num_samples or settings.get("num_samples") or len(trials)
     max_evals = settings.get("max_evals")
     order = ranked(frame, metric)
     ranks = {int(t): i for i, t in enumerate(order[order[metric].notna()]["trial"], start=1)}
@@ -571,30 +551,30 @@ def _summary(experiment_dir: Path, trials: list[TrialRecord], frame: pd.DataFram
                    "optimizer_steps": int(sum(t.steps for t in trials)),
                    "trial_seconds": float(sum(walls)),
                    "wall_seconds": float(max(ends) - min(starts)) if starts else 0.0},
-        "settings": settings, "scheduler": state.get("scheduler"),
+        "settings": settings, "scheduler": state.scheduler,
         "importance": importance,
     }
 
 
-def _space(experiment_dir: Path, state: dict[str, Any]):
+def _space(experiment_dir: Path, state: SearchState):
     from tune.space import load_space
 
     try:
-        return load_space(experiment_dir / SPACE_COPY, state.get("overrides"), state.get("num_samples"))
+        return load_space(experiment_dir / SPACE_COPY, state.overrides, state.num_samples or None)
     except Exception:
         return None
 
 
-def search_config(experiment_dir: Path, state: dict[str, Any]):
+def search_config(experiment_dir: Path, state: SearchState):
     """The search's fixed TrainConfig (its space and command-line overrides) with absolute paths,
     as its driver used it; None when the space copy cannot be read."""
     from afqmc.config import absolute_paths
 
     space = _space(experiment_dir, state)
-    return None if space is None else absolute_paths(space.base, state.get("cwd", "."))
+    return None if space is None else absolute_paths(space.base, state.cwd)
 
 
-def _scales(experiment_dir: Path, state: dict[str, Any]) -> tuple[set[str], dict[str, tuple[float, float]]]:
+def _scales(experiment_dir: Path, state: SearchState) -> tuple[set[str], dict[str, tuple[float, float]]]:
     """The parameters searched on a log scale, and the range of each numeric one (from space.yaml)."""
     space = _space(experiment_dir, state)
     if space is None:
@@ -626,6 +606,13 @@ def _clean(value: Any) -> Any:
     return str(value)
 
 
+def regenerate(experiments: list[str | Path], plots: bool = True, print_fn=print) -> None:
+    """Rebuild the reports of each search from its folder alone (`compare.py --regenerate`)."""
+    for exp in experiments:
+        reports = write_reports(exp, plots=plots)
+        print_fn(f"{exp}: wrote " + ", ".join(str(p.relative_to(reports.experiment_dir)) for p in reports.files))
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -633,13 +620,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiments", nargs="+", metavar="results/NAME")
     parser.add_argument("--no_plots", action="store_true", help="tables only")
     args = parser.parse_args(argv)
-    for exp in args.experiments:
-        try:
-            reports = write_reports(exp, plots=not args.no_plots)
-        except FileNotFoundError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        print(f"{exp}: wrote " + ", ".join(str(p.relative_to(reports.experiment_dir)) for p in reports.files))
+    try:
+        regenerate(args.experiments, plots=not args.no_plots)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

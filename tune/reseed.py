@@ -27,35 +27,31 @@ from typing import Any
 
 import numpy as np
 
-from afqmc.config import TrainConfig, absolute_paths, from_dict, load_config
-from tune.reports import SHORT, fmt_param, markdown_table, search_config
-from tune.results import TrialRecord, best_trial, collect_trials, load_state, ranking_metric
-
-# Fields that decide the data and its tokenization: both configs must agree to share one TaskData.
-DATA_FIELDS = ("train_file", "val_file", "val_ratio", "test_ratio", "max_train_samples", "skip_empty", "max_length",
-               "model_name_or_path", "vocab_file", "trust_remote_code", "seed")
+from afqmc.config import DATA_FIELDS, TrainConfig, absolute_paths, from_dict, load_config
+from tune.folder import BEST_CONFIG, RESEED_JSON, RESEED_MD, SPACE_COPY, SearchState, format_params
+from tune.reports import markdown_table, search_config
+from tune.results import TrialRecord, best_trial, collect_trials
 
 
-def trial_config(experiment_dir: Path, trial: TrialRecord, state: dict[str, Any]) -> TrainConfig:
+def trial_config(experiment_dir: Path, trial: TrialRecord, state: SearchState) -> TrainConfig:
     """The trial's resolved TrainConfig: from its checkpoint, or rebuilt from the space (a trial without one)."""
     if trial.best_checkpoint and (Path(trial.best_checkpoint) / "model" / "train_config.yaml").is_file():
         return load_config(Path(trial.best_checkpoint) / "model" / "train_config.yaml")
     from tune.space import load_space
 
-    space = load_space(experiment_dir / "space.yaml", state.get("overrides"), state.get("num_samples"))
+    space = load_space(experiment_dir / SPACE_COPY, state.overrides, state.num_samples or None)
     cfg = from_dict(trial.params, source=f"trial {trial.number}", base=space.base)
-    return absolute_paths(cfg, state.get("cwd", ".")).replace(test_file=None)
+    return absolute_paths(cfg, state.cwd).replace(test_file=None)
 
 
-def budget_steps(cfg: TrainConfig, n_train: int, max_evals: int | None) -> int:
-    """The optimizer updates a trial of the search could make: its schedule, cut at max_evals evaluations."""
-    from tune.trial import planned_evals
-
-    updates_per_epoch = math.ceil(math.ceil(n_train / cfg.per_device_batch_size) / cfg.gradient_accumulation_steps)
-    total = cfg.max_steps or math.ceil(updates_per_epoch * cfg.num_epochs)
-    if max_evals and planned_evals(cfg, n_train) > max_evals:
-        total = min(total, max_evals * (cfg.eval_steps or updates_per_epoch))
-    return total
+def budget_steps(trial: TrialRecord, max_evals: int | None) -> int:
+    """The optimizer updates a trial of the search could make: the schedule its train() reported,
+    cut at the search's max_evals evaluations."""
+    last = next((r for r in reversed(trial.history) if r.get("planned_updates")), None)
+    if last is None:
+        raise ValueError(f"trial {trial.number} reported no schedule: its budget is unknown (give --max_steps)")
+    total = int(last["planned_updates"])
+    return min(total, int(max_evals) * int(last["eval_every"])) if max_evals else total
 
 
 def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, max_steps: int | None = None,
@@ -63,9 +59,7 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
     from afqmc.train import prepare_data, train
 
     experiment_dir = Path(experiment_dir).resolve()
-    state = load_state(experiment_dir)
-    if not state:
-        raise FileNotFoundError(f"{experiment_dir}: not a search folder (no search.json)")
+    state = SearchState.load(experiment_dir)
     trials = collect_trials(experiment_dir)
     best = best_trial(trials)
     baseline = next((t for t in trials if t.is_baseline), None)
@@ -80,18 +74,18 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
         del configs["baseline"]  # the baseline won: nothing to compare it with
     own_seed = configs["best"].seed
     seeds = seeds or [own_seed + i for i in range(1, k + 1)]
-    metric = ranking_metric(state)
+    metric = state.metric
     search = search_config(experiment_dir, state) or configs["best"]
     data = prepare_data(search, log=log)  # the search's split (its seed) and held-out test set, tokenized once
-    max_evals = state.get("settings", {}).get("max_evals")
+    max_evals = state.settings.get("max_evals")
 
     results: dict[str, Any] = {}
     for role, cfg in configs.items():
         trial = best if role == "best" else baseline
-        if any(getattr(cfg, f) != getattr(search, f) for f in DATA_FIELDS):
+        if any(getattr(cfg, f) != getattr(search, f) for f in (*DATA_FIELDS, "seed")):
             raise ValueError(f"trial {trial.number}'s data settings differ from the search's; cannot reseed it on "
                              f"the search's split")
-        steps = max_steps or budget_steps(cfg, len(data.train), max_evals)
+        steps = max_steps or budget_steps(trial, max_evals)
         runs = []
         for seed in seeds:
             out = tempfile.mkdtemp(prefix=f"reseed-{role}-{seed}-")
@@ -120,9 +114,9 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
               "test_source": data.test.source if data.test is not None else None,
               "val": _verdict(results, "val", same), "results": results}
     report["test"] = _verdict(results, "test", same) if data.test is not None else None
-    (experiment_dir / "reseed.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (experiment_dir / RESEED_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     text = reseed_markdown(report)
-    (experiment_dir / "reseed.md").write_text(text, encoding="utf-8")
+    (experiment_dir / RESEED_MD).write_text(text, encoding="utf-8")
     log("\n" + text)
     return report
 
@@ -132,9 +126,9 @@ def _stats(values: list[float]) -> dict[str, Any]:
             "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
 
 
-def best_config(experiment_dir: Path, best: TrialRecord, state: dict[str, Any]) -> TrainConfig:
+def best_config(experiment_dir: Path, best: TrialRecord, state: SearchState) -> TrainConfig:
     """best_config.yaml (what a user retrains), else the trial's own config."""
-    path = experiment_dir / "best_config.yaml"
+    path = experiment_dir / BEST_CONFIG
     cfg = load_config(path) if path.is_file() else trial_config(experiment_dir, best, state)
     return cfg
 
@@ -179,7 +173,7 @@ def reseed_markdown(report: dict[str, Any]) -> str:
     rows = []
     for role in ("best", "baseline"):
         r = res[role]
-        params = " ".join(f"{SHORT.get(k, k)}={fmt_param(v)}" for k, v in r["params"].items())
+        params = format_params(r["params"])
         for figure, _ in figures:
             stats = r[figure]
             search_value = r["search_value"] if figure == "val" else None

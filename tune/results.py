@@ -18,19 +18,12 @@ from typing import Any
 from afqmc.checkpoint import atomic_directory
 from afqmc.config import SELECTION_METRICS, load_config
 from afqmc.metrics import best_key
+from tune.folder import BEST_CONFIG, BEST_MODEL, FAILED, PRIMARY, SearchState
 
-PRIMARY = "val/f1_macro"  # the default ranking metric (search.metric): F1-macro at the trial's threshold
-FAILED = "failed"  # the key of a trial's last report when it failed on its own (NaN loss): the reason
-STATE_NAME = "search.json"
 # Metrics of a trial's best evaluation kept in the table.
 BEST_COLUMNS = (*SELECTION_METRICS, "val/threshold", "val/f1_0", "val/f1_1", "val/loss", "val/best_threshold",
                 "val/f1_macro_at_best_threshold", "step", "epoch")
 DONE_STATES = ("finished", "stopped early", "failed")
-
-
-def ranking_metric(state: dict[str, Any]) -> str:
-    """The metric a search ranks trials by (its `search.metric`; searches from before it: F1-macro)."""
-    return (state.get("settings") or {}).get("metric") or PRIMARY
 
 
 def searcher_metric(metric: str) -> str:
@@ -109,20 +102,13 @@ def trial_number(trial) -> int:
     return int(trial.experiment_tag.split("_", 1)[0])
 
 
-def load_state(experiment_dir: str | Path) -> dict[str, Any]:
-    path = Path(experiment_dir) / STATE_NAME
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
 def collect_trials(experiment_dir: str | Path) -> list[TrialRecord]:
     """Every trial of the search, in the order Ray created them."""
     from ray.tune import ExperimentAnalysis  # imported here: reading results needs no running Ray
 
     experiment_dir = Path(experiment_dir).resolve()
-    state = load_state(experiment_dir)
-    metric = ranking_metric(state)
-    max_evals = state.get("settings", {}).get("max_evals", math.inf)
-    baseline = state.get("baseline") or {}
+    state = SearchState.load(experiment_dir)
+    metric, max_evals, baseline = state.metric, state.max_evals, state.baseline
     try:
         analysis = ExperimentAnalysis(str(experiment_dir))
         listed = [(t.trial_id, trial_number(t), t.status, t.last_result, dict(t.config), Path(t.path),
@@ -194,16 +180,16 @@ def export_best(trials: list[TrialRecord], experiment_dir: str | Path, test_file
         return None
     experiment_dir = Path(experiment_dir)
     model_dir = Path(best.best_checkpoint) / "model"
-    if not _same_model(model_dir, experiment_dir / "best_model"):  # rebuilding the reports copies nothing
-        with atomic_directory(experiment_dir / "best_model") as tmp:
+    if not _same_model(model_dir, experiment_dir / BEST_MODEL):  # rebuilding the reports copies nothing
+        with atomic_directory(experiment_dir / BEST_MODEL) as tmp:
             shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
     cfg = load_config(model_dir / "train_config.yaml")
     cfg.output_dir = str(experiment_dir / "best_run")
     cfg.test_file = test_file
-    cfg.save_yaml(experiment_dir / "best_config.yaml", header=(
+    cfg.save_yaml(experiment_dir / BEST_CONFIG, header=(
         f"Best trial {best.number} ({best.trial_id}) of search {experiment_dir.name}: {metric} "
         f"{best.best_value:.4f} at evaluation {best.best_evals} (val: it chose this trial, so it is optimistic).\n"
-        f"Retrain it: accelerate launch afqmc/train.py --config {experiment_dir.name}/best_config.yaml"))
+        f"Retrain it: accelerate launch afqmc/train.py --config {experiment_dir.name}/{BEST_CONFIG}"))
     return best
 
 

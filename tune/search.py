@@ -42,12 +42,11 @@ if (_address_arg(sys.argv[1:]) or "127.0.0.1").split(":")[0] in ("127.0.0.1", "l
     # network address as the node's (even when given 127.0.0.1) and listen on all interfaces;
     # this switch, read when Ray is imported, makes it use 127.0.0.1 as it does on macOS. The
     # same holds to attach to a loopback-only cluster (--address 127.0.0.1:PORT).
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # listed in tune/internals.py
 
 import argparse
 import dataclasses
 import datetime
-import json
 import shutil
 import time
 import warnings
@@ -62,17 +61,17 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from afqmc.config import ConfigError, TrainConfig, absolute_paths, parse_overrides
 from afqmc.data import DataError
 from afqmc.train import TaskData, prepare_data
+from tune import internals
 from tune.reports import test_lines, write_reports
 from tune.results import DONE_STATES, collect_trials, searcher_metric
 from tune.space import SearchSpace, load_space
 from tune.terminal import LiveView, print_leaderboard
-from tune.trial import TRAIN_RUNS, KeepBestCheckpoint, ReleaseTrainWorkers, StudySearch, run_trial, trial_dirname
+from tune.folder import (BEST_CONFIG, BEST_MODEL, PLOTS, SPACE_COPY, STUDY_DB, TRAIN_RUNS, TRIALS_CSV, TRIALS_MD,
+                         NotASearchError, SearchState)
+from tune.trial import KeepBestCheckpoint, ReleaseTrainWorkers, StudySearch, run_trial, trial_dirname
 
 RESULTS_DIR = "results"
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
-STATE_NAME = "search.json"  # how the search was started: what --resume needs to rebuild it
-SPACE_COPY = "space.yaml"  # the space file as it was when the search started
-STUDY_DB = "optuna.db"
 DRIVER_MEMORY = 256 * 2**20  # bytes reserved for the driver of a multi-worker trial
 
 
@@ -82,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             exp_dir = Path(args.resume).resolve()
             state = _load_state(exp_dir)
-            space = load_space(exp_dir / SPACE_COPY, state["overrides"], state["num_samples"])
-            space.settings.workers_per_trial = state.get("workers_per_trial", space.settings.workers_per_trial)
+            space = load_space(exp_dir / SPACE_COPY, state.overrides, state.num_samples)
+            space.settings.workers_per_trial = state.workers_per_trial
         else:
             space = load_space(args.space, overrides, args.num_samples)
             if args.workers_per_trial:
@@ -93,14 +92,14 @@ def main(argv: list[str] | None = None) -> int:
             if exp_dir.exists():
                 raise ConfigError(f"{exp_dir} already exists: continue it with --resume {_rel(exp_dir)}, "
                                   f"or choose another --name")
-            state = {"space": str(args.space), "overrides": overrides, "num_samples": space.settings.num_samples,
-                     "scheduler": args.scheduler, "baseline": space.baseline(),
-                     "workers_per_trial": space.settings.workers_per_trial,
-                     "settings": asdict(space.settings), "cwd": os.getcwd(),  # relative paths resolve from here
-                     "started": datetime.datetime.now().isoformat(timespec="seconds")}
+            state = SearchState(space=str(args.space), overrides=overrides, num_samples=space.settings.num_samples,
+                                scheduler=args.scheduler, baseline=space.baseline(),
+                                workers_per_trial=space.settings.workers_per_trial,
+                                settings=asdict(space.settings), cwd=os.getcwd(),  # relative paths resolve from here
+                                started=datetime.datetime.now().isoformat(timespec="seconds"))
         # The exported best model comes from the trial checkpoints, so every trial saves its best.
-        base = absolute_paths(space.base, state["cwd"]).replace(save_best_model=True)
-        print(_describe(space, state["scheduler"], exp_dir, resuming=bool(args.resume)))
+        base = absolute_paths(space.base, state.cwd).replace(save_best_model=True)
+        print(_describe(space, state.scheduler, exp_dir, resuming=bool(args.resume)))
         # The only tokenization of the whole search; it also reads a labelled test_file (or splits
         # off test_ratio), so that bad test data stops the search before it trains.
         data = prepare_data(base)
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.resume:
         exp_dir.mkdir(parents=True)
         shutil.copyfile(args.space, exp_dir / SPACE_COPY)
-        (exp_dir / STATE_NAME).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+        state.save(exp_dir)
 
     _init_ray(args.address)
     try:
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
                                        resume_errored=False)
         else:
-            tuner = _new_tuner(space, state["scheduler"], exp_dir, trainable, resources)
+            tuner = _new_tuner(space, state.scheduler, exp_dir, trainable, resources)
         started = time.time()
         try:
             tuner.fit()  # the first Ctrl-C makes Ray stop the trials and save the experiment state
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.time() - started
     finally:
         ray.shutdown()
-    return _finish(exp_dir, space, state, elapsed, data.test)
+    return _finish(exp_dir, space, elapsed, data.test)
 
 
 # --- building the search -------------------------------------------------------------------------
@@ -225,7 +224,7 @@ def _init_ray(address: str | None) -> None:
     else:
         # A private local Ray for this run: no dashboard, everything bound to loopback.
         ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1", logging_level="warning")
+                 logging_level="warning", **internals.local_ray_init_kwargs())
     print(f"ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs"
           f"{' at ' + address if address else ' (local, loopback only)'}")
 
@@ -233,7 +232,7 @@ def _init_ray(address: str | None) -> None:
 # --- after the search ----------------------------------------------------------------------------
 
 
-def _finish(exp_dir: Path, space: SearchSpace, state: dict[str, Any], elapsed: float, test_pairs=None) -> int:
+def _finish(exp_dir: Path, space: SearchSpace, elapsed: float, test_pairs=None) -> int:
     trials = collect_trials(exp_dir)
     done = [t for t in trials if t.state in DONE_STATES]
     print_leaderboard(trials, list(space.params), max_rows=10, metric=space.settings.metric)
@@ -252,11 +251,11 @@ def _finish(exp_dir: Path, space: SearchSpace, state: dict[str, Any], elapsed: f
         print(f"baseline trial {baseline.number}: {baseline.state}{': ' + baseline.error if baseline.error else ''}")
     if best is not None:
         print(f"best trial {best.number}: {metric} {best.best_value:.4f} (val chose it: optimistic); model in "
-              f"{_rel(exp_dir / 'best_model')}, config in {_rel(exp_dir / 'best_config.yaml')}")
+              f"{_rel(exp_dir / BEST_MODEL)}, config in {_rel(exp_dir / BEST_CONFIG)}")
     for line in test_lines(reports.summary.get("test")):
         print(line)
     print(f"Optuna study: optuna-dashboard sqlite:///{_rel(exp_dir / STUDY_DB)}")
-    print(f"tables: {_rel(exp_dir / 'trials.md')}, {_rel(exp_dir / 'trials.csv')}; plots: {_rel(exp_dir / 'plots')}/")
+    print(f"tables: {_rel(exp_dir / TRIALS_MD)}, {_rel(exp_dir / TRIALS_CSV)}; plots: {_rel(exp_dir / PLOTS)}/")
     if len(done) < space.settings.num_samples:
         print(f"\nsearch interrupted: {len(done)} of {space.settings.num_samples} trials done. Resume with:\n"
               f"  python tune/search.py --resume {_rel(exp_dir)}")
@@ -303,11 +302,11 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, A
     return args, overrides
 
 
-def _load_state(exp_dir: Path) -> dict[str, Any]:
-    path = exp_dir / STATE_NAME
-    if not path.is_file():
-        raise ConfigError(f"{exp_dir}: not a search started by tune/search.py (no {STATE_NAME})")
-    return json.loads(path.read_text(encoding="utf-8"))
+def _load_state(exp_dir: Path) -> SearchState:
+    try:
+        return SearchState.load(exp_dir)
+    except NotASearchError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _describe(space: SearchSpace, scheduler: str, exp_dir: Path, resuming: bool) -> str:

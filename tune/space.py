@@ -29,16 +29,12 @@ from typing import Any
 import optuna
 import yaml
 
-from afqmc.config import (FIELDS, ConfigError, TrainConfig, coerce_value, from_dict, normalize_metric,
+from afqmc.config import (DATA_FIELDS, FIELDS, ConfigError, TrainConfig, coerce_value, from_dict, normalize_metric,
                           read_yaml_mapping)
 
 TYPES = ("loguniform", "uniform", "int", "choice")
 DIST_KEYS = {"type", "low", "high", "values", "baseline", "log"}
 
-# The search tokenizes train and val once, in the driver, before any trial starts: a field that
-# changes the data or the tokenizer cannot vary between trials.
-DATA_FIELDS = {"train_file", "val_file", "val_ratio", "test_ratio", "max_train_samples", "skip_empty", "max_length",
-               "model_name_or_path", "vocab_file", "trust_remote_code"}
 # Set by the search itself (trial directories, ASHA's time unit, search.metric), not searchable.
 RUN_FIELDS = {"output_dir", "save_best_model", "test_file", "eval_steps", "metric_for_best_model"}
 # The default of search.asha_metric: the candidate whose value at ASHA's rungs ranked the trials most

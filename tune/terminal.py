@@ -9,24 +9,8 @@ from typing import Any
 from ray import tune
 
 from afqmc.metrics import best_key
-from tune.results import FAILED, PRIMARY, TrialRecord, trial_number, trial_state
-
-SHORT = {"learning_rate": "lr", "class_weights": "w1/w0", "dropout": "dropout", "threshold": "thr",
-         "weight_decay": "wd", "warmup_ratio": "warmup", "per_device_batch_size": "batch",
-         "num_epochs": "epochs", "gradient_accumulation_steps": "accum"}
-
-
-def format_value(value: Any) -> str:
-    if isinstance(value, list) and len(value) == 2 and value[0] == 1:  # class weights [1, r]
-        value = value[1]
-    if isinstance(value, float):
-        return f"{value:.2e}" if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4) else f"{value:.3g}"
-    return str(value)
-
-
-def format_params(params: dict[str, Any], names: list[str] | None = None) -> str:
-    names = names or list(params)
-    return " ".join(f"{SHORT.get(k, k)}={format_value(params[k])}" for k in names if k in params)
+from tune.folder import FAILED, PRIMARY, SHORT, fmt_param, format_params
+from tune.results import TrialRecord, trial_number, trial_state
 
 
 class LiveView(tune.Callback):
@@ -128,7 +112,7 @@ def print_leaderboard(trials: list[TrialRecord], param_names: list[str], max_row
         rows.append([str(rank), f"{t.number}{' (baseline)' if t.is_baseline else ''}", t.state, str(t.evals),
                      f"{t.best_value:.4f}", _fmt(m.get(PRIMARY)), _fmt(m.get("val/threshold"), "{:.3f}"),
                      _fmt(m.get("val/auc")), _fmt(m.get("val/accuracy"))]
-                    + [format_value(t.params.get(n)) for n in param_names])
+                    + [fmt_param(t.params.get(n)) for n in param_names])
     baseline = next((t for t in ranked[max_rows:] if t.is_baseline), None)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     print(f"\ntop {len(rows)} of {len(trials)} trials by their best {metric} (value; val numbers chose the "

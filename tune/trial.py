@@ -24,7 +24,9 @@ from ray.tune.search.optuna import OptunaSearch
 from afqmc.config import SELECTION_METRICS, TrainConfig, from_dict
 from afqmc.metrics import best_key
 from afqmc.train import TaskData, TrainingError, train, train_with_oom_retry
-from tune.results import FAILED, keep_best_checkpoint, ran_its_course
+from tune import internals
+from tune.folder import FAILED, TRAIN_RUNS
+from tune.results import keep_best_checkpoint, ran_its_course
 
 
 def run_trial(config: dict[str, Any], data: TaskData, base: dict[str, Any], workers: int = 1,
@@ -41,10 +43,9 @@ def run_trial(config: dict[str, Any], data: TaskData, base: dict[str, Any], work
     trial_id = tune.get_context().get_trial_id()
     cfg = from_dict({**base, **config}, source=f"trial {trial_id}")
     logging.getLogger("ray").setLevel(logging.WARNING)  # not one "Checkpoint successfully created" per eval
-    # `planned_evals` tells a trial that ran its course from one that ASHA stopped (Ray marks both
-    # TERMINATED); `node_id` says which Ray node ran the trial (on a cluster).
-    extra = {"planned_evals": planned_evals(cfg, len(data.train), workers),
-             "node_id": ray.get_runtime_context().get_node_id()}
+    # `node_id` says which Ray node ran the trial (on a cluster). train() reports its own schedule
+    # (planned_evals), which tells a trial that ran its course from one that ASHA stopped.
+    extra = {"node_id": ray.get_runtime_context().get_node_id()}
     checkpoint = tune.get_checkpoint()  # set when Ray resumes or retries this trial
     if workers > 1:
         _run_workers(cfg, data, workers, worker_resources or {"CPU": 1}, extra, checkpoint, train_storage, trial_id)
@@ -64,7 +65,7 @@ def run_trial(config: dict[str, Any], data: TaskData, base: dict[str, Any], work
 
 
 def _train_or_fail(cfg: TrainConfig, data: TaskData, checkpoint, report, report_failure, train_fn,
-                   prefix: str, **train_kwargs: Any) -> None:
+                   prefix: str) -> None:
     """Run `train_fn` (from `checkpoint` if given) in a scratch output folder; a TrainingError ends
     in `report_failure(metrics)` instead of an exception.
 
@@ -86,10 +87,10 @@ def _train_or_fail(cfg: TrainConfig, data: TaskData, checkpoint, report, report_
     try:
         run_cfg = cfg.replace(output_dir=work_dir)
         if checkpoint is None:
-            train_fn(run_cfg, report_and_note, data=data, progress=False, **train_kwargs)
+            train_fn(run_cfg, report_and_note, data=data, progress=False)
         else:
             with checkpoint.as_directory() as resume_dir:
-                train_fn(run_cfg, report_and_note, data=data, resume_from=resume_dir, progress=False, **train_kwargs)
+                train_fn(run_cfg, report_and_note, data=data, resume_from=resume_dir, progress=False)
     except TrainingError as exc:
         nan = {key: math.nan for metric in SELECTION_METRICS for key in (metric, best_key(metric))}
         report_failure({"evals": last.get("evals", 0), "step": last.get("step", 0), **nan, FAILED: str(exc)})
@@ -100,7 +101,6 @@ def _train_or_fail(cfg: TrainConfig, data: TaskData, checkpoint, report, report_
 # --- a trial across several workers (Ray Train) ------------------------------------------------
 
 TRAIN_GROUP = "train_placement_group"
-TRAIN_RUNS = "train_runs"  # in the experiment: Ray Train's copy of the checkpoints (emptied as they go)
 
 
 def _run_workers(cfg: TrainConfig, data: TaskData, workers: int, per_worker: dict[str, float],
@@ -121,7 +121,7 @@ def _run_workers(cfg: TrainConfig, data: TaskData, workers: int, per_worker: dic
     queue, ack = Queue(actor_options={"num_cpus": 0}), Queue(actor_options={"num_cpus": 0})
     run_name = f"{trial_id}-{uuid.uuid4().hex[:8]}"
     storage = train_storage or tempfile.mkdtemp(prefix="afqmc-train-")
-    trainer = _trainer_class()(
+    trainer = internals.torch_trainer_without_placement_group_cleaner()(
         _worker_loop,
         train_loop_config={"cfg": cfg.to_dict(), "data": ray.put(data), "extra": extra, "trial_id": trial_id,
                            "threads": max(1, int(per_worker.get("CPU", 1)))},
@@ -166,24 +166,6 @@ def _run_workers(cfg: TrainConfig, data: TaskData, workers: int, per_worker: dic
         raise outcome["error"]
 
 
-def _trainer_class():
-    from ray.train.torch import TorchTrainer
-
-    class Trainer(TorchTrainer):
-        """TorchTrainer without Ray Train's placement-group cleaner: that detached actor asks Ray's
-        state API (served by the dashboard, which the search's local Ray does not run) whether the
-        run's controller is alive, warns every second that it cannot tell, and never exits. The
-        search removes the workers' group itself (ReleaseTrainWorkers); a run that ends normally
-        removes it as usual."""
-
-        def _create_default_callbacks(self):
-            from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-
-            return [c for c in super()._create_default_callbacks() if not isinstance(c, PlacementGroupCleanerCallback)]
-
-    return Trainer
-
-
 class _ForwardReports(ray.train.UserCallback):
     """Runs in the Train controller: sends each report (the workers' metrics, the checkpoint's
     path) to the trial's driver and waits until it has copied the checkpoint."""
@@ -220,16 +202,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
     _train_or_fail(cfg, ray.get(config["data"]), ray_train.get_checkpoint(), report,
                    lambda failure: ray_train.report({**failure, **extra}), train,
-                   prefix=f"{config['trial_id']}-{ctx.get_world_rank()}", report_every_process=True)
-
-
-def planned_evals(cfg: TrainConfig, n_train: int, processes: int = 1) -> int:
-    """How many evaluations `train(cfg)` makes on `n_train` pairs on `processes` processes (its
-    schedule: Accelerate gives each process an equal share of the batches)."""
-    batches = math.ceil(math.ceil(n_train / cfg.per_device_batch_size) / processes)
-    updates_per_epoch = math.ceil(batches / cfg.gradient_accumulation_steps)
-    total_steps = cfg.max_steps or math.ceil(updates_per_epoch * cfg.num_epochs)
-    return math.ceil(total_steps / (cfg.eval_steps or updates_per_epoch))
+                   prefix=f"{config['trial_id']}-{ctx.get_world_rank()}")
 
 
 def trial_dirname(trial) -> str:
@@ -253,37 +226,46 @@ class StudySearch(OptunaSearch):
       Its new reports leave the study's record as it is, instead of stopping the search.
     """
 
-    def __init__(self, *args: Any, eval_metric: str, max_evals: int, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, study_name: str, storage: optuna.storages.BaseStorage, eval_metric: str,
+                 max_evals: int, **kwargs: Any):
+        super().__init__(*args, study_name=study_name, storage=storage, **kwargs)
+        self.study_name, self.storage = study_name, storage
         self.eval_metric, self.max_evals = eval_metric, max_evals
 
+    @property
+    def study(self) -> optuna.Study:
+        """The search's study, through Optuna's public API on the storage the search passed in."""
+        return optuna.load_study(study_name=self.study_name, storage=self.storage)
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if self._finished_in_study(trial_id) or trial_id in self._completed_trials:
+        trial = internals.optuna_trial(self, trial_id)
+        if trial is None or internals.is_closed(self, trial_id) or self._finished_in_study(trial):
             return
         value = result.get(self.eval_metric)
         if isinstance(value, (int, float)) and math.isfinite(value) and "evals" in result:
-            self._ot_trials[trial_id].report(float(value), int(result["evals"]))
+            trial.report(float(value), int(result["evals"]))
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        if self._finished_in_study(trial_id):
-            self._completed_trials.add(trial_id)
+        trial = internals.optuna_trial(self, trial_id)
+        if trial is not None and self._finished_in_study(trial):
+            internals.close(self, trial_id)
             return
-        if result and trial_id in self._ot_trials:
+        if result and trial is not None:
             # Ray passes the report that ended the trial (ASHA's cut, the budget) here, not to on_trial_result.
             self.on_trial_result(trial_id, result)
         if result and result.get(FAILED):
-            if trial_id in self._ot_trials:
-                self._ot_trials[trial_id].set_user_attr(FAILED, str(result[FAILED]))
+            if trial is not None:
+                trial.set_user_attr(FAILED, str(result[FAILED]))
             result, error = None, True
-        if result and not error and trial_id in self._ot_trials and not ran_its_course(result, self.max_evals):
-            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
+        if result and not error and trial is not None and not ran_its_course(result, self.max_evals):
+            self.study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+            internals.close(self, trial_id)
             return
         super().on_trial_complete(trial_id, result, error)
 
-    def _finished_in_study(self, trial_id: str) -> bool:
-        trial = self._ot_trials.get(trial_id)
-        return trial is not None and self._ot_study._storage.get_trial(trial._trial_id).state.is_finished()
+    def _finished_in_study(self, trial: optuna.Trial) -> bool:
+        frozen = next((t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number), None)
+        return frozen is not None and frozen.state.is_finished()
 
 
 class ReleaseTrainWorkers(tune.Callback):
@@ -302,10 +284,8 @@ class ReleaseTrainWorkers(tune.Callback):
         group = (trial.last_result or {}).get(TRAIN_GROUP)
         if not group:
             return
-        from ray.util.placement_group import PlacementGroup
-
         try:
-            ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group)))
+            internals.remove_placement_group(group)
         except Exception:  # noqa: BLE001 -- already removed by Ray Train when its run ended normally
             pass
         runs = Path(trial.path).parent / TRAIN_RUNS

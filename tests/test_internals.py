@@ -1,0 +1,64 @@
+"""The private Ray and Optuna symbols of tune/internals.py exist and behave as used (quick tier):
+an upgrade that renames one fails here, not in a user's search."""
+
+from __future__ import annotations
+
+import inspect
+
+import optuna
+import pytest
+import ray
+
+from tune import internals
+
+
+def test_installed_versions_are_the_tested_ones():
+    for module in (ray, optuna):
+        assert module.__version__.startswith(internals.TESTED[module.__name__] + "."), module.__version__
+
+
+def test_optuna_search_keeps_its_trials_where_the_search_reads_them(tmp_path):
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    searcher = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0.0, 1.0)}, metric="m", mode="max",
+                            study_name="s", storage=storage)
+    searcher.suggest("a")
+    trial = internals.optuna_trial(searcher, "a")
+    assert isinstance(trial, optuna.Trial) and internals.optuna_trial(searcher, "b") is None
+    assert not internals.is_closed(searcher, "a")
+    optuna.load_study(study_name="s", storage=storage).tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+    internals.close(searcher, "a")
+    assert internals.is_closed(searcher, "a")
+    searcher.on_trial_complete("a", {"m": 1.0})  # Ray's own method: a closed trial is not told again
+    assert optuna.load_study(study_name="s", storage=storage).trials[0].state == optuna.trial.TrialState.PRUNED
+
+
+def test_ray_train_and_placement_group_symbols():
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    from ray.util.placement_group import PlacementGroup
+
+    assert inspect.isclass(PlacementGroupCleanerCallback)
+    assert callable(getattr(TorchTrainer, "_create_default_callbacks"))
+    trainer = internals.torch_trainer_without_placement_group_cleaner()
+    assert issubclass(trainer, TorchTrainer) and "_create_default_callbacks" in vars(trainer)
+    group = PlacementGroup(ray.PlacementGroupID.from_hex("ab" * 18))
+    assert group.id.hex() == "ab" * 18
+
+
+def test_local_ray_switches_are_read_by_ray():
+    from ray._private import ray_constants, worker
+
+    assert ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR == internals.LOOPBACK_SWITCH
+    for kwarg in internals.local_ray_init_kwargs():
+        assert f'kwargs.pop("{kwarg}"' in inspect.getsource(worker.init), kwarg
+
+
+@pytest.mark.parametrize("name", ["ray", "optuna"])
+def test_pyproject_pins_the_tested_range(name):
+    from conftest import ROOT
+
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    major, minor = internals.TESTED[name].split(".")
+    assert f">={major}.{minor},<{major}.{int(minor) + 1}" in text

@@ -1,0 +1,121 @@
+"""The results folder of a search (results/NAME/): one home for its contract.
+
+Every file name the search, the reports, the comparison and reseeding read or write; the names of
+the metrics they exchange; the short names and the formatting of parameters in tables; and the
+typed record of `search.json` (how the search was started: what `--resume` and the reports read),
+with one loader and one error for a folder that is not a search. docs/ARCHITECTURE.md lists them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# --- file names in results/NAME/ -----------------------------------------------------------------
+SEARCH_JSON = "search.json"  # SearchState: how the search was started
+SPACE_COPY = "space.yaml"  # the space file as it was when the search started
+STUDY_DB = "optuna.db"  # the Optuna study (SQLite), written by the driver only
+TRIALS_CSV = "trials.csv"
+TRIALS_MD = "trials.md"
+SUMMARY = "summary.json"
+BEST_CONFIG = "best_config.yaml"
+BEST_MODEL = "best_model"
+PLOTS = "plots"
+VAL_PREDICTIONS = "best_val_predictions.json"  # the best model's val probabilities (threshold curve)
+TEST_SCORES = "test_scores.json"  # the held-out test figures of each scored model
+RESEED_JSON, RESEED_MD = "reseed.json", "reseed.md"
+COMPARISON_MD = "comparison.md"
+TRAIN_RUNS = "train_runs"  # Ray Train's copy of multi-worker trials' checkpoints, while they run
+
+# --- metric names in the trials' reports ---------------------------------------------------------
+PRIMARY = "val/f1_macro"  # the default ranking metric (search.metric): F1-macro at the trial's threshold
+FAILED = "failed"  # the key of a trial's last report when it failed on its own (NaN loss): the reason
+TEST_F1 = "test/f1_macro"  # the held-out F1 of a scored model, in trials.csv
+
+# --- parameters in tables ------------------------------------------------------------------------
+# Short names for table headers (trials.csv keeps the TrainConfig field names).
+SHORT = {"learning_rate": "lr", "class_weights": "w1/w0", "dropout": "dropout", "threshold": "thr",
+         "weight_decay": "wd", "warmup_ratio": "warmup", "per_device_batch_size": "batch",
+         "num_epochs": "epochs", "gradient_accumulation_steps": "accum", "attention_dropout": "attn_drop",
+         "max_grad_norm": "clip", "tiny_num_layers": "layers", "tiny_hidden_size": "hidden"}
+# Longer names for plot axes.
+LABEL = {"learning_rate": "learning rate", "class_weights": "class weight w1/w0", "threshold": "threshold",
+         "warmup_ratio": "warmup ratio", "dropout": "dropout", "weight_decay": "weight decay"}
+
+
+def fmt_param(value: Any) -> str:
+    """A parameter value in a table: class weights [1, r] as r, small or large floats in e-notation."""
+    if isinstance(value, list) and len(value) == 2 and value[0] == 1:  # class weights [1, r]
+        value = value[1]
+    if hasattr(value, "item") and not isinstance(value, (list, dict)):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "-"
+        return f"{value:.2e}" if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4) else f"{value:.3g}"
+    return "-" if value is None or _is_na(value) else str(value)
+
+
+def format_params(params: dict[str, Any], names: list[str] | None = None) -> str:
+    names = names or list(params)
+    return " ".join(f"{SHORT.get(k, k)}={fmt_param(params[k])}" for k in names if k in params)
+
+
+def _is_na(value: Any) -> bool:
+    try:
+        import pandas as pd
+
+        return value is pd.NA
+    except ImportError:  # pragma: no cover
+        return False
+
+
+# --- search.json ---------------------------------------------------------------------------------
+
+
+class NotASearchError(FileNotFoundError):
+    """The folder holds no search started by tune/search.py."""
+
+
+@dataclass
+class SearchState:
+    """How a search was started (search.json): what `--resume` rebuilds it from, and what the
+    reports read. Relative paths in the space resolve from `cwd`."""
+
+    space: str = ""  # the space file given (its copy is SPACE_COPY)
+    overrides: dict[str, Any] = field(default_factory=dict)  # --field value fixed on the command line
+    num_samples: int = 0
+    scheduler: str = "asha"
+    baseline: dict[str, Any] = field(default_factory=dict)  # the first trial's searched values
+    workers_per_trial: int = 1
+    settings: dict[str, Any] = field(default_factory=dict)  # the space's SearchSettings, as a dict
+    cwd: str = "."
+    started: str = ""
+
+    @property
+    def metric(self) -> str:
+        """What the search ranks trials by (searches from before `search.metric`: F1-macro)."""
+        return self.settings.get("metric") or PRIMARY
+
+    @property
+    def max_evals(self) -> float:
+        return self.settings.get("max_evals", math.inf)
+
+    def save(self, experiment_dir: str | Path) -> None:
+        path = Path(experiment_dir) / SEARCH_JSON
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, experiment_dir: str | Path) -> "SearchState":
+        """The record of `experiment_dir`; NotASearchError (naming the folder) when it has none."""
+        path = Path(experiment_dir) / SEARCH_JSON
+        if not path.is_file():
+            raise NotASearchError(f"{Path(experiment_dir)}: not a search folder (no {SEARCH_JSON}: "
+                                  f"tune/search.py writes it when a search starts)")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,67 @@
+"""Every private Ray and Optuna symbol the search uses, in one place, each with the reason.
+
+An upgrade of Ray or Optuna may rename or remove any of these without notice. pyproject.toml pins
+both to the tested range (TESTED below), and tests/test_internals.py imports and checks each one
+in the quick test tier, so that an upgrade fails loudly in CI rather than in a user's search.
+
+| symbol | library | why there is no public way |
+|---|---|---|
+| `OptunaSearch._ot_trials` | Ray Tune | the Optuna trial of a Ray trial: to report each evaluation as an intermediate value, tell PRUNED when ASHA stopped it, and note why a trial failed |
+| `OptunaSearch._completed_trials` | Ray Tune | the trials the searcher has closed: a PRUNED one is closed here, not by `OptunaSearch.on_trial_complete` (which would tell COMPLETE) |
+| `TorchTrainer._create_default_callbacks` | Ray Train V2 | the only place where Train adds its placement-group cleaner (next row) |
+| `ray.train.v2._internal.callbacks.placement_group_callback.PlacementGroupCleanerCallback` | Ray Train V2 | its detached actor asks Ray's state API (served by the dashboard, which the local Ray does not run) whether the run is alive, warns every second, never exits |
+| `ray.util.placement_group.PlacementGroup(PlacementGroupID.from_hex(...))` | Ray | rebuilding a handle from the id a Train worker reported, to remove that group when Tune stops the trial |
+| `ray.init(_node_ip_address=...)` | Ray | the only way to make a local node take 127.0.0.1 as its address (with the switch below) |
+| `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` (environment) | Ray | read at import: makes Ray on Linux bind its node to 127.0.0.1 as it does on macOS, not to every interface |
+
+The Optuna study itself is reached through its public API: the search passes its storage in and
+loads the study by name (`StudySearch.study`), never through `OptunaSearch._ot_study`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TESTED = {"ray": "2.60", "optuna": "5.0"}  # major.minor of the versions these were checked with
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def local_ray_init_kwargs() -> dict[str, Any]:
+    """What `ray.init` needs so that a private local Ray listens on 127.0.0.1 only."""
+    return {"_node_ip_address": "127.0.0.1"}
+
+
+def optuna_trial(searcher, trial_id: str):
+    """The Optuna trial (`optuna.Trial`) behind a Ray trial of an OptunaSearch, or None."""
+    return searcher._ot_trials.get(trial_id)
+
+
+def is_closed(searcher, trial_id: str) -> bool:
+    return trial_id in searcher._completed_trials
+
+
+def close(searcher, trial_id: str) -> None:
+    """Mark a Ray trial as done for the searcher (its Optuna trial was told by the caller)."""
+    searcher._completed_trials.add(trial_id)
+
+
+def torch_trainer_without_placement_group_cleaner():
+    """Ray Train's TorchTrainer without its placement-group cleaner (see the table above). The search
+    removes a stopped trial's worker group itself (tune.trial.ReleaseTrainWorkers); a run that ends
+    normally removes it as usual."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    class Trainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            return [c for c in super()._create_default_callbacks() if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return Trainer
+
+
+def remove_placement_group(hex_id: str) -> None:
+    """Remove the placement group whose id a worker reported (as `group.id.hex()`)."""
+    import ray
+    from ray.util.placement_group import PlacementGroup
+
+    ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(hex_id)))
