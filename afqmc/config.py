@@ -200,7 +200,7 @@ def coerce_value(name: str, value: Any, source: str = "config") -> Any:
     # Strings from the command line are parsed ('3e-5', '[1, 2]', 'null'), also for fields that take
     # a word or a number (threshold: 0.5 or tuned); plain string fields keep theirs ("no" stays "no").
     if isinstance(value, str) and (str not in allowed or float in allowed or list in allowed):
-        value = _parse_cli_value(value)
+        value = parse_value(value)
     if type(None) in allowed and (value is None or value in ("null", "None", "~")):
         return None
     if isinstance(value, bool):
@@ -224,13 +224,26 @@ def coerce_value(name: str, value: Any, source: str = "config") -> Any:
     raise ConfigError(f"{source}: field '{name}' must be of type {names} (got {value!r})", name)
 
 
-def _parse_cli_value(text: str) -> Any:
-    """'3e-5' is a float here, although YAML 1.1 (and so PyYAML) reads it as a string."""
-    for parse in (int, float):
-        try:
-            return parse(text)
-        except ValueError:
-            pass
+def parse_number(text: Any) -> Any:
+    """A number written as text, read the same way in a config file, a search space and on the command
+    line: '3e-5' is a float, although YAML 1.1 (and so PyYAML) reads it as a string. Any other value
+    is returned as it is (so a quoted "no" stays a word)."""
+    if isinstance(text, str):
+        for parse in (int, float):
+            try:
+                return parse(text)
+            except ValueError:
+                pass
+    return text
+
+
+def parse_value(text: Any) -> Any:
+    """A command-line value: a number (`parse_number`), else YAML ('[1, 2]', 'null', 'true'), else the text."""
+    if not isinstance(text, str):
+        return text
+    number = parse_number(text)
+    if number is not text:
+        return number
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:

@@ -122,6 +122,20 @@ def test_bad_space_names_file_line_and_key(tmp_path, params, search, key, phrase
     assert f"{path}:{line}" in message and key in message and phrase in message, message
 
 
+def test_numbers_read_the_same_in_a_space_and_a_config(tmp_path):
+    """`1e-3` is a string to YAML 1.1; both files read it as the number, as the command line does."""
+    space = load_space(_space_file(tmp_path, "learning_rate: {type: loguniform, low: 1e-4, high: 1e-2, baseline: 1e-3}\n"
+                                             "weight_decay: 1e-2\n", search="num_samples: 2\nreduction_factor: 3e0"))
+    p = space.params["learning_rate"]
+    assert (p.low, p.high, p.baseline) == (1e-4, 1e-2, 1e-3) and space.base.weight_decay == 1e-2
+    assert space.settings.reduction_factor == 3.0
+    config = tmp_path / "c.yaml"
+    config.write_text("# test\nlearning_rate: 1e-3\n")
+    assert load_config(config).learning_rate == p.baseline == space.trial_config(space.baseline()).learning_rate
+    choice = load_space(_space_file(tmp_path, 'mixed_precision: {type: choice, values: ["no", bf16], baseline: "no"}\n'))
+    assert choice.params["mixed_precision"].values == ["no", "bf16"]  # words stay words
+
+
 def test_overrides_fix_a_searched_field(tmp_path):
     space = load_space(SPACES / "demo.yaml", {"learning_rate": "1e-3", "max_train_samples": "100"}, num_samples=3)
     assert "learning_rate" not in space.params and space.fixed_by_command_line == ["learning_rate"]

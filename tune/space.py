@@ -30,7 +30,7 @@ import optuna
 import yaml
 
 from afqmc.config import (DATA_FIELDS, FIELDS, ConfigError, TrainConfig, coerce_value, from_dict, normalize_metric,
-                          read_yaml_mapping)
+                          parse_number, read_yaml_mapping)
 
 TYPES = ("loguniform", "uniform", "int", "choice")
 DIST_KEYS = {"type", "low", "high", "values", "baseline", "log"}
@@ -179,7 +179,7 @@ def _parse_settings(search: dict[str, Any], where) -> SearchSettings:
     settings = SearchSettings()
     known = {f.name for f in fields(SearchSettings)}
     for key, value in search.items():
-        key = str(key)
+        key, value = str(key), parse_number(value)
         src = where(f"search.{key}")
         if key not in known:
             raise SpaceError(f"{src}: unknown key 'search.{key}' (known: {', '.join(sorted(known))})", key)
@@ -241,6 +241,7 @@ def _parse_param(name: str, spec: dict[str, Any], base: TrainConfig, where, key:
 
     if kind == "choice":
         values = spec.get("values")
+        values = [parse_number(v) for v in values] if isinstance(values, list) else values
         if not isinstance(values, list) or not values:
             raise fail("(type choice) needs a non-empty list 'values'")
         for v in values:
@@ -254,7 +255,7 @@ def _parse_param(name: str, spec: dict[str, Any], base: TrainConfig, where, key:
     else:
         if "values" in spec:
             raise fail(f"(type {kind}) takes 'low' and 'high', not 'values'")
-        low, high = spec.get("low"), spec.get("high")
+        low, high = parse_number(spec.get("low")), parse_number(spec.get("high"))
         for bound, v in (("low", low), ("high", high)):
             if kind == "int" and not (isinstance(v, int) and not isinstance(v, bool)):
                 raise fail(f"(type int) needs an integer '{bound}' (got {v!r})")
@@ -275,7 +276,7 @@ def _parse_param(name: str, spec: dict[str, Any], base: TrainConfig, where, key:
                       high=float(high) if kind != "int" else high, log=log)
 
     if "baseline" in spec:
-        baseline = spec["baseline"]
+        baseline = parse_number(spec["baseline"])
     else:
         baseline = _default_baseline(name)
     if param.type == "choice":
