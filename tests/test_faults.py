@@ -45,6 +45,7 @@ def oom_above(monkeypatch, max_batch: int) -> list[int]:
     return seen
 
 
+@pytest.mark.slow  # trains
 def test_out_of_memory_retries_with_half_batch_and_same_effective_batch(tiny_cfg, monkeypatch):
     seen = oom_above(monkeypatch, max_batch=8)
     summary = train_with_oom_retry(tiny_cfg(per_device_batch_size=32, gradient_accumulation_steps=1,
@@ -55,12 +56,14 @@ def test_out_of_memory_retries_with_half_batch_and_same_effective_batch(tiny_cfg
     assert len(seen[2:]) == 3 * 4  # 3 updates of 4 micro-batches: the effective batch stayed 32
 
 
+@pytest.mark.slow  # trains
 def test_out_of_memory_at_batch_one_fails_with_the_reason(tiny_cfg, monkeypatch):
     oom_above(monkeypatch, max_batch=0)
     with pytest.raises(TrainingError, match="out of memory even with per_device_batch_size 1"):
         train_with_oom_retry(tiny_cfg(per_device_batch_size=4, max_steps=2), progress=False)
 
 
+@pytest.mark.slow  # trains
 def test_other_errors_are_not_retried(tiny_cfg, monkeypatch):
     calls = []
     monkeypatch.setattr(train_mod, "train", lambda cfg, report, **kw: calls.append(cfg) or 1 / 0)
@@ -69,6 +72,7 @@ def test_other_errors_are_not_retried(tiny_cfg, monkeypatch):
     assert len(calls) == 1
 
 
+@pytest.mark.slow  # trains
 def test_interrupted_save_keeps_the_previous_checkpoint(tiny_cfg, tmp_path, monkeypatch):
     cfg = tiny_cfg(max_steps=4, eval_steps=2)
     original = ckpt_mod.save_model_dir
@@ -107,6 +111,7 @@ def test_crash_between_the_two_renames_is_recovered(tmp_path):
     assert (resolve_directory(target) / "a").read_text() == "2" and not (tmp_path / "checkpoint.old").exists()
 
 
+@pytest.mark.slow  # trains
 def test_disk_full_while_saving_is_a_clear_error_and_keeps_the_previous(tiny_cfg, tmp_path, monkeypatch):
     cfg = tiny_cfg(max_steps=4, eval_steps=2)
     original = ckpt_mod.save_model_dir
@@ -153,6 +158,7 @@ def test_trust_remote_code_is_off_unless_asked(tmp_path, monkeypatch):
     assert TrainConfig().trust_remote_code is False
 
 
+@pytest.mark.slow  # trains
 def test_saved_weights_are_safetensors_only(tiny_cfg, tmp_path):
     train(tiny_cfg(max_steps=2, eval_steps=2), progress=False)
     files = {p.name for p in (tmp_path / "run" / "best_model").iterdir()}

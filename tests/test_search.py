@@ -164,6 +164,7 @@ def test_keep_best_checkpoint_keeps_the_earliest_best(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000001"]
 
 
+@pytest.mark.slow  # launches tune/search.py
 def test_bad_space_fails_before_ray_starts(tmp_path):
     path = _space_file(tmp_path, "learning_rate: {type: loguniform, low: 0.0, high: 1.0e-3}\n")
     started = time.time()

@@ -20,6 +20,9 @@ from afqmc.predict import load_saved_model, predict_probs, saved_threshold
 from afqmc.train import TrainingError, prepare_data, train
 from conftest import AFQMC_TRAIN, DEMO_TEST, DEMO_TRAIN, ROOT, VOCAB, need_shared
 
+# Every test here trains (or launches the CLI): the full run, not the quick tier (-m "not slow").
+pytestmark = pytest.mark.slow
+
 
 def spy_on_clipping(monkeypatch) -> list:
     """Record, at each optimizer update, the accumulated gradients before and after clipping."""
@@ -214,10 +217,34 @@ def test_nan_loss_stops_the_run_with_the_reason(tiny_cfg):
 
 
 def test_early_stopping_with_patience(tiny_cfg):
-    # lr so small that F1 cannot improve after the first evaluation: stop after `patience` more.
-    summary = train(tiny_cfg(learning_rate=1e-9, warmup_ratio=0.0, eval_steps=1, max_steps=30, patience=2),
-                    progress=False)
-    assert summary["stopped_early"] and summary["evals"] <= 5 and summary["steps"] < 30
+    # lr so small that F1 at a fixed threshold cannot improve after the first evaluation: stop after
+    # `patience` (2) more, at the third.
+    summary = train(tiny_cfg(learning_rate=1e-9, warmup_ratio=0.0, eval_steps=1, max_steps=30, patience=2,
+                             threshold=0.5), progress=False)
+    assert summary["stopped_early"] and summary["evals"] == 3 and summary["steps"] == 3
+    assert summary["best_step"] == 1 and summary["last"]["early_stopped"] is True
+
+
+def test_a_val_file_is_used_as_given(tiny_cfg, tmp_path):
+    rows = DEMO_TRAIN.read_text(encoding="utf-8").splitlines()
+    val_file = tmp_path / "val.jsonl"
+    val_file.write_text("\n".join(rows[-150:]) + "\n", encoding="utf-8")
+    cfg = tiny_cfg(val_file=str(val_file), max_steps=5, eval_steps=5)
+    data = prepare_data(cfg)
+    assert len(data.val) == 150 and len(data.train) == 600  # the whole train_file (first 600 rows) trains
+    reports = []
+    train(cfg, report=lambda m, c: reports.append(m), data=data, progress=False)
+    assert reports[-1]["val/num_samples"] == 150
+
+
+def test_balanced_class_weights_are_n_over_two_n_c():
+    from afqmc.train import _class_weights
+
+    labels = [0] * 69 + [1] * 31
+    weights = _class_weights(from_dict({"class_weights": "balanced"}), labels)
+    assert weights.tolist() == pytest.approx([100 / (2 * 69), 100 / (2 * 31)])
+    assert _class_weights(from_dict({"class_weights": 2.0}), labels).tolist() == [1.0, 2.0]
+    assert _class_weights(from_dict({"class_weights": None}), labels) is None
 
 
 def test_macbert_format_checkpoint_loads_through_the_real_path(tmp_path):
@@ -269,6 +296,14 @@ def test_cli_runs_and_rejects_bad_fields(tmp_path):
                            "--output", str(tmp_path / "p.jsonl")], capture_output=True, text=True, cwd=ROOT)
     assert pred.returncode == 0, pred.stderr[-2000:]
     assert "f1_macro" in pred.stdout and (tmp_path / "p.metrics.json").is_file()
+
+    # --resume_from on the command line: the finished run resumes at its last step, trains nothing
+    # more, and keeps its log.
+    again = subprocess.run([*cmd, "--resume_from", str(out / "checkpoint")], capture_output=True, text=True,
+                           cwd=ROOT, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {out / 'checkpoint'} at step 6" in again.stdout + again.stderr
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
     bad = subprocess.run([sys.executable, str(ROOT / "afqmc" / "train.py"), "--config",
                           str(ROOT / "afqmc" / "configs" / "demo.yaml"), "--learning_rte", "1e-3"],
