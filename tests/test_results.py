@@ -22,6 +22,7 @@ import yaml
 
 from afqmc.config import from_dict, load_config
 from tune import compare as compare_cli
+from tune.folder import SearchState
 from tune.reports import markdown_table
 
 # Under pytest-xdist these tests run on one worker: most share one search (a module fixture).
@@ -272,8 +273,7 @@ def test_best_and_baseline_are_scored_once_on_the_held_out_test_split(search, tm
 
     real, reports._predict = reports._predict, no_predict
     try:
-        again = reports.held_out_test(exp_dir.resolve(), json.loads((exp_dir / "search.json").read_text()),
-                                      *_best_and_baseline(exp_dir))
+        again = reports.held_out_test(exp_dir.resolve(), SearchState.load(exp_dir), *_best_and_baseline(exp_dir))
     finally:
         reports._predict = real
     assert again["models"] == test["models"]
@@ -523,8 +523,6 @@ def test_reseed_when_the_baseline_is_the_winner(search, tmp_path):
     """A search whose best trial is its baseline: reseeding trains that config only and says there is
     no gain to test (the folder is the module's search with search.json naming the winner as baseline)."""
     import torch
-
-    from tune.folder import SearchState
 
     copy = tmp_path / "baseline_wins"
     shutil.copytree(search["exp_dir"], copy)
