@@ -78,38 +78,18 @@ def load_pairs(path: str | os.PathLike, require_labels: bool = True, skip_empty:
                 break
             if not raw.strip():
                 continue
-            where = f"{name}:{lineno}"
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            keys = next((k for k in SCHEMAS if k[0] in row or k[1] in row), SCHEMAS[0])
-            a, b = (row.get(k) for k in keys)
-            for key, value in zip(keys, (a, b)):
-                if value is None:
-                    raise DataError(f"{where}: missing field '{key}' (expected {keys[0]!r} and {keys[1]!r})")
-                if not isinstance(value, str):
-                    raise DataError(f"{where}: field '{key}' must be a string, got {value!r}")
-            empty = next((k for k, v in zip(keys, (a, b)) if not v.strip()), None)
-            if "label" in row:
-                label = row["label"]
-                if isinstance(label, bool) or label not in LABELS:
-                    raise DataError(f"{where}: field 'label' must be 0 or 1 (or \"0\"/\"1\"), got {label!r}")
-                n_labelled += 1
-            elif require_labels:
-                raise DataError(f"{where}: missing field 'label' (a training or validation file needs labels)")
+            a, b, label, empty = _read_row(raw, f"{name}:{lineno}", require_labels)
+            n_labelled += label is not None
             if empty is not None:
                 if skip_empty:
                     skipped += 1
                     continue
-                raise DataError(f"{where}: field '{empty}' is empty (set skip_empty: true to skip such pairs)")
+                raise DataError(f"{name}:{lineno}: field '{empty}' is empty (set skip_empty: true to skip such pairs)")
             text1.append(a)
             text2.append(b)
             lines.append(lineno)
-            if "label" in row:
-                labels.append(LABELS[row["label"]])
+            if label is not None:
+                labels.append(label)
     if not text1:
         raise DataError(f"{name}: no sentence pairs in the file" + (f" ({skipped} empty ones skipped)" if skipped else ""))
     if 0 < n_labelled < len(text1) + skipped:
@@ -118,6 +98,34 @@ def load_pairs(path: str | os.PathLike, require_labels: bool = True, skip_empty:
     if require_labels and len(set(labels)) < 2:
         raise DataError(f"{name}: field 'label' holds only class {labels[0]}; training needs both 0 and 1")
     return data
+
+
+def _read_row(raw: str, where: str, require_labels: bool) -> tuple[str, str, int | None, str | None]:
+    """One JSON line: its two sentences, its label (None when it has none) and the name of an empty
+    sentence field (None when both have text). Errors name `where` (file:line) and the field."""
+    try:
+        row = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    keys = next((k for k in SCHEMAS if k[0] in row or k[1] in row), SCHEMAS[0])
+    a, b = (row.get(k) for k in keys)
+    for key, value in zip(keys, (a, b)):
+        if value is None:
+            raise DataError(f"{where}: missing field '{key}' (expected {keys[0]!r} and {keys[1]!r})")
+        if not isinstance(value, str):
+            raise DataError(f"{where}: field '{key}' must be a string, got {value!r}")
+    label = None
+    if "label" in row:
+        label = row["label"]
+        if isinstance(label, bool) or label not in LABELS:
+            raise DataError(f"{where}: field 'label' must be 0 or 1 (or \"0\"/\"1\"), got {label!r}")
+        label = LABELS[label]
+    elif require_labels:
+        raise DataError(f"{where}: missing field 'label' (a training or validation file needs labels)")
+    empty = next((k for k, v in zip(keys, (a, b)) if not v.strip()), None)
+    return a, b, label, empty
 
 
 def split_train_val(data: PairData, val_ratio: float | int, seed: int, part: str = "val") -> tuple[PairData, PairData]:

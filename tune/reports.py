@@ -459,44 +459,9 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
     summary["test"] = test
 
     if plots:
-        from tune import figures
-
-        plot_dir = experiment_dir / PLOTS
-        plot_dir.mkdir(exist_ok=True)
-        made = []
-        jobs = [("learning_curves.png", lambda p: figures.learning_curves(trials, p, metric)),
-                ("params_vs_f1.png", lambda p: figures.params_vs_metric(trials, params, *_scales(experiment_dir, state),
-                                                                        path=p, metric=metric))]
-        if importance.get("values"):
-            jobs.append(("importance.png", lambda p: figures.importance(importance["values"], importance["method"],
-                                                                        importance["trials"], p)))
-        preds = None
-        if best is not None:
-            try:
-                preds = best_val_predictions(experiment_dir, best, metric)
-                summary["threshold_curve"] = {k: preds[k] for k in ("trial", "threshold", "metric", "stored_value",
-                                                                     "recomputed_value", "source")}
-                if abs(preds["recomputed_value"] - best.best_value) > 1e-4:
-                    notes.append(f"the best model's recomputed val {metric} {preds['recomputed_value']:.4f} differs "
-                                 f"from the search's {best.best_value:.4f}: has the data file changed?")
-            except Exception as exc:
-                notes.append(f"threshold curve skipped: the val data or the best model could not be read "
-                             f"({type(exc).__name__}: {exc})")
-            jobs.append(("confusion_matrix.png", lambda p: figures.confusion_matrices(best, best_row(best), preds, p)))
-            if preds is not None:
-                jobs.append(("threshold_curve.png", lambda p: figures.threshold_curve(best, best_row(best), preds, p)))
-        for name, job in jobs:
-            path = plot_dir / name
-            try:
-                job(path)
-                made.append(path)
-            except Exception as exc:  # a plot must not cost the tables
-                notes.append(f"{name} not drawn: {type(exc).__name__}: {exc}")
-        for stale in set(plot_dir.glob("*.png")) - set(made):  # e.g. from before a resume
-            stale.unlink()
+        made = _draw_plots(experiment_dir, state, trials, params, best, importance, summary, notes)
         summary["plots"] = [str(p.relative_to(experiment_dir)) for p in made]
         files += made
-
     else:  # tables only: the plots already there stay listed
         summary["plots"] = sorted(str(p.relative_to(experiment_dir)) for p in (experiment_dir / PLOTS).glob("*.png"))
     summary["notes"] = notes
@@ -508,6 +473,50 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
     for note in notes:
         log(f"note: {note}")
     return Reports(experiment_dir, frame, summary, best, files, notes)
+
+
+def _draw_plots(experiment_dir: Path, state: SearchState, trials: list[TrialRecord], params: list[str],
+                best: TrialRecord | None, importance: dict[str, Any], summary: dict[str, Any],
+                notes: list[str]) -> list[Path]:
+    """Every plot that can be drawn (a failing one is a note, never a lost table); returns the files.
+    Also checks the best model against its stored val value (summary["threshold_curve"])."""
+    from tune import figures
+
+    metric = state.metric
+    plot_dir = experiment_dir / PLOTS
+    plot_dir.mkdir(exist_ok=True)
+    jobs = [("learning_curves.png", lambda p: figures.learning_curves(trials, p, metric)),
+            ("params_vs_f1.png", lambda p: figures.params_vs_metric(trials, params, *_scales(experiment_dir, state),
+                                                                    path=p, metric=metric))]
+    if importance.get("values"):
+        jobs.append(("importance.png", lambda p: figures.importance(importance["values"], importance["method"],
+                                                                    importance["trials"], p)))
+    if best is not None:
+        preds = None
+        try:
+            preds = best_val_predictions(experiment_dir, best, metric)
+            summary["threshold_curve"] = {k: preds[k] for k in ("trial", "threshold", "metric", "stored_value",
+                                                                 "recomputed_value", "source")}
+            if abs(preds["recomputed_value"] - best.best_value) > 1e-4:
+                notes.append(f"the best model's recomputed val {metric} {preds['recomputed_value']:.4f} differs "
+                             f"from the search's {best.best_value:.4f}: has the data file changed?")
+        except Exception as exc:
+            notes.append(f"threshold curve skipped: the val data or the best model could not be read "
+                         f"({type(exc).__name__}: {exc})")
+        jobs.append(("confusion_matrix.png", lambda p: figures.confusion_matrices(best, best_row(best), preds, p)))
+        if preds is not None:
+            jobs.append(("threshold_curve.png", lambda p: figures.threshold_curve(best, best_row(best), preds, p)))
+    made = []
+    for name, job in jobs:
+        path = plot_dir / name
+        try:
+            job(path)
+            made.append(path)
+        except Exception as exc:  # a plot must not cost the tables
+            notes.append(f"{name} not drawn: {type(exc).__name__}: {exc}")
+    for stale in set(plot_dir.glob("*.png")) - set(made):  # e.g. from before a resume
+        stale.unlink()
+    return made
 
 
 def _summary(experiment_dir: Path, trials: list[TrialRecord], frame: pd.DataFrame, state: SearchState,

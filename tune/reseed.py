@@ -56,7 +56,7 @@ def budget_steps(trial: TrialRecord, max_evals: int | None) -> int:
 
 def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, max_steps: int | None = None,
            log=print) -> dict[str, Any]:
-    from afqmc.train import prepare_data, train
+    from afqmc.train import prepare_data
 
     experiment_dir = Path(experiment_dir).resolve()
     state = SearchState.load(experiment_dir)
@@ -86,22 +86,8 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
             raise ValueError(f"trial {trial.number}'s data settings differ from the search's; cannot reseed it on "
                              f"the search's split")
         steps = max_steps or budget_steps(trial, max_evals)
-        runs = []
-        for seed in seeds:
-            out = tempfile.mkdtemp(prefix=f"reseed-{role}-{seed}-")
-            # The best model is saved (to score it on test) and predicts nothing else.
-            run_cfg = cfg.replace(seed=seed, max_steps=steps, output_dir=out, test_file=None,
-                                  save_best_model=data.test is not None, metric_for_best_model=metric)
-            try:
-                summary = train(run_cfg, report=None, data=data, progress=False)
-            finally:
-                shutil.rmtree(out, ignore_errors=True)
-            run = {"seed": seed, "val": float(summary["best"][metric]), "best_step": summary["best_step"],
-                   "steps": summary["steps"], "threshold": summary["best"].get("val/threshold"),
-                   "test": summary["test"]["f1_macro"] if "test" in summary else None}
-            runs.append(run)
-            log(f"{role} (trial {trial.number}) seed {seed}: best val {metric} {run['val']:.4f} at step "
-                f"{run['best_step']}" + (f", held-out test F1-macro {run['test']:.4f}" if run["test"] is not None else ""))
+        runs = [_run_seed(cfg.replace(seed=seed, max_steps=steps, metric_for_best_model=metric), data,
+                          f"{role} (trial {trial.number})", log) for seed in seeds]
         results[role] = {"trial": trial.number, "trial_id": trial.trial_id, "search_value": trial.best_value,
                          "params": trial.params, "steps": steps, "runs": runs,
                          "val": _stats([r["val"] for r in runs]),
@@ -119,6 +105,27 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
     (experiment_dir / RESEED_MD).write_text(text, encoding="utf-8")
     log("\n" + text)
     return report
+
+
+def _run_seed(cfg: TrainConfig, data, name: str, log) -> dict[str, Any]:
+    """One retraining in a scratch folder: its best val value (which chose its checkpoint and
+    threshold) and its best model's held-out test F1-macro (None without a test set)."""
+    from afqmc.train import train
+
+    out = tempfile.mkdtemp(prefix=f"reseed-{cfg.seed}-")
+    # The best model is saved only to score it on the held-out test set; nothing else is predicted.
+    run_cfg = cfg.replace(output_dir=out, test_file=None, save_best_model=data.test is not None)
+    try:
+        summary = train(run_cfg, report=None, data=data, progress=False)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    metric = cfg.metric_for_best_model
+    run = {"seed": cfg.seed, "val": float(summary["best"][metric]), "best_step": summary["best_step"],
+           "steps": summary["steps"], "threshold": summary["best"].get("val/threshold"),
+           "test": summary["test"]["f1_macro"] if "test" in summary else None}
+    log(f"{name} seed {cfg.seed}: best val {metric} {run['val']:.4f} at step {run['best_step']}"
+        + (f", held-out test F1-macro {run['test']:.4f}" if run["test"] is not None else ""))
+    return run
 
 
 def _stats(values: list[float]) -> dict[str, Any]:

@@ -211,74 +211,90 @@ def _parse_settings(search: dict[str, Any], where) -> SearchSettings:
     return settings
 
 
-def _parse_param(name: str, spec: dict[str, Any], base: TrainConfig, where, key: str) -> Param:
-    src = where(key)
+@dataclass
+class _Field:
+    """The searched field being parsed: where it is (for errors) and the config it must fit."""
 
-    def fail(why: str) -> SpaceError:
-        return SpaceError(f"{src}: '{key}' {why}", name)
+    name: str
+    key: str  # params.NAME
+    src: str  # file:line
+    base: TrainConfig
 
-    if name in DATA_FIELDS:
-        raise fail("cannot be searched: the data is tokenized once, before the trials, so it must be fixed")
-    if name in RUN_FIELDS:
-        raise fail("cannot be searched: the search sets it for every trial (output_dir, test_file, "
-                   "save_best_model, metric_for_best_model from search.metric; eval_steps is ASHA's unit of time)")
-    unknown = set(map(str, spec)) - DIST_KEYS
-    if unknown:
-        raise fail(f"has unknown key(s) {', '.join(sorted(unknown))} (a distribution has "
-                   f"type, low, high, values, baseline, log)")
-    kind = spec.get("type")
-    if kind not in TYPES:
-        raise fail(f"needs 'type' to be one of {', '.join(TYPES)} (got {kind!r})")
+    def fail(self, why: str) -> SpaceError:
+        return SpaceError(f"{self.src}: '{self.key}' {why}", self.name)
 
-    def check_value(value: Any, what: str) -> Any:
-        """`value` must be a valid value of the field: type and TrainConfig's own checks."""
+    def check(self, value: Any, what: str) -> Any:
+        """`value` must be a valid value of the field: its type and TrainConfig's own checks."""
         try:
-            value = coerce_value(name, value, src)
-            from_dict({name: value}, source=src, base=base)
+            value = coerce_value(self.name, value, self.src)
+            from_dict({self.name: value}, source=self.src, base=self.base)
         except ConfigError as exc:
-            raise SpaceError(f"{what}: {exc}", name) from None
+            raise SpaceError(f"{self.src}: '{self.key}' {what}: {exc}", self.name) from None
         return value
 
-    if kind == "choice":
-        values = spec.get("values")
-        values = [parse_number(v) for v in values] if isinstance(values, list) else values
-        if not isinstance(values, list) or not values:
-            raise fail("(type choice) needs a non-empty list 'values'")
-        for v in values:
-            if not (v is None or isinstance(v, (bool, int, float, str))):
-                raise fail(f"choice values must be numbers, strings, booleans or null (got {v!r})")
-            check_value(v, f"{src}: '{key}' value {v!r}")
-        for extra in ("low", "high", "log"):
-            if extra in spec:
-                raise fail(f"(type choice) takes 'values', not '{extra}'")
-        param = Param(name, kind, values=list(values))
-    else:
-        if "values" in spec:
-            raise fail(f"(type {kind}) takes 'low' and 'high', not 'values'")
-        low, high = parse_number(spec.get("low")), parse_number(spec.get("high"))
-        for bound, v in (("low", low), ("high", high)):
-            if kind == "int" and not (isinstance(v, int) and not isinstance(v, bool)):
-                raise fail(f"(type int) needs an integer '{bound}' (got {v!r})")
-            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
-                raise fail(f"needs a number '{bound}' (got {v!r})")
-        if low >= high:
-            raise fail(f"needs low < high (got low={low!r}, high={high!r})")
-        log = spec.get("log", False)
-        if not isinstance(log, bool) or (log and kind != "int"):
-            raise fail("'log' is true or false, for type int only (use type loguniform for floats)")
-        if (kind == "loguniform" or log) and low <= 0:
-            raise fail(f"is on a log scale, so it needs low > 0 (got low={low!r})")
-        if kind in ("uniform", "loguniform") and not _takes_float(name):
-            raise fail(f"is an integer field: use type int or choice, not {kind}")
-        check_value(low, f"{src}: '{key}' low")
-        check_value(high, f"{src}: '{key}' high")
-        param = Param(name, kind, low=float(low) if kind != "int" else low,
-                      high=float(high) if kind != "int" else high, log=log)
 
-    if "baseline" in spec:
-        baseline = parse_number(spec["baseline"])
-    else:
-        baseline = _default_baseline(name)
+def _parse_param(name: str, spec: dict[str, Any], base: TrainConfig, where, key: str) -> Param:
+    f = _Field(name, key, where(key), base)
+    if name in DATA_FIELDS:
+        raise f.fail("cannot be searched: the data is tokenized once, before the trials, so it must be fixed")
+    if name in RUN_FIELDS:
+        raise f.fail("cannot be searched: the search sets it for every trial (output_dir, test_file, "
+                     "save_best_model, metric_for_best_model from search.metric; eval_steps is ASHA's unit of time)")
+    unknown = set(map(str, spec)) - DIST_KEYS
+    if unknown:
+        raise f.fail(f"has unknown key(s) {', '.join(sorted(unknown))} (a distribution has "
+                     f"type, low, high, values, baseline, log)")
+    kind = spec.get("type")
+    if kind not in TYPES:
+        raise f.fail(f"needs 'type' to be one of {', '.join(TYPES)} (got {kind!r})")
+    param = _parse_choice(f, spec) if kind == "choice" else _parse_range(f, kind, spec)
+    param.baseline = _parse_baseline(f, param, spec)
+    return param
+
+
+def _parse_choice(f: _Field, spec: dict[str, Any]) -> Param:
+    values = spec.get("values")
+    values = [parse_number(v) for v in values] if isinstance(values, list) else values
+    if not isinstance(values, list) or not values:
+        raise f.fail("(type choice) needs a non-empty list 'values'")
+    for v in values:
+        if not (v is None or isinstance(v, (bool, int, float, str))):
+            raise f.fail(f"choice values must be numbers, strings, booleans or null (got {v!r})")
+        f.check(v, f"value {v!r}")
+    for extra in ("low", "high", "log"):
+        if extra in spec:
+            raise f.fail(f"(type choice) takes 'values', not '{extra}'")
+    return Param(f.name, "choice", values=list(values))
+
+
+def _parse_range(f: _Field, kind: str, spec: dict[str, Any]) -> Param:
+    if "values" in spec:
+        raise f.fail(f"(type {kind}) takes 'low' and 'high', not 'values'")
+    low, high = parse_number(spec.get("low")), parse_number(spec.get("high"))
+    for bound, v in (("low", low), ("high", high)):
+        if kind == "int" and not (isinstance(v, int) and not isinstance(v, bool)):
+            raise f.fail(f"(type int) needs an integer '{bound}' (got {v!r})")
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+            raise f.fail(f"needs a number '{bound}' (got {v!r})")
+    if low >= high:
+        raise f.fail(f"needs low < high (got low={low!r}, high={high!r})")
+    log = spec.get("log", False)
+    if not isinstance(log, bool) or (log and kind != "int"):
+        raise f.fail("'log' is true or false, for type int only (use type loguniform for floats)")
+    if (kind == "loguniform" or log) and low <= 0:
+        raise f.fail(f"is on a log scale, so it needs low > 0 (got low={low!r})")
+    if kind in ("uniform", "loguniform") and not _takes_float(f.name):
+        raise f.fail(f"is an integer field: use type int or choice, not {kind}")
+    f.check(low, "low")
+    f.check(high, "high")
+    if kind == "int":
+        return Param(f.name, kind, low=low, high=high, log=log)
+    return Param(f.name, kind, low=float(low), high=float(high))
+
+
+def _parse_baseline(f: _Field, param: Param, spec: dict[str, Any]) -> Any:
+    """The value evaluated first: the spec's `baseline`, else TrainConfig's default; inside the range."""
+    baseline = parse_number(spec["baseline"]) if "baseline" in spec else _default_baseline(f.name)
     if param.type == "choice":
         inside = baseline in param.values
     else:
@@ -286,11 +302,10 @@ def _parse_param(name: str, spec: dict[str, Any], base: TrainConfig, where, key:
                   and param.low <= baseline <= param.high and (param.type != "int" or float(baseline).is_integer()))
     if not inside:
         given = "'baseline'" if "baseline" in spec else "the TrainConfig default"
-        raise fail(f"baseline ({given} {baseline!r}) is not in {param.describe()}; set 'baseline' "
-                   f"to the value the search must beat")
-    check_value(baseline, f"{src}: '{key}' baseline")
-    param.baseline = int(baseline) if param.type == "int" else (float(baseline) if param.type != "choice" else baseline)
-    return param
+        raise f.fail(f"baseline ({given} {baseline!r}) is not in {param.describe()}; set 'baseline' "
+                     f"to the value the search must beat")
+    f.check(baseline, "baseline")
+    return int(baseline) if param.type == "int" else (float(baseline) if param.type != "choice" else baseline)
 
 
 def _default_baseline(name: str) -> Any:

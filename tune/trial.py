@@ -115,7 +115,7 @@ def _run_workers(cfg: TrainConfig, data: TaskData, workers: int, per_worker: dic
     (Train itself does not retry: one place decides).
     """
     from ray import train as ray_train
-    from ray.util.queue import Empty, Queue
+    from ray.util.queue import Queue
 
     per_worker = {k: v for k, v in per_worker.items() if v}
     queue, ack = Queue(actor_options={"num_cpus": 0}), Queue(actor_options={"num_cpus": 0})
@@ -146,24 +146,32 @@ def _run_workers(cfg: TrainConfig, data: TaskData, workers: int, per_worker: dic
     thread = threading.Thread(target=fit, name=f"train-{trial_id}", daemon=True)
     thread.start()
     try:
-        while thread.is_alive() or not queue.empty():
-            try:
-                metrics, path = queue.get(timeout=0.5)
-            except Empty:
-                continue
-            try:
-                tune.report(metrics, checkpoint=None if path is None else tune.Checkpoint.from_directory(path))
-            finally:
-                if path is not None:
-                    shutil.rmtree(path, ignore_errors=True)  # Tune has its copy now
-                ack.put(True)
-        thread.join()
+        _forward_reports(thread, queue, ack)
     finally:
         shutil.rmtree(Path(storage) / run_name, ignore_errors=True)
         if train_storage is None:
             shutil.rmtree(storage, ignore_errors=True)
     if "error" in outcome:
         raise outcome["error"]
+
+
+def _forward_reports(thread: threading.Thread, queue, ack) -> None:
+    """While the Train run's thread lives: each report from the queue to Tune (with its checkpoint,
+    deleted once Tune has its copy), then an acknowledgement that lets the Train run go on."""
+    from ray.util.queue import Empty
+
+    while thread.is_alive() or not queue.empty():
+        try:
+            metrics, path = queue.get(timeout=0.5)
+        except Empty:
+            continue
+        try:
+            tune.report(metrics, checkpoint=None if path is None else tune.Checkpoint.from_directory(path))
+        finally:
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)  # Tune has its copy now
+            ack.put(True)
+    thread.join()
 
 
 class _ForwardReports(ray.train.UserCallback):
