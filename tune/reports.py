@@ -1,19 +1,22 @@
 """The results of a search as files in results/NAME/, rebuilt from the experiment folder alone.
 
-    python -m tune.reports results/NAME          # or: python tune/compare.py --regenerate results/NAME
+    python tune/compare.py --regenerate results/NAME
 
 `write_reports(experiment_dir)` reads what Ray stored (each trial's result.json, the experiment
-state) and the Optuna study (optuna.db), runs nothing, and writes:
+state) and the Optuna study (optuna.db), trains nothing, and writes:
 
     trials.csv          one row per trial: state and why, the searched parameters, evaluations, steps,
-                        wall time, the best evaluation's val metrics, the gain over the baseline
-    trials.md           the same as a leaderboard sorted by val F1-macro, the baseline marked
-    summary.json        best trial, baseline, counts by state, budget used, parameter importance
+                        wall time, the best evaluation's val metrics, the gain over the baseline, and
+                        the held-out test F1 of the two scored models
+    trials.md           the same as a leaderboard by the search's ranking metric, the baseline marked,
+                        under the held-out test figures of the best and the baseline trial
+    summary.json        best trial, baseline, counts by state, budget used, importance, held-out test
     best_config.yaml    the best trial's complete TrainConfig (and best_model/, its model)
-    plots/*.png         learning curves, parameters against val F1-macro, parameter importance,
+    plots/*.png         learning curves, parameters against the ranking metric, parameter importance,
                         the best trial's confusion matrix and threshold curve
 
-tune/search.py calls it at the end of every search, an interrupted one included.
+tune/search.py calls it at the end of every search, an interrupted one included. The held-out test
+set is scored once per model (test_scores.json keeps the figures).
 
 The threshold curve needs the best model's val probabilities: the first time, the val split is
 rebuilt from the best model's train_config.yaml (the same load, split and seed as the search) and
@@ -23,18 +26,13 @@ rebuilds need neither the data nor the model.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import datetime
 import hashlib
 import json
 import math
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -620,22 +618,3 @@ def regenerate(experiments: list[str | Path], plots: bool = True, print_fn=print
     for exp in experiments:
         reports = write_reports(exp, plots=plots)
         print_fn(f"{exp}: wrote " + ", ".join(str(p.relative_to(reports.experiment_dir)) for p in reports.files))
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Rebuild the tables and plots of searches from their folders.")
-    parser.add_argument("experiments", nargs="+", metavar="results/NAME")
-    parser.add_argument("--no_plots", action="store_true", help="tables only")
-    args = parser.parse_args(argv)
-    try:
-        regenerate(args.experiments, plots=not args.no_plots)
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
