@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
+from afqmc.card import write_model_card
 from afqmc.config import TrainConfig, load_config
 
 CONFIG_NAME = "train_config.yaml"
@@ -72,7 +73,8 @@ THRESHOLD_ATTR = "decision_threshold"
 
 
 def save_model_dir(path: Path, model: Any, tokenizer: Any, cfg: TrainConfig, metrics: dict[str, Any]) -> None:
-    """A `save_pretrained` folder (safetensors weights + tokenizer) plus the resolved config and metrics.
+    """A `save_pretrained` folder (safetensors weights + tokenizer) plus the resolved config, the
+    metrics and a model card (README.md).
 
     The evaluation's decision threshold (`val/threshold`: the fixed one, or the one tuned on val)
     goes into config.json, so that the model carries the threshold it was chosen with.
@@ -80,9 +82,12 @@ def save_model_dir(path: Path, model: Any, tokenizer: Any, cfg: TrainConfig, met
     if metrics.get("val/threshold") is not None:
         setattr(model.config, THRESHOLD_ATTR, float(metrics["val/threshold"]))
     model.save_pretrained(path, safe_serialization=True)
+    # The tokenizer truncates as training did, also when a pipeline loads it (truncation=True).
+    tokenizer.model_max_length = cfg.max_length
     tokenizer.save_pretrained(path)
     cfg.save_yaml(path / CONFIG_NAME, header="Resolved TrainConfig of the run that produced this model.")
     write_json(path / METRICS_NAME, metrics)
+    write_model_card(path, cfg, metrics)
 
 
 def load_model_config(path: str | os.PathLike) -> TrainConfig:

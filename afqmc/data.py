@@ -8,7 +8,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from sklearn.model_selection import train_test_split
@@ -66,35 +66,41 @@ def load_pairs(path: str | os.PathLike, require_labels: bool = True, skip_empty:
         raise DataError(f"{name}: data file does not exist")
     if not path.is_file():
         raise DataError(f"{name}: not a file")
+    with path.open(encoding="utf-8") as fh:
+        return parse_pairs(fh, name, require_labels, skip_empty, max_rows)
+
+
+def parse_pairs(lines: Iterable[str], name: str, require_labels: bool = True, skip_empty: bool = False,
+                max_rows: int | None = None) -> PairData:
+    """`load_pairs` on lines already open (a file, standard input); errors name `name` and the line."""
     text1: list[str] = []
     text2: list[str] = []
     labels: list[int] = []
-    lines: list[int] = []
+    line_numbers: list[int] = []
     n_labelled = 0
     skipped = 0
-    with path.open(encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if max_rows is not None and len(text1) >= max_rows:
-                break
-            if not raw.strip():
+    for lineno, raw in enumerate(lines, start=1):
+        if max_rows is not None and len(text1) >= max_rows:
+            break
+        if not raw.strip():
+            continue
+        a, b, label, empty = _read_row(raw, f"{name}:{lineno}", require_labels)
+        n_labelled += label is not None
+        if empty is not None:
+            if skip_empty:
+                skipped += 1
                 continue
-            a, b, label, empty = _read_row(raw, f"{name}:{lineno}", require_labels)
-            n_labelled += label is not None
-            if empty is not None:
-                if skip_empty:
-                    skipped += 1
-                    continue
-                raise DataError(f"{name}:{lineno}: field '{empty}' is empty (set skip_empty: true to skip such pairs)")
-            text1.append(a)
-            text2.append(b)
-            lines.append(lineno)
-            if label is not None:
-                labels.append(label)
+            raise DataError(f"{name}:{lineno}: field '{empty}' is empty (set skip_empty: true to skip such pairs)")
+        text1.append(a)
+        text2.append(b)
+        line_numbers.append(lineno)
+        if label is not None:
+            labels.append(label)
     if not text1:
         raise DataError(f"{name}: no sentence pairs in the file" + (f" ({skipped} empty ones skipped)" if skipped else ""))
     if 0 < n_labelled < len(text1) + skipped:
         raise DataError(f"{name}: some rows have a 'label' and some do not; label all rows or none")
-    data = PairData(text1, text2, labels if n_labelled else None, name, lines, skipped)
+    data = PairData(text1, text2, labels if n_labelled else None, name, line_numbers, skipped)
     if require_labels and len(set(labels)) < 2:
         raise DataError(f"{name}: field 'label' holds only class {labels[0]}; training needs both 0 and 1")
     return data

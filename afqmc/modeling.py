@@ -14,6 +14,10 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
 from afqmc.config import TINY, ConfigError, TrainConfig
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# The labels' names in config.json (what `transformers.pipeline` returns): AFQMC's 1 means the two
+# questions ask the same thing.
+ID2LABEL = {0: "different", 1: "same"}
+LABEL2ID = {name: i for i, name in ID2LABEL.items()}
 # Config attributes that hold hidden or classifier dropout, across BERT-family architectures.
 DROPOUT_ATTRS = ("hidden_dropout_prob", "classifier_dropout", "hidden_dropout", "dropout", "seq_classif_dropout")
 ATTENTION_DROPOUT_ATTRS = ("attention_probs_dropout_prob", "attention_dropout")
@@ -59,12 +63,13 @@ def load_model(cfg: TrainConfig, tokenizer: Any) -> torch.nn.Module:
             intermediate_size=4 * cfg.tiny_hidden_size, max_position_embeddings=max(512, cfg.max_length),
             hidden_dropout_prob=cfg.dropout,
             attention_probs_dropout_prob=0.1 if cfg.attention_dropout is None else cfg.attention_dropout,
-            classifier_dropout=cfg.dropout, num_labels=2, pad_token_id=tokenizer.pad_token_id,
+            classifier_dropout=cfg.dropout, num_labels=2, id2label=ID2LABEL, label2id=LABEL2ID,
+            pad_token_id=tokenizer.pad_token_id,
         )
         torch.manual_seed(cfg.seed)  # the random init is part of the run's seed
         return BertForSequenceClassification(config)
     _check_model_path(cfg.model_name_or_path)
-    config = AutoConfig.from_pretrained(cfg.model_name_or_path, num_labels=2,
+    config = AutoConfig.from_pretrained(cfg.model_name_or_path, num_labels=2, id2label=ID2LABEL, label2id=LABEL2ID,
                                         trust_remote_code=cfg.trust_remote_code)
     for attr in DROPOUT_ATTRS:
         if hasattr(config, attr):

@@ -1,9 +1,11 @@
 """Predict with a saved model; with a labelled file, also print and save the metrics.
 
     python -m afqmc.predict --checkpoint results/run/best_model --data pairs.jsonl [--output preds.jsonl]
+    python -m afqmc.predict --checkpoint DIR --text1 "..." --text2 "..."     # one pair
+    cat pairs.jsonl | python -m afqmc.predict --checkpoint DIR --data -      # JSON lines in and out
 
 Each output line is the input pair with `prob` (P(label = 1)) and `pred` (the label at the model's
-saved decision threshold). A labelled input also gets `<output stem>.metrics.json`.
+saved decision threshold, or --threshold). A labelled input file also gets `<output stem>.metrics.json`.
 """
 
 from __future__ import annotations
@@ -11,15 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from afqmc.checkpoint import THRESHOLD_ATTR, CheckpointError, load_model_config, resolve_directory, write_json
 from afqmc.config import ConfigError, TrainConfig
-from afqmc.data import DataError, PairData, PairDataset, collate, encode, load_pairs
+from afqmc.data import DataError, PairData, PairDataset, collate, encode, load_pairs, parse_pairs
 from afqmc.metrics import classification_metrics, ranking_metrics, tune_threshold
 
 
@@ -42,7 +45,7 @@ def saved_threshold(model, cfg: TrainConfig, where: str | Path = "model") -> flo
     if not isinstance(cfg.threshold, str):
         return float(cfg.threshold)
     raise CheckpointError(f"{where}: no decision threshold saved with the model ({THRESHOLD_ATTR} in config.json) "
-                          f"and its config says threshold: {cfg.threshold}")
+                          f"and its config says threshold: {cfg.threshold}; give one with --threshold")
 
 
 @torch.no_grad()
@@ -73,47 +76,82 @@ def score_pairs(checkpoint: str | Path, pairs: PairData, device: str | torch.dev
 
 
 def predict_file(checkpoint: str | Path, data_file: str | Path, output: str | Path | None = None,
-                 device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Write predictions for `data_file`; returns the metrics when it has labels, else {}."""
+                 device: str | torch.device = "cpu", threshold: float | None = None) -> dict[str, Any]:
+    """Write predictions for `data_file`; returns the metrics when it has labels, else {}.
+    `threshold` replaces the model's saved one."""
     model, tokenizer, cfg = load_saved_model(checkpoint, device)
-    threshold = saved_threshold(model, cfg, checkpoint)
     pairs = load_pairs(data_file, require_labels=False, skip_empty=cfg.skip_empty)
-    probs = predict_probs(model, tokenizer, pairs, cfg.max_length, cfg.eval_batch_size, device)
     output = Path(output) if output else Path(data_file).with_suffix(".predictions.jsonl")
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("w", encoding="utf-8") as fh:
-        for i, p in enumerate(probs):
-            row = {"text1": pairs.text1[i], "text2": pairs.text2[i], "prob": round(p, 6), "pred": int(p >= threshold)}
-            if pairs.labels is not None:
-                row["label"] = pairs.labels[i]
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        metrics = _predict_pairs(model, tokenizer, cfg, pairs, fh, device, threshold, checkpoint)
+    if metrics:
+        write_json(output.with_name(output.name.removesuffix(".jsonl") + ".metrics.json"), metrics)
+    return metrics
+
+
+def _predict_pairs(model, tokenizer, cfg: TrainConfig, pairs: PairData, out: TextIO, device,
+                   threshold: float | None, where) -> dict[str, Any]:
+    """Predictions of `pairs` as JSON lines to `out`; the metrics when the pairs have labels, else {}."""
+    threshold = saved_threshold(model, cfg, where) if threshold is None else threshold
+    probs = predict_probs(model, tokenizer, pairs, cfg.max_length, cfg.eval_batch_size, device)
+    for i, p in enumerate(probs):
+        row = {"text1": pairs.text1[i], "text2": pairs.text2[i], "prob": round(p, 6), "pred": int(p >= threshold)}
+        if pairs.labels is not None:
+            row["label"] = pairs.labels[i]
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
     if pairs.labels is None:
         return {}
     metrics = labelled_metrics(pairs.labels, probs, threshold)
     # What this file's own best threshold would give: for information only (chosen on the scored pairs).
     metrics["best_threshold"], metrics["f1_macro_at_best_threshold"] = tune_threshold(pairs.labels, probs)
-    write_json(output.with_name(output.name.removesuffix(".jsonl") + ".metrics.json"), metrics)
     return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python -m afqmc.predict --checkpoint results/run/best_model --data pairs.jsonl\n"
+               "  python -m afqmc.predict --checkpoint results/run/best_model --text1 花呗怎么还款 --text2 花呗如何还钱\n"
+               "  cat pairs.jsonl | python -m afqmc.predict --checkpoint results/run/best_model --data - > preds.jsonl")
     parser.add_argument("--checkpoint", required=True, help="a saved model directory (e.g. results/run/best_model)")
-    parser.add_argument("--data", required=True, help="JSON-lines pairs, labelled or not")
+    parser.add_argument("--data", help="JSON-lines pairs, labelled or not; '-' reads standard input and writes the "
+                                       "predictions to standard output (metrics of labelled pairs to standard error)")
+    parser.add_argument("--text1", help="with --text2: predict one pair and print it as JSON")
+    parser.add_argument("--text2")
     parser.add_argument("--output", help="predictions file (default: next to --data)")
+    parser.add_argument("--threshold", type=float,
+                        help="decision threshold on P(same) (default: the one saved with the model)")
     args = parser.parse_args(argv)
+    if (args.text1 is None) != (args.text2 is None):
+        parser.error("--text1 and --text2 go together")
+    if (args.data is None) == (args.text1 is None):
+        parser.error("give --data FILE (or -), or --text1 and --text2")
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        parser.error(f"--threshold must be in (0, 1) (got {args.threshold})")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        metrics = predict_file(args.checkpoint, args.data, args.output, device)
+        if args.data and args.data != "-":
+            metrics = predict_file(args.checkpoint, args.data, args.output, device, args.threshold)
+            out = args.output or Path(args.data).with_suffix(".predictions.jsonl")
+            print(f"predictions written to {out}")
+        else:
+            model, tokenizer, cfg = load_saved_model(args.checkpoint, device)
+            if args.text1 is not None:
+                pairs = PairData([args.text1], [args.text2], None, "command line")
+            else:
+                pairs = parse_pairs(sys.stdin, "<stdin>", require_labels=False, skip_empty=cfg.skip_empty)
+            with (open(args.output, "w", encoding="utf-8") if args.output else nullcontext(sys.stdout)) as out:
+                metrics = _predict_pairs(model, tokenizer, cfg, pairs, out, device, args.threshold, args.checkpoint)
     except (CheckpointError, ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = args.output or Path(args.data).with_suffix(".predictions.jsonl")
-    print(f"predictions written to {out}")
     if metrics:
         width = max(map(len, metrics))
-        print("".join(f"{k:<{width}}  {v:.4f}\n" if isinstance(v, float) else f"{k:<{width}}  {v}\n"
-                      for k, v in metrics.items()), end="")
+        text = "".join(f"{k:<{width}}  {v:.4f}\n" if isinstance(v, float) else f"{k:<{width}}  {v}\n"
+                       for k, v in metrics.items())
+        print(text, end="", file=sys.stdout if args.data not in (None, "-") else sys.stderr)
     return 0
 
 

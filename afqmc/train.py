@@ -33,8 +33,9 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
-from afqmc.checkpoint import (TRAINER_STATE_NAME, CheckpointError, atomic_directory, resolve_directory,
-                              save_model_dir, write_json)
+from afqmc.card import write_model_card
+from afqmc.checkpoint import (METRICS_NAME, TRAINER_STATE_NAME, CheckpointError, atomic_directory,
+                              resolve_directory, save_model_dir, write_json)
 from afqmc.config import ConfigError, TrainConfig, load_config, parse_overrides
 from afqmc.data import (DataError, Encoded, LengthGroupedSampler, PairData, PairDataset, collate, count_overlap,
                         encode, load_splits)
@@ -336,6 +337,8 @@ def _predict_and_score_test(cfg: TrainConfig, data: TaskData, best_model: Path, 
     if metrics and data.test is not None:
         out["test"] = {k: v for k, v in metrics.items() if k not in HELD_OUT_HIDDEN}
         out["test"]["source"] = data.test.source
+        saved = json.loads((best_model / METRICS_NAME).read_text(encoding="utf-8"))
+        write_model_card(best_model, cfg, saved, out["test"])  # the card gets the held-out figures
         log(f"held-out test ({out['test']['num_samples']} pairs, never used for a choice): F1-macro "
             f"{out['test']['f1_macro']:.4f}, accuracy {out['test']['accuracy']:.4f}, AUC {out['test']['auc']:.4f} "
             f"at the saved threshold {out['test']['threshold']:.4f}")

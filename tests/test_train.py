@@ -1,6 +1,7 @@
 """The training loop, driven for real on the tiny preset."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -309,3 +310,70 @@ def test_cli_runs_and_rejects_bad_fields(tmp_path):
                           str(ROOT / "afqmc" / "configs" / "demo.yaml"), "--learning_rte", "1e-3"],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "unknown field 'learning_rte'" in bad.stderr
+
+
+def test_exported_model_works_in_a_pipeline_and_carries_a_card(tiny_cfg, tmp_path):
+    """The saved model names its labels, keeps its threshold in config.json, has a model card with
+    its val and held-out test figures, and `transformers.pipeline` gives predict's labels once the
+    threshold is applied (the three lines the README and the card show)."""
+    from transformers import pipeline
+
+    cfg = tiny_cfg(eval_steps=5, max_steps=10, max_train_samples=1000, test_ratio=0.2, test_file=str(DEMO_TEST))
+    summary = train(cfg, progress=False)
+    best = tmp_path / "run" / "best_model"
+    config = json.loads((best / "config.json").read_text())
+    assert config["id2label"] == {"0": "different", "1": "same"} and config["label2id"] == {"different": 0, "same": 1}
+    assert config["decision_threshold"] == pytest.approx(summary["best"]["val/threshold"])
+    card = (best / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\n") and "pipeline_tag: text-classification" in card
+    assert f"| held-out test | 200 | {summary['test']['f1_macro']:.4f} |" in card
+    assert f"| val | 200 | {summary['best']['val/f1_macro']:.4f} |" in card
+    assert f"P(same) >= **{config['decision_threshold']:.4f}**" in card and "threshold: tuned" in card
+
+    clf = pipeline("text-classification", model=str(best), top_k=None, truncation=True)
+    pairs = [json.loads(line) for line in DEMO_TEST.read_text(encoding="utf-8").splitlines()[:40]]
+    outputs = clf([{"text": p["text1"], "text_pair": p["text2"]} for p in pairs])
+    labels = []
+    for scores in outputs:
+        scores = {s["label"]: s["score"] for s in scores}
+        labels.append("same" if scores["same"] >= clf.model.config.decision_threshold else "different")
+    predicted = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()[:40]]
+    assert [("same" if p["pred"] else "different") for p in predicted] == labels
+    for scores, p in zip(outputs, predicted, strict=True):
+        assert {s["label"]: s["score"] for s in scores}["same"] == pytest.approx(p["prob"], abs=1e-5)
+
+
+def test_predict_cli_one_pair_stdin_threshold_and_a_model_without_a_threshold(tiny_cfg, tmp_path):
+    train(tiny_cfg(eval_steps=5, max_steps=5), progress=False)
+    best = tmp_path / "run" / "best_model"
+    run = lambda *args, **kw: subprocess.run([sys.executable, "-m", "afqmc.predict", "--checkpoint", str(best), *args],  # noqa: E731
+                                             capture_output=True, text=True, cwd=ROOT, timeout=120, **kw)
+    one = run("--text1", "花呗怎么还款", "--text2", "花呗如何还钱")
+    assert one.returncode == 0, one.stderr
+    row = json.loads(one.stdout)
+    threshold = json.loads((best / "config.json").read_text())["decision_threshold"]
+    assert row["text1"] == "花呗怎么还款" and row["pred"] == int(row["prob"] >= threshold)
+    forced = json.loads(run("--text1", "花呗怎么还款", "--text2", "花呗如何还钱", "--threshold", "0.01").stdout)
+    assert forced["prob"] == row["prob"] and forced["pred"] == 1
+
+    lines = DEMO_TEST.read_text(encoding="utf-8").splitlines()[:5]
+    piped = run("--data", "-", input="\n".join(lines) + "\n")
+    assert piped.returncode == 0, piped.stderr
+    rows = [json.loads(line) for line in piped.stdout.splitlines()]
+    assert [r["text1"] for r in rows] == [json.loads(line)["text1"] for line in lines]
+    bad = run("--data", "-", input='{"text1": "a"}\n')
+    assert bad.returncode == 2 and "<stdin>:1: missing field 'text2'" in bad.stderr
+
+    # A tuned model whose config.json lost its threshold: a clear error, unless --threshold is given.
+    stripped = tmp_path / "stripped"
+    shutil.copytree(best, stripped)
+    config = json.loads((stripped / "config.json").read_text())
+    del config["decision_threshold"]
+    (stripped / "config.json").write_text(json.dumps(config))
+    args = ["-m", "afqmc.predict", "--checkpoint", str(stripped), "--text1", "a", "--text2", "b"]
+    missing = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert missing.returncode == 2 and "no decision threshold saved with the model" in missing.stderr
+    assert "--threshold" in missing.stderr
+    given = subprocess.run([sys.executable, *args, "--threshold", "0.5"], capture_output=True, text=True, cwd=ROOT,
+                           timeout=120)
+    assert given.returncode == 0 and json.loads(given.stdout)["pred"] in (0, 1)

@@ -382,9 +382,19 @@ def held_out_test(experiment_dir: Path, state: SearchState, best: TrialRecord | 
     if test is not None:
         cache_file.write_text(json.dumps(cache, indent=2) + "\n", encoding="utf-8")
     b, a = models["best"], models["baseline"]
+    if b is not None and (experiment_dir / BEST_MODEL).is_dir():  # the exported model's card gets its test figures
+        _card_with_test(experiment_dir / BEST_MODEL, {**b["metrics"], "source": cache["source"]})
     return {"source": cache["source"], "pairs": cache["pairs"], "label_counts": cache["label_counts"],
             "fingerprint": cache["fingerprint"], "models": models, "note": note,
             "gain_f1_macro": b["metrics"]["f1_macro"] - a["metrics"]["f1_macro"] if b and a else None}
+
+
+def _card_with_test(model_dir: Path, test: dict[str, Any]) -> None:
+    from afqmc.card import write_model_card
+    from afqmc.config import load_config
+
+    val = json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))
+    write_model_card(model_dir, load_config(model_dir / "train_config.yaml"), val, test)
 
 
 def test_lines(test: dict[str, Any] | None) -> list[str]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from afqmc.card import CARD_NAME
 from afqmc.checkpoint import atomic_directory
 from afqmc.config import SELECTION_METRICS, load_config
 from afqmc.metrics import best_key
@@ -216,8 +217,9 @@ def _same_model(source: Path, copy: Path) -> bool:
     """`copy` already holds the model of `source`: same files, same sizes, same metrics and config."""
     if not copy.is_dir():
         return False
-    files = {p.relative_to(source): p.stat().st_size for p in source.rglob("*") if p.is_file()}
-    copied = {p.relative_to(copy): p.stat().st_size for p in copy.rglob("*") if p.is_file()}
+    # README.md (the model card) is rewritten once the model has been scored on the held-out test set.
+    files = {p.relative_to(source): p.stat().st_size for p in source.rglob("*") if p.is_file() and p.name != CARD_NAME}
+    copied = {p.relative_to(copy): p.stat().st_size for p in copy.rglob("*") if p.is_file() and p.name != CARD_NAME}
     return files == copied and all((source / name).read_bytes() == (copy / name).read_bytes()
                                    for name in ("metrics.json", "train_config.yaml") if (source / name).is_file())
 
