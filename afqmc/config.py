@@ -66,10 +66,14 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     per_device_batch_size: int = 32
     eval_batch_size: int = 128
-    gradient_accumulation_steps: int = 1
+    # Micro-batches per optimizer update. None: what the launcher says (`accelerate launch
+    # --gradient_accumulation_steps`, `accelerate config`), else 1; a value here wins, with a warning.
+    gradient_accumulation_steps: int | None = None
     num_epochs: float = 3.0
     max_steps: int = 0  # optimizer updates; > 0 overrides num_epochs
-    mixed_precision: str = "no"  # no | fp16 | bf16 (fp16 falls back to no on CPU)
+    # no | fp16 | bf16. None: what Accelerate resolves (`accelerate launch --mixed_precision`, `accelerate
+    # config`, the environment), else no; a value here wins, with a warning. fp16 falls back to no on CPU.
+    mixed_precision: str | None = None
     seed: int = 42
     # --- task --------------------------------------------------------------------------------
     # [w0, w1] weights of labels 0 and 1 in the cross-entropy; one number r means [1, r]; "balanced"
@@ -114,7 +118,8 @@ class TrainConfig:
                     "gradient_accumulation_steps", "num_epochs", "tiny_hidden_size",
                     "tiny_num_layers", "tiny_num_heads"}
         for name in sorted(positive):
-            if not getattr(self, name) > 0:
+            value = getattr(self, name)
+            if not (value is None and name == "gradient_accumulation_steps") and not value > 0:
                 raise bad(name, "must be > 0")
         for name in ("weight_decay", "max_grad_norm", "max_steps", "eval_steps", "patience"):
             if getattr(self, name) < 0:
@@ -139,7 +144,7 @@ class TrainConfig:
             raise bad("test_ratio", f"plus val_ratio ({self.val_ratio}) must leave pairs to train on")
         if self.metric_for_best_model not in SELECTION_METRICS:
             self.metric_for_best_model = normalize_metric(self.metric_for_best_model, "metric_for_best_model", source)
-        if self.mixed_precision not in MIXED_PRECISION:
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
             raise bad("mixed_precision", f"must be one of {', '.join(MIXED_PRECISION)}")
         if self.max_length < 8:
             raise bad("max_length", "must be >= 8 (a pair needs 3 special tokens and some text)")

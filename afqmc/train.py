@@ -109,6 +109,30 @@ def prepare_data(cfg: TrainConfig, log: Callable[[str], None] = print) -> TaskDa
     return TaskData(tokenizer, train_enc, val_enc, info, test)
 
 
+# What `accelerate launch` (its flags or `accelerate config`'s file) tells the process it starts.
+LAUNCHER_ENV = {"mixed_precision": "ACCELERATE_MIXED_PRECISION",
+                "gradient_accumulation_steps": "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"}
+
+
+def resolve_launcher_settings(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
+    """mixed_precision and gradient_accumulation_steps: the launcher decides where the config leaves
+    them unset (None); a config value that disagrees with the launcher wins, with a warning naming both.
+    Returns the resolved config and the warnings."""
+    changes: dict[str, Any] = {}
+    warnings: list[str] = []
+    for name, env in LAUNCHER_ENV.items():
+        launcher = os.environ.get(env)
+        if launcher is not None and name == "gradient_accumulation_steps":
+            launcher = int(launcher)
+        value = getattr(cfg, name)
+        if value is None:
+            changes[name] = launcher if launcher is not None else ("no" if name == "mixed_precision" else 1)
+        elif launcher is not None and launcher != value:
+            warnings.append(f"warning: {name} {value!r} in the config overrides the launcher's {launcher!r} "
+                            f"({env}, from `accelerate launch` or `accelerate config`)")
+    return (cfg.replace(**changes) if changes else cfg), warnings
+
+
 def _setup_accelerator(cfg: TrainConfig) -> Accelerator:
     mixed_precision = cfg.mixed_precision
     if mixed_precision == "fp16" and not torch.cuda.is_available():
@@ -187,6 +211,7 @@ class Run:
     schedule: Schedule
     report: Reporter | None
     bar: Any  # tqdm: the table rows are written through it
+    forward_dtype: str | None = None  # what the first forward pass computed in (bfloat16 under bf16 autocast)
 
 
 def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | None = None,
@@ -198,8 +223,14 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
     main process and None on the others (a reporter that writes, writes on the main process only).
     Build, prepare, loop, finish, in this order.
     """
+    cfg, warnings = resolve_launcher_settings(cfg)
     accelerator = _setup_accelerator(cfg)
     log = accelerator.print
+    for warning in warnings:
+        log(warning)
+    if accelerator.mixed_precision != cfg.mixed_precision:
+        log(f"note: mixed_precision {cfg.mixed_precision} needs a GPU; this run uses {accelerator.mixed_precision}")
+        cfg = cfg.replace(mixed_precision=accelerator.mixed_precision)  # train_config.yaml says what was used
     hf_logging.disable_progress_bar()  # no per-save "Writing model shards" bars between our table rows
     output_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
@@ -238,6 +269,7 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
 
     accelerator.wait_for_everyone()
     summary = _summarize(cfg, state, schedule.total_steps, data.info)
+    summary["precision"] = {"mixed_precision": accelerator.mixed_precision, "forward_dtype": run.forward_dtype}
     if accelerator.is_main_process:
         if cfg.save_best_model and state.history:
             summary.update(_predict_and_score_test(cfg, data, output_dir / "best_model", accelerator.device, log))
@@ -264,6 +296,7 @@ def _loop(run: Run, state: TrainerState, train_loader, optimizer) -> None:
     """Epochs of accumulated, clipped updates, an evaluation every `eval_every` updates, until the
     schedule ends or early stopping says stop. `state` carries what a resume needs."""
     cfg, accelerator, model = run.cfg, run.accelerator, run.model
+    _probe_forward_dtype(run)
     loss_fn = torch.nn.CrossEntropyLoss(weight=None if run.weights is None else run.weights.to(accelerator.device))
     window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
     stop = state.step >= run.schedule.total_steps
@@ -311,6 +344,19 @@ def _loop(run: Run, state: TrainerState, train_loader, optimizer) -> None:
             state.train_seconds += time.perf_counter() - started
             state.epoch += 1
             state.batches_in_epoch = 0
+
+
+def _probe_forward_dtype(run: Run) -> None:
+    """Note the dtype the first linear layer computes in during the first training forward pass
+    (Accelerate returns the logits in fp32 whatever autocast did inside): bfloat16 or float16 shows
+    that mixed precision is active, not only requested."""
+    layer = next(m for m in run.accelerator.unwrap_model(run.model).modules() if isinstance(m, torch.nn.Linear))
+
+    def hook(module, inputs, output) -> None:
+        run.forward_dtype = str(output.dtype).removeprefix("torch.")
+        handle.remove()
+
+    handle = layer.register_forward_hook(hook)
 
 
 def _finite_everywhere(accelerator: Accelerator, loss: torch.Tensor) -> bool:
@@ -460,6 +506,7 @@ def train_with_oom_retry(cfg: TrainConfig, report: Reporter | None = None, **kwa
     Accelerate's `find_executable_batch_size` recognises the error and frees the device cache; each
     retry starts the run over (out-of-memory errors come in the first steps).
     """
+    cfg, _ = resolve_launcher_settings(cfg)  # train() says the warnings
     effective = cfg.per_device_batch_size * cfg.gradient_accumulation_steps
     batch = cfg.per_device_batch_size
 

@@ -1,6 +1,7 @@
 """The training loop, driven for real on the tiny preset."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -377,3 +378,44 @@ def test_predict_cli_one_pair_stdin_threshold_and_a_model_without_a_threshold(ti
     given = subprocess.run([sys.executable, *args, "--threshold", "0.5"], capture_output=True, text=True, cwd=ROOT,
                            timeout=120)
     assert given.returncode == 0 and json.loads(given.stdout)["pred"] in (0, 1)
+
+
+def test_bf16_on_cpu_runs_under_autocast(tiny_cfg):
+    from accelerate.state import AcceleratorState
+
+    # Accelerate keeps one precision per process; this test process trains in fp32 elsewhere.
+    AcceleratorState._reset_state(True)
+    try:
+        summary = train(tiny_cfg(max_steps=3, eval_steps=3, mixed_precision="bf16"), progress=False)
+    finally:
+        AcceleratorState._reset_state(True)
+    # Accelerate hands the logits back in fp32; inside, the layers computed in bfloat16.
+    assert summary["precision"] == {"mixed_precision": "bf16", "forward_dtype": "bfloat16"}
+    plain = train(tiny_cfg(max_steps=3, eval_steps=3), progress=False)
+    assert plain["precision"] == {"mixed_precision": "no", "forward_dtype": "float32"}
+
+
+def test_the_launcher_decides_unless_the_config_says_otherwise(tmp_path):
+    def launch(out, *launcher_flags, extra=(), env=None):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+               "--dynamo_backend", "no", *launcher_flags, str(ROOT / "afqmc" / "train.py"),
+               "--config", str(ROOT / "afqmc" / "configs" / "demo.yaml"), "--max_steps", "4", "--eval_steps", "4",
+               "--max_train_samples", "400", "--test_file", "null", "--output_dir", str(out), *extra]
+        run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                             env={**os.environ, **(env or {})})
+        assert run.returncode == 0, run.stderr[-3000:]
+        return run.stdout, json.loads((out / "summary.json").read_text()), (out / "train_config.yaml").read_text()
+
+    # demo.yaml leaves both unset: `accelerate launch --mixed_precision bf16` decides, and Accelerate's
+    # ACCELERATE_GRADIENT_ACCUMULATION_STEPS (which accelerate launch sets for DeepSpeed runs) too.
+    stdout, summary, saved = launch(tmp_path / "a", "--mixed_precision", "bf16",
+                                    env={"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "2"})
+    assert summary["precision"] == {"mixed_precision": "bf16", "forward_dtype": "bfloat16"}
+    assert summary["gradient_accumulation_steps"] == 2 and "x 2 accumulation" in stdout
+    assert "mixed_precision: bf16" in saved and "gradient_accumulation_steps: 2" in saved
+    assert "warning" not in stdout
+    # A config value that disagrees wins, and says so, naming both.
+    stdout, summary, saved = launch(tmp_path / "b", "--mixed_precision", "bf16", extra=("--mixed_precision", "no"))
+    assert summary["precision"] == {"mixed_precision": "no", "forward_dtype": "float32"}
+    assert "warning: mixed_precision 'no' in the config overrides the launcher's 'bf16'" in stdout
+    assert "mixed_precision: 'no'" in saved
