@@ -38,14 +38,14 @@ class TrainConfig:
     # --- model -------------------------------------------------------------------------------
     model_name_or_path: str = "hfl/chinese-macbert-base"  # hub name, local save_pretrained dir or "tiny"
     vocab_file: str | None = None  # tiny only: WordPiece vocab.txt; None builds a character vocab
-    tiny_hidden_size: int = 128
-    tiny_num_layers: int = 2
-    tiny_num_heads: int = 2
+    tiny_hidden_size: int = 128  # tiny only: hidden size
+    tiny_num_layers: int = 2  # tiny only: transformer layers
+    tiny_num_heads: int = 2  # tiny only: attention heads
     trust_remote_code: bool = False  # never on unless the user asks
     # --- data --------------------------------------------------------------------------------
-    train_file: str = "afqmc/demo_data/train.jsonl"
+    train_file: str = "afqmc/demo_data/train.jsonl"  # labelled JSON lines (text1/text2 or CLUE's sentence1/sentence2)
     val_file: str | None = None  # None: a seeded stratified split of train_file
-    val_ratio: float = 0.1
+    val_ratio: float = 0.1  # share of train_file held out as val (without val_file)
     # A held-out test split of train_file (seeded, stratified, disjoint from train and val), as a
     # fraction of the whole file; 0 = none. Nothing that trains or chooses reads its labels: the
     # best model is scored on it once, at the end, at its saved threshold.
@@ -55,26 +55,26 @@ class TrainConfig:
     test_file: str | None = None
     max_train_samples: int | None = None  # first N rows of train_file (quick runs)
     skip_empty: bool = False  # skip (and count) pairs with an empty sentence instead of failing
-    max_length: int = 64
+    max_length: int = 64  # tokens of a pair, [CLS] and [SEP]s included; longer pairs are truncated
     # Batches of pairs of similar length (shuffled; seeded per epoch), so dynamic padding pads little:
     # 1.6-1.8x samples/s on AFQMC (benchmarks/README.md). A speed option, not one to search.
     group_by_length: bool = False
     # --- optimisation ------------------------------------------------------------------------
-    learning_rate: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    per_device_batch_size: int = 32
-    eval_batch_size: int = 128
-    # Micro-batches per optimizer update. None: what the launcher says (`accelerate launch
-    # --gradient_accumulation_steps`, `accelerate config`), else 1; a value here wins, with a warning.
+    learning_rate: float = 2e-5  # AdamW peak learning rate
+    weight_decay: float = 0.01  # AdamW weight decay (not on biases and LayerNorm)
+    warmup_ratio: float = 0.1  # share of the updates with a linear warm-up, then linear decay to 0
+    max_grad_norm: float = 1.0  # gradient clipping (global L2 norm)
+    per_device_batch_size: int = 32  # pairs per micro-batch and process
+    eval_batch_size: int = 128  # pairs per evaluation batch
+    # Micro-batches per optimizer update. None: the launcher's (Accelerate's ACCELERATE_GRADIENT_
+    # ACCUMULATION_STEPS, set by accelerate launch for DeepSpeed), else 1; a value here wins, with a warning.
     gradient_accumulation_steps: int | None = None
-    num_epochs: float = 3.0
+    num_epochs: float = 3.0  # passes over the training pairs (fractions allowed)
     max_steps: int = 0  # optimizer updates; > 0 overrides num_epochs
     # no | fp16 | bf16. None: what Accelerate resolves (`accelerate launch --mixed_precision`, `accelerate
     # config`, the environment), else no; a value here wins, with a warning. fp16 falls back to no on CPU.
     mixed_precision: str | None = None
-    seed: int = 42
+    seed: int = 42  # seeds the splits, the initialisation, dropout and the batch order
     # --- task --------------------------------------------------------------------------------
     # [w0, w1] weights of labels 0 and 1 in the cross-entropy; one number r means [1, r]; "balanced"
     # derives them from the training labels; None is unweighted. Only the ratio matters.
@@ -91,8 +91,8 @@ class TrainConfig:
     # is better): val/f1_macro, val/f1_macro_tuned, val/auc, val/ap or val/accuracy.
     metric_for_best_model: str = "val/f1_macro"
     patience: int = 0  # stop after N evaluations without a better metric_for_best_model; 0 = never
-    output_dir: str = "results/run"
-    save_best_model: bool = True
+    output_dir: str = "results/run"  # checkpoint/, best_model/, metrics.jsonl, summary.json
+    save_best_model: bool = True  # keep best_model/ (a save_pretrained folder)
 
     # -----------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -170,6 +170,41 @@ class TrainConfig:
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def field_docs() -> dict[str, str]:
+    """Each field's description, read from TrainConfig's own source (one source, no second copy):
+    its trailing comment, or else the comment lines just above it."""
+    import inspect
+
+    docs: dict[str, str] = {}
+    above: list[str] = []
+    for line in inspect.getsource(TrainConfig).splitlines():
+        text = line.strip()
+        if text.startswith("# ---") or not text:
+            above = []
+        elif text.startswith("#"):
+            above.append(text.lstrip("# "))
+        elif ":" in text and text.split(":")[0] in FIELDS:
+            name = text.split(":")[0]
+            trailing = text.split("  # ", 1)[1] if "  # " in text else ""
+            docs[name] = trailing or " ".join(above)
+            above = []
+    return docs
+
+
+def fields_help() -> str:
+    """Every TrainConfig field as `--name TYPE (default) description`: the epilog of the CLIs' --help."""
+    import textwrap
+
+    docs = field_docs()
+    lines = ["TrainConfig fields (set in the --config YAML, or as --field_name value):"]
+    for name, f in FIELDS.items():
+        kind = " | ".join("null" if t is type(None) else t.__name__ for t in _allowed_types(name))
+        head = f"  --{name} {kind} (default {f.default!r})"
+        lines.append(head)
+        lines += textwrap.wrap(docs.get(name, ""), width=100, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines)
 _HINTS = typing.get_type_hints(TrainConfig)
 
 

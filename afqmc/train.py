@@ -36,7 +36,7 @@ from transformers.utils import logging as hf_logging
 from afqmc.card import write_model_card
 from afqmc.checkpoint import (METRICS_NAME, TRAINER_STATE_NAME, CheckpointError, atomic_directory,
                               resolve_directory, save_model_dir, write_json)
-from afqmc.config import ConfigError, TrainConfig, load_config, parse_overrides
+from afqmc.config import ConfigError, TrainConfig, fields_help, load_config, parse_overrides
 from afqmc.data import (DataError, Encoded, LengthGroupedSampler, PairData, PairDataset, collate, count_overlap,
                         encode, load_splits)
 from afqmc.metrics import best_key, evaluation_metrics
@@ -552,7 +552,8 @@ def logging_reporter(output_dir: str) -> Reporter:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Fine-tune a sentence-pair classifier. Any TrainConfig field can be overridden "
-                    "with --field_name value.", allow_abbrev=False)
+                    "with --field_name value.", allow_abbrev=False, epilog=fields_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of TrainConfig fields")
     parser.add_argument("--resume_from", help="a checkpoint directory written by an earlier run")
     args, rest = parser.parse_known_args(argv)

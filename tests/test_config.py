@@ -111,3 +111,14 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = from_dict({"class_weights": [0.72, 1.62], "learning_rate": 3e-5, "val_file": None})
     cfg.save_yaml(tmp_path / "r.yaml", header="resolved")
     assert load_config(tmp_path / "r.yaml") == cfg
+
+
+def test_help_lists_every_field_with_type_default_and_description():
+    from afqmc.config import FIELDS, field_docs, fields_help
+
+    docs = field_docs()
+    assert set(docs) == set(FIELDS) and all(docs.values())  # every field described, from the code itself
+    text = fields_help()
+    for name, f in FIELDS.items():
+        assert f"  --{name} " in text and f"(default {f.default!r})" in text
+    assert "  --threshold float | str (default 'tuned')" in text and "cross-fitted" in text

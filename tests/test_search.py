@@ -136,6 +136,34 @@ def test_numbers_read_the_same_in_a_space_and_a_config(tmp_path):
     assert choice.params["mixed_precision"].values == ["no", "bf16"]  # words stay words
 
 
+def test_shipped_spaces_resolve_by_name_from_anywhere(tmp_path, monkeypatch):
+    from tune.search import resolve_space
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_space("afqmc_cpu") == SPACES / "afqmc_cpu.yaml" == resolve_space("afqmc_cpu.yaml")
+    (tmp_path / "afqmc_cpu.yaml").write_text("# mine\n")
+    assert resolve_space("afqmc_cpu.yaml") == Path("afqmc_cpu.yaml")  # a file of that name here comes first
+    assert resolve_space("nope") == Path("nope") and resolve_space("sub/demo") == Path("sub/demo")
+
+
+def test_console_scripts_point_at_the_entry_points():
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"afqmc-train", "afqmc-search", "afqmc-predict", "afqmc-compare"}
+    for target in scripts.values():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func))
+
+
+@pytest.mark.slow  # launches both CLIs
+def test_both_clis_help_lists_the_config_fields():
+    for script in ("afqmc/train.py", "tune/search.py"):
+        proc = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "--learning_rate float (default 2e-05)" in proc.stdout, script
+
+
 def test_overrides_fix_a_searched_field(tmp_path):
     space = load_space(SPACES / "demo.yaml", {"learning_rate": "1e-3", "max_train_samples": "100"}, num_samples=3)
     assert "learning_rate" not in space.params and space.fixed_by_command_line == ["learning_rate"]

@@ -58,7 +58,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from afqmc.config import ConfigError, TrainConfig, absolute_paths, parse_overrides
+from afqmc.config import ConfigError, TrainConfig, absolute_paths, fields_help, parse_overrides
 from afqmc.data import DataError
 from afqmc.train import TaskData, prepare_data
 from tune import internals
@@ -71,7 +71,8 @@ from tune.folder import (BEST_CONFIG, BEST_MODEL, PLOTS, SPACE_COPY, STUDY_DB, T
 from tune.trial import KeepBestCheckpoint, ReleaseTrainWorkers, StudySearch, run_trial, trial_dirname
 
 RESULTS_DIR = "results"
-DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"  # the shipped spaces, found by name
+DEFAULT_SPACE = SPACES_DIR / "demo.yaml"
 DRIVER_MEMORY = 256 * 2**20  # bytes reserved for the driver of a multi-worker trial
 
 
@@ -269,8 +270,12 @@ def _finish(exp_dir: Path, space: SearchSpace, elapsed: float, test_pairs=None) 
 def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
     parser = argparse.ArgumentParser(
         description="Search TrainConfig hyperparameters with Ray Tune, Optuna TPE and ASHA. Fixed "
-                    "TrainConfig fields can be overridden with --field_name value.", allow_abbrev=False)
-    parser.add_argument("--space", help="search space YAML (default: search_spaces/demo.yaml)")
+                    "TrainConfig fields can be overridden with --field_name value (a searched one is then "
+                    "fixed).", allow_abbrev=False, epilog=fields_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", help="search space: a YAML file, or the name of a shipped one ("
+                                        + ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+                                        + "; default: demo)")
     parser.add_argument("--name", help="experiment name: results go to results/NAME (default: space name + time)")
     parser.add_argument("--num_samples", type=int, help="number of trials (default: the space's)")
     parser.add_argument("--scheduler", choices=("asha", "fifo"),
@@ -294,12 +299,23 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, A
         if given:
             parser.error(f"--resume continues the search as it was started; drop {', '.join(given)}")
     else:
-        args.space = args.space or _rel(DEFAULT_SPACE)
+        args.space = _rel(resolve_space(args.space)) if args.space else _rel(DEFAULT_SPACE)
         args.scheduler = args.scheduler or "asha"
     for key in ("num_samples", "workers_per_trial"):
         if getattr(args, key) is not None and getattr(args, key) < 1:
             parser.error(f"--{key} must be >= 1")
     return args, overrides
+
+
+def resolve_space(given: str) -> Path:
+    """A space file as given, else a shipped space by name (`afqmc_cpu` or `afqmc_cpu.yaml`) from the
+    repository's search_spaces/, wherever the command runs from (also as the afqmc-search script).
+    A name that is neither is left as given: loading it says the file does not exist."""
+    path = Path(given)
+    if path.is_file():
+        return path
+    shipped = SPACES_DIR / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    return shipped if path.parent == Path(".") and shipped.is_file() else path
 
 
 def _load_state(exp_dir: Path) -> SearchState:
