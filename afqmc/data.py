@@ -161,6 +161,10 @@ def load_splits(cfg: TrainConfig) -> Splits:
     is labelled (an unlabelled one is only predicted, at the end). val: `val_file`, or `val_ratio`
     of train_file (of the whole file, so 0.1 and 0.1 leave 80% to train on).
     """
+    if not Path(cfg.train_file).exists():
+        raise DataError(f"config: field 'train_file': {cfg.train_file} does not exist. Set train_file (or "
+                        f"--train_file) to your labelled JSON-lines pairs; AFQMC's train.json comes from the CLUE "
+                        f"benchmark's AFQMC release (README, 'Data')")
     full = load_pairs(cfg.train_file, require_labels=True, skip_empty=cfg.skip_empty, max_rows=cfg.max_train_samples)
     skipped = full.skipped_empty
     test = None

@@ -153,3 +153,14 @@ def test_length_grouping_cuts_padding_on_real_afqmc():
     mean_length = sum(lengths) / len(lengths)
     assert 20 < mean_length < 40 and random_width > 50  # AFQMC: ~30 tokens a pair, a long tail
     assert grouped_width < 1.1 * mean_length < 0.7 * random_width
+
+
+def test_a_missing_train_file_says_which_field_to_set(tmp_path):
+    from afqmc.config import from_dict
+    from afqmc.data import load_splits
+
+    with pytest.raises(DataError) as info:
+        load_splits(from_dict({"train_file": str(tmp_path / "data" / "afqmc" / "train.json")}))
+    message = str(info.value)
+    assert "field 'train_file'" in message and "does not exist" in message and "--train_file" in message
+    assert "CLUE" in message
