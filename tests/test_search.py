@@ -498,7 +498,7 @@ def test_search_survives_a_nan_trial_a_killed_worker_and_a_killed_driver(tmp_pat
     assert killed_driver and proc.returncode == -signal.SIGKILL, first[-4000:]
     assert re.search(r"trial 1 lost its worker .*retrying from its last checkpoint", first), first[-4000:]
 
-    _, trials = _resume_and_count(str(exp_dir), exp_dir, num_samples)
+    second, trials = _resume_and_count(str(exp_dir), exp_dir, num_samples)
 
     # 9: the NaN trials failed, with the reason in the tables; the others did not.
     nan_trials = [t for t in trials if float(t["learning_rate"]) == 1e4]
@@ -510,6 +510,8 @@ def test_search_survives_a_nan_trial_a_killed_worker_and_a_killed_driver(tmp_pat
             assert t["state"] != "failed", t
     table = (exp_dir / "trials.md").read_text(encoding="utf-8")
     assert table.count("| failed ") == len(nan_trials) and "training loss is" in table
+    # Some trials failed, not all: the search lists them and exits 0 (checked by _resume_and_count).
+    assert f"{len(nan_trials)} failed trial(s):" in second.stdout
 
     # 13: the baseline went on from the checkpoint it had when its worker died: evaluation 1 ran once,
     # and after the restart its iteration counter started again from a restored checkpoint.
@@ -568,3 +570,111 @@ def test_held_out_labels_are_never_read_for_a_choice(tmp_path):
     assert tests[0]["num_samples"] == tests[1]["num_samples"] == 300
     assert tests[0]["f1_macro"] != tests[1]["f1_macro"]  # the test labels do count where they should
     assert tests[0]["auc"] == pytest.approx(1 - tests[1]["auc"], abs=1e-9)  # flipped labels mirror the AUC
+
+
+# --- an unusable results folder or study: a clear error naming the path, before anything runs ------
+
+
+def _fake_search(tmp_path: Path) -> Path:
+    """A search folder as tune/search.py leaves it before its first trial: space copy, search.json, study."""
+    import optuna
+
+    from tune.folder import SearchState
+
+    exp = tmp_path / "results" / "s"
+    exp.mkdir(parents=True)
+    shutil.copyfile(SPACES / "demo.yaml", exp / "space.yaml")
+    SearchState(space=str(SPACES / "demo.yaml"), num_samples=8, scheduler="asha", cwd=str(ROOT),
+                settings={"max_evals": 6}).save(exp)
+    optuna.create_study(study_name="s", storage=f"sqlite:///{exp / 'optuna.db'}")
+    return exp
+
+
+def test_results_dir_that_cannot_be_used_stops_before_anything_runs(tmp_path, monkeypatch, capsys):
+    import tune.search as search
+
+    missing = tmp_path / "not" / "there"
+    assert search.main(["--name", "a", "--results_dir", str(missing)]) == 2
+    assert f"--results_dir {missing} does not exist, nor does {missing.parent}" in capsys.readouterr().err
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    assert search.main(["--name", "a", "--results_dir", str(a_file / "results")]) == 2
+    assert f"--results_dir {a_file / 'results'}: {a_file} is not a folder" in capsys.readouterr().err
+    assert a_file.read_text() == "not a folder"
+
+    results = tmp_path / "results"
+    results.mkdir()
+    with monkeypatch.context() as m:  # read-only (root ignores permission bits, so the check is simulated)
+        m.setattr(search.os, "access", lambda path, mode: False)
+        assert search.main(["--name", "a", "--results_dir", str(results)]) == 2
+        assert f"{results} is not writable" in capsys.readouterr().err
+
+    def full_disk(self, folder):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:  # the disk fills at the first write: nothing half-made stays
+        m.setattr(search.SearchState, "save", full_disk)
+        assert search.main(["--name", "a", "--results_dir", str(results)]) == 2
+        assert f"cannot write the results folder {results / 'a'}: No space left on device" in capsys.readouterr().err
+    assert not (results / "a").exists() and list(results.iterdir()) == []
+
+
+def test_resume_with_a_corrupt_or_locked_study_stops_and_keeps_it(tmp_path, capsys):
+    import sqlite3
+
+    import tune.search as search
+
+    exp = _fake_search(tmp_path)
+    db = exp / "optuna.db"
+    con = sqlite3.connect(db)
+    con.execute("BEGIN IMMEDIATE")  # another process writing the study
+    try:
+        assert search.main(["--resume", str(exp)]) == 2
+        assert f"{db}: cannot use the search's Optuna study" in capsys.readouterr().err
+    finally:
+        con.rollback()
+        con.close()
+    db.write_bytes(b"this is not a database" * 100)
+    assert search.main(["--resume", str(exp)]) == 2
+    err = capsys.readouterr().err
+    assert f"{db}: cannot use the search's Optuna study" in err and "left as it is" in err
+    assert db.read_bytes() == b"this is not a database" * 100  # untouched
+    db.unlink()
+    assert search.main(["--resume", str(exp)]) == 2
+    assert "Optuna study is missing" in capsys.readouterr().err
+
+
+def test_a_running_search_of_the_same_name_is_refused_at_once(tmp_path, capsys):
+    import tune.search as search
+
+    exp = _fake_search(tmp_path)
+    lock = search._lock(exp)  # as the running search's driver holds it
+    before = {p.name: p.stat().st_mtime_ns for p in exp.iterdir()}
+    try:
+        assert search.main(["--name", "s", "--results_dir", str(exp.parent)]) == 2
+        err = capsys.readouterr().err
+        assert f"{exp}: a search of this name is running now (driver pid {os.getpid()})" in err
+        assert search.main(["--resume", str(exp)]) == 2
+        assert "is running now" in capsys.readouterr().err
+    finally:
+        lock.close()
+    assert {p.name: p.stat().st_mtime_ns for p in exp.iterdir()} == before  # nothing of it touched
+    # Once its driver has ended: the same name asks for --resume or another name.
+    assert search.main(["--name", "s", "--results_dir", str(exp.parent)]) == 2
+    assert "already exists: continue it with --resume" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_search_in_which_every_trial_fails_says_why_and_exits_non_zero(tmp_path):
+    path = _fault_space(tmp_path, 2)
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    spec["params"]["learning_rate"] = {"type": "choice", "values": [1.0e4, 2.0e4], "baseline": 1.0e4}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    proc = subprocess.run([sys.executable, "tune/search.py", "--space", str(path), "--name", "allfail",
+                           "--results_dir", str(tmp_path / "results")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "error: every trial failed (2 of 2)" in proc.stderr
+    listing = proc.stdout[proc.stdout.index("2 failed trial(s):"):]
+    assert listing.count("training loss is") == 2  # each trial's reason
+    assert (tmp_path / "results" / "allfail" / "trials.md").is_file()  # the tables are still written

@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             exp_dir = Path(args.resume).resolve()
             state = _load_state(exp_dir)
+            _refuse_if_running(exp_dir)
+            _check_study(exp_dir)
             space = load_space(exp_dir / SPACE_COPY, state.overrides, state.num_samples)
             space.settings.workers_per_trial = state.workers_per_trial
         else:
@@ -90,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
                 space.settings.workers_per_trial = args.workers_per_trial
             name = args.name or f"{Path(args.space).stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
             exp_dir = (Path(args.results_dir) / name).resolve()
+            _check_results_dir(Path(args.results_dir), explicit=args.results_dir != RESULTS_DIR)
             if exp_dir.exists():
+                _refuse_if_running(exp_dir)
                 raise ConfigError(f"{exp_dir} already exists: continue it with --resume {_rel(exp_dir)}, "
                                   f"or choose another --name")
             state = SearchState(space=str(args.space), overrides=overrides, num_samples=space.settings.num_samples,
@@ -109,10 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    if not args.resume:
-        exp_dir.mkdir(parents=True)
-        shutil.copyfile(args.space, exp_dir / SPACE_COPY)
-        state.save(exp_dir)
+    try:
+        if not args.resume:
+            _create_experiment(exp_dir, Path(args.space), state)
+        lock = _lock(exp_dir)  # held while this driver lives: a second search of this name refuses at once
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     _init_ray(args.address)
     try:
@@ -133,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.time() - started
     finally:
         ray.shutdown()
-    return _finish(exp_dir, space, elapsed, data.test)
+    code = _finish(exp_dir, space, elapsed, data.test)
+    lock.close()
+    return code
 
 
 # --- building the search -------------------------------------------------------------------------
@@ -257,10 +266,18 @@ def _finish(exp_dir: Path, space: SearchSpace, elapsed: float, test_pairs=None) 
         print(line)
     print(f"Optuna study: optuna-dashboard sqlite:///{_rel(exp_dir / STUDY_DB)}")
     print(f"tables: {_rel(exp_dir / TRIALS_MD)}, {_rel(exp_dir / TRIALS_CSV)}; plots: {_rel(exp_dir / PLOTS)}/")
+    failed = [t for t in trials if t.state == "failed"]
+    if failed:
+        print(f"{len(failed)} failed trial(s):" + "".join(f"\n  trial {t.number}: {t.reason}" for t in failed))
     if len(done) < space.settings.num_samples:
         print(f"\nsearch interrupted: {len(done)} of {space.settings.num_samples} trials done. Resume with:\n"
               f"  python tune/search.py --resume {_rel(exp_dir)}")
         return 130
+    if len(failed) == len(trials):
+        print(f"error: every trial failed ({len(failed)} of {len(trials)}): no model was trained; see the reasons "
+              f"above (a learning rate that diverges, out of memory at batch 1, a worker that kept dying)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -305,6 +322,93 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, A
         if getattr(args, key) is not None and getattr(args, key) < 1:
             parser.error(f"--{key} must be >= 1")
     return args, overrides
+
+
+LOCK_NAME = ".search.lock"  # held (flock) by the driver of a running search; it holds the driver's pid
+
+
+def _lock(exp_dir: Path):
+    """Hold the search's lock for as long as this process lives (the OS releases it on any exit)."""
+    import fcntl
+
+    handle = open(exp_dir / LOCK_NAME, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        _refuse_if_running(exp_dir)  # raises, naming the running driver
+        raise ConfigError(f"{exp_dir}: a search of this name is running now") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _refuse_if_running(exp_dir: Path) -> None:
+    """A search whose driver still holds its lock: refuse at once, touching nothing of it."""
+    import fcntl
+
+    path = exp_dir / LOCK_NAME
+    if not path.is_file():
+        return
+    with open(path, encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = handle.read().strip() or "?"
+            raise ConfigError(f"{exp_dir}: a search of this name is running now (driver pid {pid}); wait for it "
+                              f"to end (then --resume it, or use another --name)") from None
+
+
+def _check_results_dir(results_dir: Path, explicit: bool) -> None:
+    """A --results_dir that was given must exist, or at least its parent (a mistyped or unmounted path
+    must not silently become a new local tree), and be writable; the default is created."""
+    folder = results_dir.resolve()
+    nearest = next(p for p in (folder, *folder.parents) if p.exists())
+    if not nearest.is_dir():
+        raise ConfigError(f"--results_dir {folder}: {nearest} is not a folder")
+    if explicit and nearest not in (folder, folder.parent):
+        raise ConfigError(f"--results_dir {folder} does not exist, nor does {folder.parent} (create it; on a "
+                          f"cluster, check that the shared file system is mounted)")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise ConfigError(f"--results_dir {results_dir.resolve()}: {nearest} is not writable")
+
+
+def _create_experiment(exp_dir: Path, space_file: Path, state: SearchState) -> None:
+    """The experiment folder, the space's copy and search.json; on any error (a full disk, a
+    read-only folder) nothing half-made is left behind and the error names the path."""
+    try:
+        exp_dir.mkdir(parents=True)
+        shutil.copyfile(space_file, exp_dir / SPACE_COPY)
+        state.save(exp_dir)
+    except OSError as exc:
+        shutil.rmtree(exp_dir, ignore_errors=True)
+        raise ConfigError(f"cannot write the results folder {exp_dir}: {exc.strerror or exc}; nothing was "
+                          f"trained") from None
+
+
+def _check_study(exp_dir: Path) -> None:
+    """On --resume: the Optuna study must be readable and writable before anything runs."""
+    import sqlite3
+
+    db = exp_dir / STUDY_DB
+    if not db.is_file():
+        raise ConfigError(f"{db}: the search's Optuna study is missing; it cannot be resumed")
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=2)
+        try:
+            con.execute("BEGIN IMMEDIATE")  # fails at once when another process holds a write lock
+            con.execute("SELECT count(*) FROM studies").fetchone()
+            con.rollback()
+        finally:
+            con.close()
+        names = optuna.get_all_study_names(optuna.storages.RDBStorage(f"sqlite:///{db}"))
+    except Exception as exc:  # sqlite3.DatabaseError, OperationalError, Optuna's errors
+        raise ConfigError(f"{db}: cannot use the search's Optuna study ({type(exc).__name__}: {exc}); it is "
+                          f"left as it is") from None
+    if not names:
+        raise ConfigError(f"{db}: holds no Optuna study; it cannot be resumed")
 
 
 def resolve_space(given: str) -> Path:
