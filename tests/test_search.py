@@ -286,6 +286,33 @@ def test_demo_search_runs_every_trial_once_and_asha_stops_some(demo_search):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("demo_search")  # one search for these tests (the fixture is per worker)
+def test_demo_search_terminal_shows_progress_and_ray_talks_to_a_log_file(demo_search):
+    out, exp_dir = demo_search["stdout"], demo_search["exp_dir"]
+    for noise in ("(run_trial pid=", "Token authentication", "Configuration for experiment", "tensorboard --logdir",
+                  "A new study created"):
+        assert noise not in out, noise
+    events = [line for line in out.splitlines() if re.match(r"\[\d\d:\d\d ", line)]
+    assert events and all(re.match(r"\[\d\d:\d\d \d/8 trials", line) for line in events)
+    last = [line for line in events if "updates" in line][-1]
+    used, budget = re.search(r"([\d,]+)/([\d,]+) updates", last).groups()
+    assert int(budget.replace(",", "")) == 8 * 30 and 0 < int(used.replace(",", "")) <= 8 * 30
+    logs = sorted((exp_dir / "logs").glob("trial_*.log"))
+    assert len(logs) == 8 and all("training: 30 optimizer updates" in p.read_text() for p in logs)
+    assert (exp_dir / "logs" / "ray.log").is_file()
+
+
+def test_progress_line_counts_trials_updates_and_the_time_left():
+    from tune.terminal import progress
+
+    # 2 of 4 trials ended (one cut at 20 of 100 updates), one running at 50; 170 updates in 170 s.
+    line = progress(170, 4, [(100, True), (20, True), (50, False)], 100)
+    assert line == "02:50 2/4 trials, 170/400 updates, <= 3 min left"  # 50 + 100 updates left at 1 per s
+    assert progress(5, 4, [], None) == "00:05 0/4 trials"
+    assert progress(10, 1, [(99, False)], 100).endswith(", < 1 min left")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("demo_search")  # one search for these tests (the fixture is per worker)
 def test_demo_search_trials_never_tokenize(demo_search):
     # The driver tokenized once and deleted the train file before Ray started: every trial trained
     # on the copy in Ray's object store.

@@ -30,6 +30,7 @@ TEST_SCORES = "test_scores.json"  # the held-out test figures of each scored mod
 RESEED_JSON, RESEED_MD = "reseed.json", "reseed.md"
 COMPARISON_MD = "comparison.md"
 TRAIN_RUNS = "train_runs"  # Ray Train's copy of multi-worker trials' checkpoints, while they run
+LOGS = "logs"  # ray.log (Ray's own messages) and trial_<id>.log (each trial's output), unless --verbose
 
 # --- metric names in the trials' reports ---------------------------------------------------------
 PRIMARY = "val/f1_macro"  # the default ranking metric (search.metric): F1-macro at the trial's threshold

@@ -26,6 +26,9 @@ import os
 # the experiment state, which it does after every kept checkpoint (that is what makes resume exact).
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Tune's own progress output (a configuration box, a TensorBoard hint into a temporary folder) stays
+# off: LiveView prints the search (Tune's older reporter respects verbose=0, the new one does not).
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 def _address_arg(argv: list[str]) -> str | None:
@@ -43,10 +46,14 @@ if (_address_arg(sys.argv[1:]) or "127.0.0.1").split(":")[0] in ("127.0.0.1", "l
     # this switch, read when Ray is imported, makes it use 127.0.0.1 as it does on macOS. The
     # same holds to attach to a loopback-only cluster (--address 127.0.0.1:PORT).
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # listed in tune/internals.py
+    # Token authentication, as Ray 2.60 turns on for a local cluster anyway, but said explicitly, so
+    # that Ray does not print a warning about the default on every start.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 import argparse
 import dataclasses
 import datetime
+import logging
 import shutil
 import time
 import warnings
@@ -66,8 +73,8 @@ from tune.reports import test_lines, write_reports
 from tune.results import DONE_STATES, collect_trials, searcher_metric
 from tune.space import SearchSpace, load_space
 from tune.terminal import LiveView, print_leaderboard
-from tune.folder import (BEST_CONFIG, BEST_MODEL, PLOTS, SPACE_COPY, STUDY_DB, TRAIN_RUNS, TRIALS_CSV, TRIALS_MD,
-                         NotASearchError, SearchState)
+from tune.folder import (BEST_CONFIG, BEST_MODEL, LOGS, PLOTS, SPACE_COPY, STUDY_DB, TRAIN_RUNS, TRIALS_CSV,
+                         TRIALS_MD, NotASearchError, SearchState)
 from tune.trial import KeepBestCheckpoint, ReleaseTrainWorkers, StudySearch, run_trial, trial_dirname
 
 RESULTS_DIR = "results"
@@ -121,10 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    _init_ray(args.address)
+    _init_ray(args.address, exp_dir, args.verbose)
     try:
         resources = _trial_resources(space)
-        trainable = _trainable(data, base, resources, space.settings.workers_per_trial, exp_dir)
+        trainable = _trainable(data, base, resources, space.settings.workers_per_trial, exp_dir,
+                               log_dir=None if args.verbose else str(exp_dir / LOGS))
         if args.resume:
             print(f"resuming {_rel(exp_dir)}: finished trials are kept, unfinished ones continue from "
                   f"their last checkpoint")
@@ -186,20 +194,22 @@ def _new_tuner(space: SearchSpace, scheduler_name: str, exp_dir: Path, trainable
             # A trial whose worker died is retried from its last checkpoint; one that fails on
             # its own (NaN loss) ends as failed without a retry (run_trial); the search goes on.
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-            callbacks=[LiveView(settings.max_evals, settings.metric, settings.asha_metric),
+            callbacks=[LiveView(settings.max_evals, settings.metric, settings.asha_metric,
+                                num_samples=settings.num_samples),
                        KeepBestCheckpoint(settings.metric), ReleaseTrainWorkers()],
             verbose=0,  # LiveView prints the trials
         ),
     )
 
 
-def _trainable(data: TaskData, base: TrainConfig, resources: dict[str, float], workers: int, exp_dir: Path):
+def _trainable(data: TaskData, base: TrainConfig, resources: dict[str, float], workers: int, exp_dir: Path,
+               log_dir: str | None = None):
     # with_parameters puts `data` into the object store once; every trial reads that one copy. The
     # held-out test pairs stay in this driver: no trial can read their labels.
     data = dataclasses.replace(data, test=None)
     trainable = tune.with_parameters(run_trial, data=data, base=base.to_dict(), workers=workers,
                                      worker_resources={"CPU": resources["cpu"], "GPU": resources["gpu"]},
-                                     train_storage=str(exp_dir / TRAIN_RUNS))
+                                     train_storage=str(exp_dir / TRAIN_RUNS), log_dir=log_dir)
     # A trial of several workers is only their driver: it takes no CPU itself (its Train workers
     # take theirs), so that two workers fit on two cores; Ray needs some resource in its bundle.
     return tune.with_resources(trainable, resources if workers == 1 else {"cpu": 0, "memory": DRIVER_MEMORY})
@@ -228,13 +238,26 @@ def _max_concurrent(settings, resources: dict[str, float]) -> int:
     return max(1, min(fits))
 
 
-def _init_ray(address: str | None) -> None:
+def _init_ray(address: str | None, exp_dir: Path, verbose: bool) -> None:
+    """Start (or attach to) Ray. Unless `verbose`, Ray's own messages go to logs/ray.log in the
+    results folder and the trials' output to logs/trial_<id>.log (run_trial), not to the terminal:
+    there, the live view's lines stay readable."""
+    logs = exp_dir / LOGS
+    logs.mkdir(exist_ok=True)
+    if not verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in RDB ..."
+        handler = logging.FileHandler(logs / "ray.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        ray_logger = logging.getLogger("ray")
+        ray_logger.handlers = [handler]
+        ray_logger.propagate = False
+    quiet = {"configure_logging": verbose, "log_to_driver": verbose}
     if address:
-        ray.init(address=address, logging_level="warning")
+        ray.init(address=address, logging_level="warning", **quiet)
     else:
         # A private local Ray for this run: no dashboard, everything bound to loopback.
         ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1",
-                 logging_level="warning", **internals.local_ray_init_kwargs())
+                 logging_level="warning", **quiet, **internals.local_ray_init_kwargs())
     print(f"ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs"
           f"{' at ' + address if address else ' (local, loopback only)'}")
 
@@ -301,6 +324,9 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, A
     parser.add_argument("--address", help="attach to a running Ray cluster (auto or HOST:PORT) "
                                           "instead of starting a local one")
     parser.add_argument("--results_dir", default=RESULTS_DIR, help="where NAME/ is created (default: results)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Ray's own messages and the trials' output on the terminal too (by default they go to "
+                             "results/NAME/logs/)")
     parser.add_argument("--workers_per_trial", type=int,
                         help="run each trial as a Ray Train TorchTrainer of N data-parallel workers (default: the "
                              "space's search.workers_per_trial, 1); cpus_per_trial/gpus_per_trial are then per worker")

@@ -13,15 +13,36 @@ from tune.folder import FAILED, PRIMARY, SHORT, fmt_param, format_params
 from tune.results import TrialRecord, trial_number, trial_state
 
 
+def progress(elapsed_s: float, num_samples: int, trials: list[tuple[int, bool]], per_trial: int | None) -> str:
+    """Where a search is: trials done of planned, optimizer updates used of the budget, the time so
+    far and at most how long is left. `trials`: (updates done, ended) of each trial started;
+    `per_trial`: the most updates a trial may make (its schedule, cut at max_evals). The time left
+    assumes every unfinished trial runs to the end at the rate so far: ASHA's cuts make it shorter."""
+    done = sum(ended for _, ended in trials)
+    used = sum(steps for steps, _ in trials)
+    clock = f"{int(elapsed_s) // 60:02d}:{int(elapsed_s) % 60:02d}"
+    if not per_trial:
+        return f"{clock} {done}/{num_samples} trials"
+    budget = num_samples * per_trial
+    left = sum(per_trial - steps for steps, ended in trials if not ended) + (num_samples - len(trials)) * per_trial
+    eta = ""
+    if used and elapsed_s > 0 and left > 0:
+        minutes = left / (used / elapsed_s) / 60
+        eta = f", <= {math.ceil(minutes)} min left" if minutes >= 1 else ", < 1 min left"
+    return f"{clock} {done}/{num_samples} trials, {used:,}/{budget:,} updates{eta}"
+
+
 class LiveView(tune.Callback):
-    """One line per trial event, plus the counts and the best trial so far after each trial ends.
+    """One line per trial event, each with the search's progress (`progress`), plus the counts and
+    the best trial so far after each trial ends and every minute.
 
     Stateless between runs (the counts come from Ray's trial list), so it is right after a resume.
     """
 
     def __init__(self, max_evals: int, metric: str = PRIMARY, asha_metric: str | None = None,
-                 status_every_s: float = 60.0):
-        self.max_evals = max_evals
+                 status_every_s: float = 60.0, num_samples: int | None = None):
+        self.max_evals, self.num_samples = max_evals, num_samples
+        self._trials: list = []
         self.metric, self.best = metric, best_key(metric)
         self.asha_metric = asha_metric if asha_metric != metric else None
         self.status_every_s = status_every_s
@@ -31,15 +52,31 @@ class LiveView(tune.Callback):
     def setup(self, **info):
         self._started = self._last_status = time.time()
 
-    def _print(self, text: str) -> None:
-        elapsed = int(time.time() - self._started)
-        print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}", flush=True)
+    def _print(self, text: str, ended=None) -> None:
+        """`ended`: a trial that is ending now (Ray sets its status after this callback)."""
+        def steps_of(t) -> tuple[int, bool]:
+            last = t.last_result or {}
+            return int(last.get("step", 0) or 0), t.status in ("TERMINATED", "ERROR") or t is ended
+
+        reports = [t.last_result for t in self._trials if (t.last_result or {}).get("planned_updates")]
+        per_trial = None
+        if reports:  # every trial's schedule (train() reports it), cut at the search's max_evals
+            r = reports[0]
+            per_trial = min(int(r["planned_updates"]), self.max_evals * int(r["eval_every"]))
+        line = progress(time.time() - self._started, self.num_samples or len(self._trials),
+                        [steps_of(t) for t in self._trials], per_trial)
+        print(f"[{line}] {text}", flush=True)
+
+    def on_step_begin(self, iteration, trials, **info):
+        self._trials = trials
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self._trials = trials
         tag = " (baseline)" if trial_number(trial) == 1 else ""
         self._print(f"trial {trial_number(trial)} started{tag}: {format_params(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._trials = trials
         if self.metric not in result or result.get(FAILED):  # a failure is printed when the trial ends
             return
         asha = f", {self.asha_metric} {result.get(self.asha_metric, math.nan):.4f}" if self.asha_metric else ""
@@ -48,19 +85,21 @@ class LiveView(tune.Callback):
                     f"train loss {result.get('train/loss', math.nan):.4f})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._trials = trials
         last = trial.last_result or {}
         state = trial_state("TERMINATED", last, self.max_evals)
         if state == "failed":
-            self._print(f"trial {trial_number(trial)} FAILED after {last.get('evals', 0)} evals: {last[FAILED]}")
+            self._print(f"trial {trial_number(trial)} FAILED after {last.get('evals', 0)} evals: {last[FAILED]}",
+                        ended=trial)
             self._status(trials, ended=(trial, "TERMINATED"))
             return
         how = "stopped early by ASHA" if state == "stopped early" else "finished"
         self._print(f"trial {trial_number(trial)} {how} after {last.get('evals', 0)} evals: best {self.metric} "
-                    f"{last.get(self.best, math.nan):.4f}")
+                    f"{last.get(self.best, math.nan):.4f}", ended=trial)
         self._status(trials, ended=(trial, "TERMINATED"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._print(f"trial {trial_number(trial)} FAILED: {_short_error(trial)}")
+        self._print(f"trial {trial_number(trial)} FAILED: {_short_error(trial)}", ended=trial)
         self._status(trials, ended=(trial, "ERROR"))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -86,7 +125,7 @@ class LiveView(tune.Callback):
             best = max(scored, key=lambda t: (t.last_result[self.best], -trial_number(t)))
             counts += (f" | best so far: trial {trial_number(best)} {self.metric} "
                        f"{best.last_result[self.best]:.4f} ({format_params(best.config)})")
-        self._print(counts)
+        self._print(counts, ended=ended[0] if ended else None)
 
 
 def _short_error(trial) -> str:

@@ -6,6 +6,7 @@ reference and the workers import it, like any library function.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -13,7 +14,7 @@ import tempfile
 import threading
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import optuna
 import ray
@@ -30,7 +31,8 @@ from tune.results import keep_best_checkpoint, ran_its_course
 
 
 def run_trial(config: dict[str, Any], data: TaskData, base: dict[str, Any], workers: int = 1,
-              worker_resources: dict[str, float] | None = None, train_storage: str | None = None) -> None:
+              worker_resources: dict[str, float] | None = None, train_storage: str | None = None,
+              log_dir: str | None = None) -> None:
     """Train with `base` (the fixed fields) updated by `config` (the sampled ones).
 
     `data` arrives through Ray's object store (`tune.with_parameters`): the driver tokenized it
@@ -38,9 +40,28 @@ def run_trial(config: dict[str, Any], data: TaskData, base: dict[str, Any], work
     Ray Train `TorchTrainer` of that many workers (`_run_workers`); this function then only drives
     it, and reports to Tune exactly what a one-process trial reports; `worker_resources` are each
     worker's ({"CPU": n, "GPU": g}) and `train_storage` a folder every node can reach (the
-    experiment's) for Train's copy of the checkpoints.
+    experiment's) for Train's copy of the checkpoints. With `log_dir`, what the trial prints goes to
+    `log_dir/trial_<id>.log` instead of Ray's forwarding to the driver's terminal.
     """
     trial_id = tune.get_context().get_trial_id()
+    with trial_output(log_dir, f"trial_{trial_id}"):
+        _run_trial(config, data, base, workers, worker_resources, train_storage, trial_id, log_dir)
+
+
+@contextlib.contextmanager
+def trial_output(log_dir: str | None, name: str) -> Iterator[None]:
+    """The output of a trial process into `log_dir/name.log` (appended: a resumed trial continues it)."""
+    if log_dir is None:
+        yield
+        return
+    with open(Path(log_dir) / f"{name}.log", "a", encoding="utf-8", buffering=1) as fh, \
+            contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        yield
+
+
+def _run_trial(config: dict[str, Any], data: TaskData, base: dict[str, Any], workers: int,
+               worker_resources: dict[str, float] | None, train_storage: str | None, trial_id: str,
+               log_dir: str | None) -> None:
     cfg = from_dict({**base, **config}, source=f"trial {trial_id}")
     logging.getLogger("ray").setLevel(logging.WARNING)  # not one "Checkpoint successfully created" per eval
     # `node_id` says which Ray node ran the trial (on a cluster). train() reports its own schedule
@@ -48,7 +69,8 @@ def run_trial(config: dict[str, Any], data: TaskData, base: dict[str, Any], work
     extra = {"node_id": ray.get_runtime_context().get_node_id()}
     checkpoint = tune.get_checkpoint()  # set when Ray resumes or retries this trial
     if workers > 1:
-        _run_workers(cfg, data, workers, worker_resources or {"CPU": 1}, extra, checkpoint, train_storage, trial_id)
+        _run_workers(cfg, data, workers, worker_resources or {"CPU": 1}, extra, checkpoint, train_storage, trial_id,
+                     log_dir)
         return
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))  # one trial per core(s) it was given, not every core
@@ -104,7 +126,8 @@ TRAIN_GROUP = "train_placement_group"
 
 
 def _run_workers(cfg: TrainConfig, data: TaskData, workers: int, per_worker: dict[str, float],
-                 extra: dict[str, Any], checkpoint, train_storage: str | None, trial_id: str) -> None:
+                 extra: dict[str, Any], checkpoint, train_storage: str | None, trial_id: str,
+                 log_dir: str | None = None) -> None:
     """The trial as a Ray Train `TorchTrainer` of `workers` workers, each running `train()` under
     Accelerate (which joins the process group Ray set up: gloo on CPU, NCCL on GPUs).
 
@@ -124,7 +147,7 @@ def _run_workers(cfg: TrainConfig, data: TaskData, workers: int, per_worker: dic
     trainer = internals.torch_trainer_without_placement_group_cleaner()(
         _worker_loop,
         train_loop_config={"cfg": cfg.to_dict(), "data": ray.put(data), "extra": extra, "trial_id": trial_id,
-                           "threads": max(1, int(per_worker.get("CPU", 1)))},
+                           "threads": max(1, int(per_worker.get("CPU", 1))), "log_dir": log_dir},
         scaling_config=ray_train.ScalingConfig(num_workers=workers, use_gpu=bool(per_worker.get("GPU")),
                                                resources_per_worker=per_worker),
         run_config=ray_train.RunConfig(
@@ -208,9 +231,10 @@ def _worker_loop(config: dict[str, Any]) -> None:
         ray_train.report({**metrics, **extra},
                          checkpoint=None if checkpoint_dir is None else ray_train.Checkpoint.from_directory(checkpoint_dir))
 
-    _train_or_fail(cfg, ray.get(config["data"]), ray_train.get_checkpoint(), report,
-                   lambda failure: ray_train.report({**failure, **extra}), train,
-                   prefix=f"{config['trial_id']}-{ctx.get_world_rank()}")
+    with trial_output(config.get("log_dir"), f"trial_{config['trial_id']}-worker{ctx.get_world_rank()}"):
+        _train_or_fail(cfg, ray.get(config["data"]), ray_train.get_checkpoint(), report,
+                       lambda failure: ray_train.report({**failure, **extra}), train,
+                       prefix=f"{config['trial_id']}-{ctx.get_world_rank()}")
 
 
 def trial_dirname(trial) -> str:
