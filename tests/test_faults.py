@@ -181,7 +181,8 @@ import json, sys
 sys.argv = ["tune/search.py"]
 import tune.search as search  # sets the loopback switch before Ray is imported
 import psutil, ray
-search._init_ray(None)
+import tempfile, pathlib
+search._init_ray(None, pathlib.Path(tempfile.mkdtemp()), verbose=False)
 ray.get(ray.remote(lambda: 1).remote())
 me = psutil.Process()
 listening = []

@@ -47,6 +47,14 @@ def test_ray_train_and_placement_group_symbols():
     assert group.id.hex() == "ab" * 18
 
 
+def test_the_token_auth_notice_comes_from_the_logger_we_quiet():
+    import importlib
+
+    module = importlib.import_module(internals.TOKEN_AUTH_LOGGER)
+    assert module.logger.name == internals.TOKEN_AUTH_LOGGER and "Token authentication is enabled" in \
+        inspect.getsource(module._warn_token_auth_enabled)
+
+
 def test_local_ray_switches_are_read_by_ray():
     from ray._private import ray_constants, worker
 

@@ -13,6 +13,7 @@ in the quick test tier, so that an upgrade fails loudly in CI rather than in a u
 | `ray.util.placement_group.PlacementGroup(PlacementGroupID.from_hex(...))` | Ray | rebuilding a handle from the id a Train worker reported, to remove that group when Tune stops the trial |
 | `ray.init(_node_ip_address=...)` | Ray | the only way to make a local node take 127.0.0.1 as its address (with the switch below) |
 | `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` (environment) | Ray | read at import: makes Ray on Linux bind its node to 127.0.0.1 as it does on macOS, not to every interface |
+| the logger `ray._private.authentication.authentication_token_setup` | Ray | it prints a notice that token authentication is on (Ray's default for a local cluster) at every start, on the console whatever the handlers; raised to ERROR unless `--verbose` |
 
 The Optuna study itself is reached through its public API: the search passes its storage in and
 loads the study by name (`StudySearch.study`), never through `OptunaSearch._ot_study`.
@@ -24,6 +25,16 @@ from typing import Any
 
 TESTED = {"ray": "2.60", "optuna": "5.0"}  # major.minor of the versions these were checked with
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def quiet_token_auth_notice() -> None:
+    """Ray's notice that token authentication is on (its default) at every start: not on the terminal."""
+    import logging
+
+    logging.getLogger(TOKEN_AUTH_LOGGER).setLevel(logging.ERROR)
 
 
 def local_ray_init_kwargs() -> dict[str, Any]:

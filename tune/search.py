@@ -46,9 +46,6 @@ if (_address_arg(sys.argv[1:]) or "127.0.0.1").split(":")[0] in ("127.0.0.1", "l
     # this switch, read when Ray is imported, makes it use 127.0.0.1 as it does on macOS. The
     # same holds to attach to a loopback-only cluster (--address 127.0.0.1:PORT).
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # listed in tune/internals.py
-    # Token authentication, as Ray 2.60 turns on for a local cluster anyway, but said explicitly, so
-    # that Ray does not print a warning about the default on every start.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 import argparse
 import dataclasses
@@ -244,13 +241,12 @@ def _init_ray(address: str | None, exp_dir: Path, verbose: bool) -> None:
     there, the live view's lines stay readable."""
     logs = exp_dir / LOGS
     logs.mkdir(exist_ok=True)
+    handler = None
     if not verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in RDB ..."
         handler = logging.FileHandler(logs / "ray.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        ray_logger = logging.getLogger("ray")
-        ray_logger.handlers = [handler]
-        ray_logger.propagate = False
+        internals.quiet_token_auth_notice()
     quiet = {"configure_logging": verbose, "log_to_driver": verbose}
     if address:
         ray.init(address=address, logging_level="warning", **quiet)
@@ -258,6 +254,10 @@ def _init_ray(address: str | None, exp_dir: Path, verbose: bool) -> None:
         # A private local Ray for this run: no dashboard, everything bound to loopback.
         ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1",
                  logging_level="warning", **quiet, **internals.local_ray_init_kwargs())
+    if handler is not None:  # after init: Ray sets up its logger's console handler during it
+        ray_logger = logging.getLogger("ray")
+        ray_logger.handlers = [handler]
+        ray_logger.propagate = False
     print(f"ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs"
           f"{' at ' + address if address else ' (local, loopback only)'}")
 
