@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+TRACKERS = ("none", "tensorboard", "mlflow", "wandb")
 TUNED = "tuned"  # threshold value: chosen on val after every evaluation (afqmc.metrics)
 # Val metrics a run can select its best model by (and a search rank and cut trials by); all are
 # higher-is-better. val/f1_macro is at the run's threshold (cross-fitted when it is tuned).
@@ -92,6 +93,10 @@ class TrainConfig:
     metric_for_best_model: str = "val/f1_macro"
     patience: int = 0  # stop after N evaluations without a better metric_for_best_model; 0 = never
     output_dir: str = "results/run"  # checkpoint/, best_model/, metrics.jsonl, summary.json
+    # Experiment trackers of a single run, through Accelerate: none, tensorboard (output_dir/afqmc),
+    # mlflow (MLFLOW_TRACKING_URI, else output_dir/mlflow.db), wandb; a list for several. A search
+    # has its own (search.loggers; Tune's TensorBoard files are always written).
+    report_to: str | list[str] = "none"
     save_best_model: bool = True  # keep best_model/ (a save_pretrained folder)
 
     # -----------------------------------------------------------------------------------------
@@ -142,6 +147,9 @@ class TrainConfig:
             raise bad("test_ratio", "must be in [0, 1)")
         if self.val_file is None and self.val_ratio + self.test_ratio >= 1.0:
             raise bad("test_ratio", f"plus val_ratio ({self.val_ratio}) must leave pairs to train on")
+        reports = [self.report_to] if isinstance(self.report_to, str) else self.report_to
+        if not reports or any(r not in TRACKERS for r in reports) or ("none" in reports and len(reports) > 1):
+            raise bad("report_to", f"must be one of {', '.join(TRACKERS)}, or a list of them without none")
         if self.metric_for_best_model not in SELECTION_METRICS:
             self.metric_for_best_model = normalize_metric(self.metric_for_best_model, "metric_for_best_model", source)
         if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:

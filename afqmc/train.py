@@ -140,11 +140,42 @@ def _setup_accelerator(cfg: TrainConfig) -> Accelerator:
     return Accelerator(
         # Without a GPU, CPU mode: with several processes (torchrun's WORLD_SIZE) that is DDP over gloo.
         cpu=not torch.cuda.is_available(),
+        log_with=trackers_of(cfg) or None, project_dir=cfg.output_dir,
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         # The sampler reshuffles with seed + epoch, so a resumed run sees the same batches.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+
+
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
+PROJECT = "afqmc"  # the trackers' project: TensorBoard's folder in output_dir, MLflow's experiment
+
+
+def trackers_of(cfg: TrainConfig) -> list[str]:
+    reports = [cfg.report_to] if isinstance(cfg.report_to, str) else list(cfg.report_to)
+    return [r for r in reports if r != "none"]
+
+
+def _start_trackers(cfg: TrainConfig, accelerator: Accelerator) -> None:
+    """Accelerate's trackers (report_to): the resolved config first; every evaluation then logs its
+    metrics at its step (_evaluate_and_report). MLflow writes to MLFLOW_TRACKING_URI, else to a SQLite
+    store in output_dir (no server needed)."""
+    import importlib.util
+
+    trackers = trackers_of(cfg)
+    for name in trackers:
+        if not any(importlib.util.find_spec(package) for package in TRACKER_PACKAGES[name]):
+            raise ConfigError(f"config: field 'report_to': {name} needs the {TRACKER_PACKAGES[name][0]} package "
+                              f"(pip install {TRACKER_PACKAGES[name][0]}, or pip install -e '.[tracking]')", "report_to")
+    if not trackers:
+        return
+    if "mlflow" in trackers and not os.environ.get("MLFLOW_TRACKING_URI"):
+        import mlflow
+
+        mlflow.set_tracking_uri(f"sqlite:///{Path(cfg.output_dir).resolve() / 'mlflow.db'}")
+    config = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in cfg.to_dict().items()}
+    accelerator.init_trackers(PROJECT, config=config, init_kwargs={"mlflow": {"run_name": Path(cfg.output_dir).name}})
 
 
 def _setup_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -236,6 +267,7 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         cfg.save_yaml(output_dir / "train_config.yaml", header="Resolved TrainConfig of this run.")
+    _start_trackers(cfg, accelerator)
     set_seed(cfg.seed)
     data = data or prepare_data(cfg, log)
 
@@ -418,6 +450,9 @@ def _evaluate_and_report(run: Run, state: TrainerState, epoch: float, train_loss
     }
     state.history.append(metrics)
     _print_eval(run.bar, metrics, cfg.metric_for_best_model, first=state.evals == 1)
+    if accelerator.trackers:  # report_to: the evaluation's figures at its step
+        accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                        step=state.step)
     checkpoint_dir = _save_checkpoint(cfg, accelerator, run.model, run.data, state, metrics, improved)
     if run.report is not None:
         run.report(metrics, checkpoint_dir if accelerator.is_main_process else None)

@@ -24,6 +24,8 @@ def test_threshold_takes_a_number_or_tuned_from_yaml_and_the_command_line(tmp_pa
     ("test_ratio: 1.0", "test_ratio", "[0, 1)"),
     ("test_ratio: 0.95", "test_ratio", "leave pairs to train on"),
     ("metric_for_best_model: f1", "metric_for_best_model", "val/auc"),
+    ("report_to: neptune", "report_to", "tensorboard"),
+    ("report_to: [none, mlflow]", "report_to", "without none"),
 ])
 def test_bad_threshold_test_ratio_or_metric_names_file_line_and_field(tmp_path, line, field, phrase):
     path = tmp_path / "c.yaml"

@@ -109,6 +109,8 @@ BAD_SPACES = [
     ("learning_rate: {type: uniform, low: 1.0e-5, high: 1.0e-4, step: 1.0e-5}\n", None, "learning_rate", "step"),
     ("threshold: {type: uniform, low: 0.3, high: 0.7}\n", "num_sample: 3", "num_sample", "unknown key"),
     ("threshold: {type: uniform, low: 0.3, high: 0.7}\n", "grace_period: 0", "grace_period", ">= 1"),
+    ("threshold: {type: uniform, low: 0.3, high: 0.7}\n", "loggers: [neptune]", "loggers", "mlflow"),
+    ("report_to: tensorboard\nthreshold: {type: uniform, low: 0.3, high: 0.7}\n", None, "report_to", "search.loggers"),
 ]
 
 
@@ -253,6 +255,9 @@ def demo_search(tmp_path_factory):
     train_file = tmp_path / "train.jsonl"
     shutil.copyfile(ROOT / "afqmc/demo_data/train.jsonl", train_file)
     space = _test_space(tmp_path, train_file, num_samples=8, max_steps=30)
+    spec = yaml.safe_load(space.read_text(encoding="utf-8"))
+    spec["search"]["loggers"] = ["mlflow"]  # one MLflow run per trial, in results/demo_test/mlflow.db
+    space.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     started = time.time()
     proc = subprocess.run([sys.executable, "-c", DRIVER, "--space", str(space), "--name", "demo_test",
                            "--results_dir", str(tmp_path / "results")], cwd=ROOT, capture_output=True, text=True,
@@ -299,6 +304,33 @@ def test_demo_search_terminal_shows_progress_and_ray_talks_to_a_log_file(demo_se
     logs = sorted((exp_dir / "logs").glob("trial_*.log"))
     assert len(logs) == 8 and all("training: 30 optimizer updates" in p.read_text() for p in logs)
     assert (exp_dir / "logs" / "ray.log").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("demo_search")  # one search for these tests (the fixture is per worker)
+def test_demo_search_writes_tensorboard_files_and_one_mlflow_run_per_trial(demo_search):
+    import mlflow
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    exp_dir = demo_search["exp_dir"]
+    trials = {t["trial_id"]: t for t in _trials_csv(exp_dir)}
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{exp_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("demo_test").experiment_id])
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(trials)
+    for run in runs:
+        t = trials[run.data.tags["trial_id"]]
+        rows = _rows(exp_dir / f"trial_{t['trial_id']}")
+        assert run.info.run_name == f"trial {t['trial']}" and run.data.tags["state"] == t["state"]
+        assert run.info.status == "FINISHED"
+        params = json.loads((exp_dir / f"trial_{t['trial_id']}" / "params.json").read_text())
+        assert run.data.params == {k: str(v) for k, v in params.items()}
+        history = client.get_metric_history(run.info.run_id, PRIMARY)
+        assert [(m.step, m.value) for m in history] == [(r["step"], pytest.approx(r[PRIMARY])) for r in rows]
+        # Tune's TensorBoard files, in the trial's folder (tensorboard --logdir results/NAME).
+        events = EventAccumulator(str(next((exp_dir / f"trial_{t['trial_id']}").glob("events.out.tfevents.*"))))
+        events.Reload()
+        scalars = [e.value for e in events.Scalars(f"ray/tune/{PRIMARY}")]
+        assert scalars == [pytest.approx(r[PRIMARY]) for r in rows]
 
 
 def test_progress_line_counts_trials_updates_and_the_time_left():

@@ -419,3 +419,25 @@ def test_the_launcher_decides_unless_the_config_says_otherwise(tmp_path):
     assert summary["precision"] == {"mixed_precision": "no", "forward_dtype": "float32"}
     assert "warning: mixed_precision 'no' in the config overrides the launcher's 'bf16'" in stdout
     assert "mixed_precision: 'no'" in saved
+
+
+def test_report_to_tensorboard_and_mlflow_logs_the_config_and_every_evaluation(tiny_cfg, tmp_path):
+    import mlflow
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    reports = []
+    train(tiny_cfg(eval_steps=3, max_steps=9, report_to=["tensorboard", "mlflow"]),
+          report=lambda m, c: reports.append(m), progress=False)
+    expected = [(m["step"], m["val/f1_macro"]) for m in reports]
+    assert [s for s, _ in expected] == [3, 6, 9]
+    out = tmp_path / "run"
+    events = EventAccumulator(str(next((out / "afqmc").glob("events.out.tfevents.*"))))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("val/f1_macro")] == [(s, pytest.approx(v)) for s, v in expected]
+    assert {"val/auc", "train/loss", "val/threshold"} <= set(events.Tags()["scalars"])
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("afqmc").experiment_id])
+    assert run.info.run_name == "run" and run.info.status == "FINISHED"
+    assert run.data.params["learning_rate"] == "0.0005" and run.data.params["threshold"] == "tuned"
+    history = client.get_metric_history(run.info.run_id, "val/f1_macro")
+    assert [(m.step, m.value) for m in history] == [(s, pytest.approx(v)) for s, v in expected]

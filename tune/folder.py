@@ -96,6 +96,7 @@ class SearchState:
     settings: dict[str, Any] = field(default_factory=dict)  # the space's SearchSettings, as a dict
     cwd: str = "."
     started: str = ""
+    tracking_uri: str | None = None  # --tracking_uri of search.loggers: [mlflow] (None: mlflow.db in the folder)
 
     @property
     def metric(self) -> str:

@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                                 scheduler=args.scheduler, baseline=space.baseline(),
                                 workers_per_trial=space.settings.workers_per_trial,
                                 settings=asdict(space.settings), cwd=os.getcwd(),  # relative paths resolve from here
-                                started=datetime.datetime.now().isoformat(timespec="seconds"))
+                                started=datetime.datetime.now().isoformat(timespec="seconds"),
+                                tracking_uri=args.tracking_uri)
         # The exported best model comes from the trial checkpoints, so every trial saves its best.
         base = absolute_paths(space.base, state.cwd).replace(save_best_model=True)
         print(_describe(space, state.scheduler, exp_dir, resuming=bool(args.resume)))
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
                                        resume_errored=False)
         else:
-            tuner = _new_tuner(space, state.scheduler, exp_dir, trainable, resources)
+            tuner = _new_tuner(space, state, exp_dir, trainable, resources)
         started = time.time()
         try:
             tuner.fit()  # the first Ctrl-C makes Ray stop the trials and save the experiment state
@@ -153,8 +154,15 @@ def main(argv: list[str] | None = None) -> int:
 # --- building the search -------------------------------------------------------------------------
 
 
-def _new_tuner(space: SearchSpace, scheduler_name: str, exp_dir: Path, trainable, resources) -> tune.Tuner:
-    settings = space.settings
+def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable, resources) -> tune.Tuner:
+    settings, scheduler_name = space.settings, state.scheduler
+    callbacks = [LiveView(settings.max_evals, settings.metric, settings.asha_metric, num_samples=settings.num_samples),
+                 KeepBestCheckpoint(settings.metric), ReleaseTrainWorkers()]
+    if "mlflow" in settings.loggers:
+        from tune.tracking import MLflowTrials, default_tracking_uri
+
+        callbacks.append(MLflowTrials(state.tracking_uri or default_tracking_uri(exp_dir), exp_dir.name,
+                                      settings.max_evals, space.baseline()))
     # The study lives in the experiment folder; the driver is its only writer (SQLite is fine).
     storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / STUDY_DB}")
     with warnings.catch_warnings():
@@ -191,9 +199,7 @@ def _new_tuner(space: SearchSpace, scheduler_name: str, exp_dir: Path, trainable
             # A trial whose worker died is retried from its last checkpoint; one that fails on
             # its own (NaN loss) ends as failed without a retry (run_trial); the search goes on.
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-            callbacks=[LiveView(settings.max_evals, settings.metric, settings.asha_metric,
-                                num_samples=settings.num_samples),
-                       KeepBestCheckpoint(settings.metric), ReleaseTrainWorkers()],
+            callbacks=callbacks,
             verbose=0,  # LiveView prints the trials
         ),
     )
@@ -324,6 +330,8 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, A
     parser.add_argument("--address", help="attach to a running Ray cluster (auto or HOST:PORT) "
                                           "instead of starting a local one")
     parser.add_argument("--results_dir", default=RESULTS_DIR, help="where NAME/ is created (default: results)")
+    parser.add_argument("--tracking_uri", help="with search.loggers: [mlflow], the MLflow tracking store (default: "
+                                               "sqlite:///results/NAME/mlflow.db)")
     parser.add_argument("--verbose", action="store_true",
                         help="Ray's own messages and the trials' output on the terminal too (by default they go to "
                              "results/NAME/logs/)")
@@ -336,7 +344,7 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, A
     except ConfigError as exc:
         parser.error(str(exc))
     if args.resume:
-        given = [f"--{k}" for k in ("space", "name", "num_samples", "scheduler", "workers_per_trial")
+        given = [f"--{k}" for k in ("space", "name", "num_samples", "scheduler", "workers_per_trial", "tracking_uri")
                  if getattr(args, k) is not None]
         given += [f"--{k}" for k in overrides]
         if given:

@@ -36,10 +36,11 @@ TYPES = ("loguniform", "uniform", "int", "choice")
 DIST_KEYS = {"type", "low", "high", "values", "baseline", "log"}
 
 # Set by the search itself (trial directories, ASHA's time unit, search.metric), not searchable.
-RUN_FIELDS = {"output_dir", "save_best_model", "test_file", "eval_steps", "metric_for_best_model"}
+RUN_FIELDS = {"output_dir", "save_best_model", "test_file", "eval_steps", "metric_for_best_model", "report_to"}
 # The default of search.asha_metric: the candidate whose value at ASHA's rungs ranked the trials most
 # like their final val F1-macro (tuned threshold, cross-fitted) on the CPU space (benchmarks/README.md).
 DEFAULT_ASHA_METRIC = "val/auc"
+LOGGERS = ("mlflow",)  # search.loggers
 
 
 class SpaceError(ConfigError):
@@ -70,6 +71,9 @@ class SearchSettings:
     # Workers (processes) per trial: above 1, each trial is a Ray Train TorchTrainer (data parallel)
     # and cpus_per_trial / gpus_per_trial are per worker.
     workers_per_trial: int = 1
+    # Trackers of the search besides Tune's TensorBoard files (always written): [mlflow] logs one
+    # MLflow run per trial (tune/tracking.py).
+    loggers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -162,6 +166,9 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
     if overrides:
         base = from_dict(overrides, source="command line", base=base)
 
+    if "report_to" in fixed or "report_to" in overrides:
+        raise SpaceError(f"{where('params.report_to')}: a search does not take 'report_to' (each trial's trackers); "
+                         f"set 'search.loggers: [mlflow]' (Tune writes TensorBoard files anyway)", "report_to")
     if "metric_for_best_model" in fixed or "metric_for_best_model" in overrides:
         raise SpaceError(f"{where('params.metric_for_best_model')}: set 'search.metric' instead of "
                          "'metric_for_best_model': the search ranks and keeps trials by it", "metric_for_best_model")
@@ -191,6 +198,11 @@ def _parse_settings(search: dict[str, Any], where) -> SearchSettings:
             value = None if value is None else _check_int(key, value, 1, src)
         elif key in ("metric", "asha_metric"):
             value = normalize_metric(value, f"search.{key}", src)
+        elif key == "loggers":
+            value = [value] if isinstance(value, str) else value
+            if not isinstance(value, list) or any(v not in LOGGERS for v in value):
+                raise SpaceError(f"{src}: 'search.loggers' must be a list of {', '.join(LOGGERS)} (got {value!r}); "
+                                 f"Tune's TensorBoard files are always written", key)
         elif key == "reduction_factor":
             value = _check_number(key, value, src)
             if value <= 1:
