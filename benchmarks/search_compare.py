@@ -52,6 +52,8 @@ import _searchutil as su
 GOAL_VALUE, GOAL_STEPS = 0.99, 0.40  # ASHA vs FIFO
 GOAL_TIME = 0.7  # ours vs the peer
 OURS = {"fifo_searched": ("fifo", "searched"), "fifo": ("fifo", "tuned"), "asha": ("asha", "tuned")}
+# Budget keys that only ASHA reads: FIFO runs in the work folder stay comparable when these change.
+ASHA_ONLY = ("grace_period", "reduction_factor", "asha_metric")
 CANDIDATES = {"tuned F1": "val/f1_macro_tuned", "AUC": "val/auc", "AP": "val/ap", "F1 at sampled thr": "val/f1_macro"}
 
 
@@ -384,8 +386,12 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(args.workdir or tmp).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         budget_file = workdir / "budget.json"
-        if budget_file.is_file() and json.loads(budget_file.read_text()) != b:
-            p.error(f"{workdir} holds runs of another budget ({budget_file}); use another --workdir")
+        if budget_file.is_file():
+            before = json.loads(budget_file.read_text())
+            differ = sorted(k for k in set(before) | set(b) if k not in ASHA_ONLY and before.get(k) != b.get(k))
+            if differ:
+                p.error(f"{workdir} holds runs of another budget ({', '.join(differ)} differ: {budget_file}); "
+                        f"use another --workdir")
         budget_file.write_text(json.dumps(b))
         spaces = {mode: su.write_space(workdir / f"space_{mode}.yaml", args.data, b, threshold=mode)
                   for mode in ("tuned", "searched")}
@@ -402,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                 run = {**su.run_search(spaces[mode], name, scheduler, workdir / "results"), "load_at_start": load}
             else:
                 run = run_peer(name.removeprefix("hf_"), spaces["searched"], workdir, budget_file, args.hf_threads)
-            bu.write_json(workdir / f"{name}.json", run)
+            bu.write_json(workdir / f"{name}.json", {**run, "budget": b})
         runs = {path.stem: json.loads(path.read_text()) for path in sorted(workdir.glob("*.json"))
                 if path.stem in OURS or path.stem in ("hf_optuna", "hf_ray")}
         result: dict[str, Any] = {"benchmark": "search_compare", "quick": args.quick, "machine": info, "budget": b,

@@ -543,3 +543,25 @@ def test_reseed_when_the_baseline_is_the_winner(search, tmp_path):
     for figure in ("test", "val"):
         assert report[figure]["verdict"] == "the baseline is the best trial: there is no gain to test"
         assert report[figure]["welch_p"] is None and report[figure]["gain"] == 0
+
+
+@pytest.mark.slow
+def test_reseed_against_another_starting_point(search, tmp_path):
+    import torch
+
+    against = tmp_path / "untuned.yaml"
+    against.write_text("# a starting point not tuned on this data\nlearning_rate: 1.0e-4\nclass_weights: null\n")
+    copy = tmp_path / "against"
+    shutil.copytree(search["exp_dir"], copy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert compare_cli.main(["--reseed", "2", "--max_steps", "5", "--against", str(against), str(copy)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads((copy / "reseed.json").read_text())
+    other = report["results"]["baseline"]
+    assert report["against"] == str(against) and other["trial"] == "untuned.yaml"
+    assert other["params"] == {"learning_rate": 1e-4, "class_weights": None} and other["steps"] == 5
+    assert len(other["runs"]) == 2 and report["test"]["welch_p"] is not None or report["test"]["pooled_std"] == 0
+    assert (copy / "reseed.md").read_text().startswith(f"# Reseed of `{copy.name}`: best against `untuned.yaml`")

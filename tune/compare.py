@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                                         "search's own)")
     parser.add_argument("--max_steps", type=int, help="with --reseed: optimizer updates per run (default: the "
                                                       "search's budget per trial)")
+    parser.add_argument("--against", metavar="FILE", help="with --reseed: a YAML file of TrainConfig fields that replace "
+                                                          "the baseline trial's, to compare the winner with another "
+                                                          "starting point (the same data)")
     args = parser.parse_args(argv)
     if args.top is not None and args.top < 1:
         parser.error("--top must be >= 1")
@@ -212,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.reseed < 2 and not args.seeds:
                 parser.error("--reseed needs K >= 2 (a standard deviation needs two runs)")
             seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-            reseed(args.experiments[0], args.reseed, seeds=seeds, max_steps=args.max_steps)
+            reseed(args.experiments[0], args.reseed, seeds=seeds, max_steps=args.max_steps, against=args.against)
             return 0
         if args.regenerate:
             regenerate(args.experiments, plots=not args.no_plots)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from afqmc.config import DATA_FIELDS, TrainConfig, absolute_paths, from_dict, load_config
+from afqmc.config import DATA_FIELDS, TrainConfig, absolute_paths, from_dict, load_config, read_yaml_mapping
 from tune.folder import BEST_CONFIG, RESEED_JSON, RESEED_MD, SPACE_COPY, SearchState, format_params
 from tune.reports import markdown_table, search_config
 from tune.results import TrialRecord, best_trial, collect_trials
@@ -55,7 +55,10 @@ def budget_steps(trial: TrialRecord, max_evals: int | None) -> int:
 
 
 def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, max_steps: int | None = None,
-           log=print) -> dict[str, Any]:
+           log=print, against: str | Path | None = None) -> dict[str, Any]:
+    """The best trial's config and the baseline trial's over `k` seeds (see the module's docstring).
+    `against`: a YAML file of TrainConfig fields that replace the baseline's (the same data), to
+    weigh the winner against another starting point, such as one not tuned on this data."""
     from afqmc.train import prepare_data
 
     experiment_dir = Path(experiment_dir).resolve()
@@ -69,7 +72,13 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
         raise ValueError(f"{experiment_dir}: the baseline trial is not in the search yet")
 
     configs = {"best": best_config(experiment_dir, best, state), "baseline": trial_config(experiment_dir, baseline, state)}
-    same = best.number == baseline.number
+    baseline_label = {"trial": baseline.number, "trial_id": baseline.trial_id, "search_value": baseline.best_value,
+                      "params": baseline.params}
+    if against is not None:
+        changes, lines = read_yaml_mapping(against)
+        configs["baseline"] = from_dict(changes, source=str(against), base=configs["baseline"], lines=lines)
+        baseline_label = {"trial": f"{Path(against).name}", "trial_id": None, "search_value": None, "params": changes}
+    same = best.number == baseline.number and against is None
     if same:
         del configs["baseline"]  # the baseline won: nothing to compare it with
     own_seed = configs["best"].seed
@@ -80,22 +89,25 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
     max_evals = state.settings.get("max_evals")
 
     results: dict[str, Any] = {}
+    labels = {"best": {"trial": best.number, "trial_id": best.trial_id, "search_value": best.best_value,
+                       "params": best.params}, "baseline": baseline_label}
     for role, cfg in configs.items():
-        trial = best if role == "best" else baseline
+        label = labels[role]
         if any(getattr(cfg, f) != getattr(search, f) for f in (*DATA_FIELDS, "seed")):
-            raise ValueError(f"trial {trial.number}'s data settings differ from the search's; cannot reseed it on "
-                             f"the search's split")
-        steps = max_steps or budget_steps(trial, max_evals)
+            raise ValueError(f"{role} ({label['trial']}): its data settings differ from the search's; cannot reseed "
+                             f"it on the search's split")
+        # Every config gets the budget of the trial it is compared with (the one `against` replaces).
+        steps = max_steps or budget_steps(best if role == "best" else baseline, max_evals)
         runs = [_run_seed(cfg.replace(seed=seed, max_steps=steps, metric_for_best_model=metric), data,
-                          f"{role} (trial {trial.number})", log) for seed in seeds]
-        results[role] = {"trial": trial.number, "trial_id": trial.trial_id, "search_value": trial.best_value,
-                         "params": trial.params, "steps": steps, "runs": runs,
+                          f"{role} ({label['trial']})", log) for seed in seeds]
+        results[role] = {**label, "steps": steps, "runs": runs,
                          "val": _stats([r["val"] for r in runs]),
                          "test": _stats([r["test"] for r in runs]) if data.test is not None else None}
     if same:
         results["baseline"] = results["best"]
 
     report = {"search": experiment_dir.name, "metric": metric, "seeds": seeds, "search_seed": own_seed,
+              "against": str(against) if against is not None else None,
               "test_pairs": len(data.test) if data.test is not None else 0,
               "test_source": data.test.source if data.test is not None else None,
               "val": _verdict(results, "val", same), "results": results}
@@ -190,7 +202,8 @@ def reseed_markdown(report: dict[str, Any]) -> str:
     test = (f"; its best model scored once on the held-out test set ({report['test_pairs']} pairs, "
             f"{report['test_source']}) at its saved threshold") if report.get("test") else \
         "; the search has no held-out test set, so only val figures (which chose) are compared"
-    lines = [f"# Reseed of `{report['search']}`: best against baseline over {len(seeds)} seeds", "",
+    other = f"`{Path(report['against']).name}` (the baseline with its fields)" if report.get("against") else "baseline"
+    lines = [f"# Reseed of `{report['search']}`: best against {other} over {len(seeds)} seeds", "",
              f"Each run: {res['best']['steps']} optimizer updates (the search's budget per trial unless --max_steps), "
              f"the search's train/val split, checkpoint and threshold chosen on val by {metric}{test}. The search "
              f"itself used seed {report['search_seed']}.", "",
