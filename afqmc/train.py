@@ -133,11 +133,14 @@ def resolve_launcher_settings(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]
     return (cfg.replace(**changes) if changes else cfg), warnings
 
 
-def _setup_accelerator(cfg: TrainConfig) -> Accelerator:
+def _setup_accelerator(cfg: TrainConfig) -> tuple[TrainConfig, Accelerator]:
+    """The Accelerator, and the config as it runs: the launcher's settings where the config left them
+    unset (with a warning where they disagree), the mixed precision actually used."""
+    cfg, warnings = resolve_launcher_settings(cfg)
     mixed_precision = cfg.mixed_precision
     if mixed_precision == "fp16" and not torch.cuda.is_available():
         mixed_precision = "no"  # fp16 autocast needs a GPU; the same config still runs on CPU
-    return Accelerator(
+    accelerator = Accelerator(
         # Without a GPU, CPU mode: with several processes (torchrun's WORLD_SIZE) that is DDP over gloo.
         cpu=not torch.cuda.is_available(),
         log_with=trackers_of(cfg) or None, project_dir=cfg.output_dir,
@@ -146,6 +149,13 @@ def _setup_accelerator(cfg: TrainConfig) -> Accelerator:
         # The sampler reshuffles with seed + epoch, so a resumed run sees the same batches.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    for warning in warnings:
+        accelerator.print(warning)
+    if accelerator.mixed_precision != cfg.mixed_precision:
+        accelerator.print(f"note: mixed_precision {cfg.mixed_precision} needs a GPU; this run uses "
+                          f"{accelerator.mixed_precision}")
+        cfg = cfg.replace(mixed_precision=accelerator.mixed_precision)  # train_config.yaml says what was used
+    return cfg, accelerator
 
 
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
@@ -254,14 +264,8 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
     main process and None on the others (a reporter that writes, writes on the main process only).
     Build, prepare, loop, finish, in this order.
     """
-    cfg, warnings = resolve_launcher_settings(cfg)
-    accelerator = _setup_accelerator(cfg)
+    cfg, accelerator = _setup_accelerator(cfg)
     log = accelerator.print
-    for warning in warnings:
-        log(warning)
-    if accelerator.mixed_precision != cfg.mixed_precision:
-        log(f"note: mixed_precision {cfg.mixed_precision} needs a GPU; this run uses {accelerator.mixed_precision}")
-        cfg = cfg.replace(mixed_precision=accelerator.mixed_precision)  # train_config.yaml says what was used
     hf_logging.disable_progress_bar()  # no per-save "Writing model shards" bars between our table rows
     output_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:

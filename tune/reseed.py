@@ -72,12 +72,9 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
         raise ValueError(f"{experiment_dir}: the baseline trial is not in the search yet")
 
     configs = {"best": best_config(experiment_dir, best, state), "baseline": trial_config(experiment_dir, baseline, state)}
-    baseline_label = {"trial": baseline.number, "trial_id": baseline.trial_id, "search_value": baseline.best_value,
-                      "params": baseline.params}
+    baseline_label = _label(baseline)
     if against is not None:
-        changes, lines = read_yaml_mapping(against)
-        configs["baseline"] = from_dict(changes, source=str(against), base=configs["baseline"], lines=lines)
-        baseline_label = {"trial": f"{Path(against).name}", "trial_id": None, "search_value": None, "params": changes}
+        configs["baseline"], baseline_label = _against(against, configs["baseline"])
     same = best.number == baseline.number and against is None
     if same:
         del configs["baseline"]  # the baseline won: nothing to compare it with
@@ -89,8 +86,7 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
     max_evals = state.settings.get("max_evals")
 
     results: dict[str, Any] = {}
-    labels = {"best": {"trial": best.number, "trial_id": best.trial_id, "search_value": best.best_value,
-                       "params": best.params}, "baseline": baseline_label}
+    labels = {"best": _label(best), "baseline": baseline_label}
     for role, cfg in configs.items():
         label = labels[role]
         if any(getattr(cfg, f) != getattr(search, f) for f in (*DATA_FIELDS, "seed")):
@@ -117,6 +113,17 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
     (experiment_dir / RESEED_MD).write_text(text, encoding="utf-8")
     log("\n" + text)
     return report
+
+
+def _label(trial: TrialRecord) -> dict[str, Any]:
+    return {"trial": trial.number, "trial_id": trial.trial_id, "search_value": trial.best_value, "params": trial.params}
+
+
+def _against(path: str | Path, baseline: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
+    """The baseline's config with the fields of `path` (errors name the file, line and field)."""
+    changes, lines = read_yaml_mapping(path)
+    cfg = from_dict(changes, source=str(path), base=baseline, lines=lines)
+    return cfg, {"trial": Path(path).name, "trial_id": None, "search_value": None, "params": changes}
 
 
 def _run_seed(cfg: TrainConfig, data, name: str, log) -> dict[str, Any]:

@@ -83,30 +83,7 @@ DRIVER_MEMORY = 256 * 2**20  # bytes reserved for the driver of a multi-worker t
 def main(argv: list[str] | None = None) -> int:
     args, overrides = _parse_args(argv)
     try:
-        if args.resume:
-            exp_dir = Path(args.resume).resolve()
-            state = _load_state(exp_dir)
-            _refuse_if_running(exp_dir)
-            _check_study(exp_dir)
-            space = load_space(exp_dir / SPACE_COPY, state.overrides, state.num_samples)
-            space.settings.workers_per_trial = state.workers_per_trial
-        else:
-            space = load_space(args.space, overrides, args.num_samples)
-            if args.workers_per_trial:
-                space.settings.workers_per_trial = args.workers_per_trial
-            name = args.name or f"{Path(args.space).stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-            exp_dir = (Path(args.results_dir) / name).resolve()
-            _check_results_dir(Path(args.results_dir), explicit=args.results_dir != RESULTS_DIR)
-            if exp_dir.exists():
-                _refuse_if_running(exp_dir)
-                raise ConfigError(f"{exp_dir} already exists: continue it with --resume {_rel(exp_dir)}, "
-                                  f"or choose another --name")
-            state = SearchState(space=str(args.space), overrides=overrides, num_samples=space.settings.num_samples,
-                                scheduler=args.scheduler, baseline=space.baseline(),
-                                workers_per_trial=space.settings.workers_per_trial,
-                                settings=asdict(space.settings), cwd=os.getcwd(),  # relative paths resolve from here
-                                started=datetime.datetime.now().isoformat(timespec="seconds"),
-                                tracking_uri=args.tracking_uri)
+        exp_dir, state, space = _start_or_resume(args, overrides)
         # The exported best model comes from the trial checkpoints, so every trial saves its best.
         base = absolute_paths(space.base, state.cwd).replace(save_best_model=True)
         print(_describe(space, state.scheduler, exp_dir, resuming=bool(args.resume)))
@@ -152,6 +129,35 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # --- building the search -------------------------------------------------------------------------
+
+
+def _start_or_resume(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Path, SearchState, SearchSpace]:
+    """The experiment folder, its SearchState and the space: checked, nothing written yet."""
+    if args.resume:
+        exp_dir = Path(args.resume).resolve()
+        state = _load_state(exp_dir)
+        _refuse_if_running(exp_dir)
+        _check_study(exp_dir)
+        space = load_space(exp_dir / SPACE_COPY, state.overrides, state.num_samples)
+        space.settings.workers_per_trial = state.workers_per_trial
+        return exp_dir, state, space
+    space = load_space(args.space, overrides, args.num_samples)
+    if args.workers_per_trial:
+        space.settings.workers_per_trial = args.workers_per_trial
+    name = args.name or f"{Path(args.space).stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    exp_dir = (Path(args.results_dir) / name).resolve()
+    _check_results_dir(Path(args.results_dir), explicit=args.results_dir != RESULTS_DIR)
+    if exp_dir.exists():
+        _refuse_if_running(exp_dir)
+        raise ConfigError(f"{exp_dir} already exists: continue it with --resume {_rel(exp_dir)}, "
+                          f"or choose another --name")
+    state = SearchState(space=str(args.space), overrides=overrides, num_samples=space.settings.num_samples,
+                        scheduler=args.scheduler, baseline=space.baseline(),
+                        workers_per_trial=space.settings.workers_per_trial,
+                        settings=asdict(space.settings), cwd=os.getcwd(),  # relative paths resolve from here
+                        started=datetime.datetime.now().isoformat(timespec="seconds"),
+                        tracking_uri=args.tracking_uri)
+    return exp_dir, state, space
 
 
 def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable, resources) -> tune.Tuner:
