@@ -60,9 +60,10 @@ The resolved `TrainConfig` (also in `train_config.yaml`);
 
 
 def write_model_card(model_dir: str | Path, cfg: TrainConfig, val: dict[str, Any],
-                     test: dict[str, Any] | None = None) -> Path:
+                     test: dict[str, Any] | None = None, path: str | Path | None = None) -> Path:
     """Write `model_dir`/README.md from the run's config, its val metrics (prefixed `val/`) and,
-    when scored, its held-out test metrics (unprefixed: f1_macro, accuracy, auc, num_samples)."""
+    when scored, its held-out test metrics (unprefixed: f1_macro, accuracy, auc, num_samples).
+    `path`: where the folder will be used from, when it is written elsewhere first."""
     from huggingface_hub import ModelCard, ModelCardData
 
     model_dir = Path(model_dir)
@@ -90,7 +91,7 @@ def write_model_card(model_dir: str | Path, cfg: TrainConfig, val: dict[str, Any
         data, template_str=TEMPLATE, title="AFQMC sentence-pair classifier", summary=summary,
         metric_rows="\n".join(rows), threshold=f"{threshold:.4f}" if threshold is not None else "?",
         threshold_how="tuned on val after the evaluation that chose this model (best F1-macro)" if tuned
-        else "fixed in the config", path=str(model_dir),
+        else "fixed in the config", path=str(path or model_dir),
         config_yaml=yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True).strip())
     path = model_dir / CARD_NAME
     card.save(path)

@@ -254,6 +254,10 @@ def test_best_and_baseline_are_scored_once_on_the_held_out_test_split(search, tm
                                                       average="macro"), abs=1e-9)
     assert best["auc"] == pytest.approx(roc_auc_score(splits.test.labels, probs), abs=1e-6)
     assert test["gain_f1_macro"] == pytest.approx(best["f1_macro"] - models["baseline"]["metrics"]["f1_macro"])
+    # The exported model's card has its held-out figures and names the exported folder.
+    card = (exp_dir / "best_model" / "README.md").read_text(encoding="utf-8")
+    assert f"| held-out test | 200 | {best['f1_macro']:.4f} |" in card
+    assert f'model="{(exp_dir / "best_model").resolve()}"' in card
     # In the tables: the test column holds the two scored models only; trials.md says which is which.
     rows = {r["trial"]: r for r in _csv(exp_dir / "trials.csv")}
     scored = {t for t, r in rows.items() if r["test/f1_macro"]}

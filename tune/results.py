@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from afqmc.card import CARD_NAME
+from afqmc.card import CARD_NAME, write_model_card
 from afqmc.checkpoint import atomic_directory
 from afqmc.config import SELECTION_METRICS, load_config
 from afqmc.metrics import best_key
@@ -181,10 +181,13 @@ def export_best(trials: list[TrialRecord], experiment_dir: str | Path, test_file
         return None
     experiment_dir = Path(experiment_dir)
     model_dir = Path(best.best_checkpoint) / "model"
+    cfg = load_config(model_dir / "train_config.yaml")
     if not _same_model(model_dir, experiment_dir / BEST_MODEL):  # rebuilding the reports copies nothing
         with atomic_directory(experiment_dir / BEST_MODEL) as tmp:
             shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
-    cfg = load_config(model_dir / "train_config.yaml")
+            # The card names the exported folder (the trial's was written in its scratch folder).
+            write_model_card(tmp, cfg, json.loads((model_dir / "metrics.json").read_text(encoding="utf-8")),
+                             path=experiment_dir / BEST_MODEL)
     cfg.output_dir = str(experiment_dir / "best_run")
     cfg.test_file = test_file
     cfg.save_yaml(experiment_dir / BEST_CONFIG, header=(
