@@ -142,7 +142,7 @@ def _run_seed(cfg: TrainConfig, data, name: str, log) -> dict[str, Any]:
     run = {"seed": cfg.seed, "val": float(summary["best"][metric]), "best_step": summary["best_step"],
            "steps": summary["steps"], "threshold": summary["best"].get("val/threshold"),
            "test": summary["test"]["f1_macro"] if "test" in summary else None}
-    log(f"{name} seed {cfg.seed}: best val {metric} {run['val']:.4f} at step {run['best_step']}"
+    log(f"{name} seed {cfg.seed}: best {metric} {run['val']:.4f} at step {run['best_step']}"
         + (f", held-out test F1-macro {run['test']:.4f}" if run["test"] is not None else ""))
     return run
 
