@@ -64,8 +64,24 @@ def resolve_directory(path: str | os.PathLike) -> Path:
     raise CheckpointError(f"{path}: no such checkpoint or model directory")
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` so that a reader (or a process killed half-way) sees the old file or the
+    new one, never a part: a temporary file beside it, flushed, then renamed over it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 # The model's decision threshold on P(label = 1), kept in its config.json (afqmc.predict uses it).

@@ -32,6 +32,12 @@ def test_optuna_search_keeps_its_trials_where_the_search_reads_them(tmp_path):
     assert internals.is_closed(searcher, "a")
     searcher.on_trial_complete("a", {"m": 1.0})  # Ray's own method: a closed trial is not told again
     assert optuna.load_study(study_name="s", storage=storage).trials[0].state == optuna.trial.TrialState.PRUNED
+    assert internals.known_trials(searcher) == [trial]
+    study = optuna.load_study(study_name="s", storage=storage)
+    running = study.ask()
+    frozen = study.trials[-1]
+    internals.adopt(searcher, "c", optuna.Trial(study, internals.storage_trial_id(frozen)))
+    assert internals.optuna_trial(searcher, "c").number == running.number == frozen.number
 
 
 def test_ray_train_and_placement_group_symbols():

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from afqmc.checkpoint import write_text_atomic
+
 # --- file names in results/NAME/ -----------------------------------------------------------------
 SEARCH_JSON = "search.json"  # SearchState: how the search was started
 SPACE_COPY = "space.yaml"  # the space file as it was when the search started
@@ -109,7 +111,7 @@ class SearchState:
 
     def save(self, experiment_dir: str | Path) -> None:
         path = Path(experiment_dir) / SEARCH_JSON
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, experiment_dir: str | Path) -> "SearchState":

@@ -7,6 +7,9 @@ in the quick test tier, so that an upgrade fails loudly in CI rather than in a u
 | symbol | library | why there is no public way |
 |---|---|---|
 | `OptunaSearch._ot_trials` | Ray Tune | the Optuna trial of a Ray trial: to report each evaluation as an intermediate value, tell PRUNED when ASHA stopped it, and note why a trial failed |
+| `OptunaSearch._ot_trials` (written) | Ray Tune | after the driver was killed, a trial the study holds as RUNNING that Ray's last snapshot never saw is handed to the next Ray trial (`adopt`), so that it is not left RUNNING forever nor sampled twice |
+| `TPESampler._rng`, `TPESampler._random_sampler._rng` | Optuna | seeding the sampler per trial (with the search's seed and the trial's number), so that a trial's parameters do not depend on how many were drawn before a driver's kill and resume; `reseed_rng()` (public) only reseeds at random |
+| `FrozenTrial._trial_id` | Optuna | the storage id that `optuna.Trial(study, trial_id)` (public) takes, to continue a RUNNING trial of the study |
 | `OptunaSearch._completed_trials` | Ray Tune | the trials the searcher has closed: a PRUNED one is closed here, not by `OptunaSearch.on_trial_complete` (which would tell COMPLETE) |
 | `TorchTrainer._create_default_callbacks` | Ray Train V2 | the only place where Train adds its placement-group cleaner (next row) |
 | `ray.train.v2._internal.callbacks.placement_group_callback.PlacementGroupCleanerCallback` | Ray Train V2 | its detached actor asks Ray's state API (served by the dashboard, which the local Ray does not run) whether the run is alive, warns every second, never exits |
@@ -45,6 +48,27 @@ def local_ray_init_kwargs() -> dict[str, Any]:
 def optuna_trial(searcher, trial_id: str):
     """The Optuna trial (`optuna.Trial`) behind a Ray trial of an OptunaSearch, or None."""
     return searcher._ot_trials.get(trial_id)
+
+
+def known_trials(searcher) -> list:
+    """The Optuna trials (`optuna.Trial`) the searcher has handed to Ray trials."""
+    return list(searcher._ot_trials.values())
+
+
+def adopt(searcher, trial_id: str, optuna_trial) -> None:
+    """Hand an existing Optuna trial to a Ray trial: OptunaSearch then reports and tells it."""
+    searcher._ot_trials[trial_id] = optuna_trial
+
+
+def seed_tpe(sampler, seed: list[int]) -> None:
+    """Seed a TPESampler's two random streams (its own, and its RandomSampler's for the start-up trials)."""
+    sampler._rng.rng.seed(seed)
+    sampler._random_sampler._rng.rng.seed(seed)
+
+
+def storage_trial_id(frozen) -> int:
+    """The storage's id of a FrozenTrial, which `optuna.Trial(study, id)` takes (its number is not it)."""
+    return frozen._trial_id
 
 
 def is_closed(searcher, trial_id: str) -> bool:

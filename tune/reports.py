@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from afqmc.checkpoint import write_text_atomic
 from tune.folder import (BEST_CONFIG, BEST_MODEL, PLOTS, PRIMARY, SHORT, SPACE_COPY, STUDY_DB, SUMMARY, TEST_F1,
                          TEST_SCORES, TRIALS_CSV, TRIALS_MD, VAL_PREDICTIONS, SearchState, fmt_param)
 from tune.results import TrialRecord, best_trial, collect_trials, export_best
@@ -316,7 +317,7 @@ def best_val_predictions(experiment_dir: Path, best: TrialRecord, metric: str = 
            "source": f"{val.source} (val_ratio {cfg.val_ratio}, test_ratio {cfg.test_ratio}, seed {cfg.seed}, "
                      f"max_train_samples {cfg.max_train_samples}) predicted with {model_dir}",
            "labels": [int(y) for y in val.labels], "probs": [round(float(p), 7) for p in probs]}
-    cache.write_text(json.dumps(out) + "\n", encoding="utf-8")
+    write_text_atomic(cache, json.dumps(out) + "\n")
     return out
 
 
@@ -380,7 +381,7 @@ def held_out_test(experiment_dir: Path, state: SearchState, best: TrialRecord | 
             "trial": trial.number, "trial_id": trial.trial_id, "state": trial.state, "evals": trial.evals,
             "best_evals": trial.best_evals, "metrics": cache["scores"][key]}
     if test is not None:
-        cache_file.write_text(json.dumps(cache, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(cache_file, json.dumps(cache, indent=2) + "\n")
     b, a = models["best"], models["baseline"]
     if b is not None and (experiment_dir / BEST_MODEL).is_dir():  # the exported model's card gets its test figures
         _card_with_test(experiment_dir / BEST_MODEL, {**b["metrics"], "source": cache["source"]})
@@ -457,7 +458,7 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
 
     frame = trials_frame(trials, state, test)
     params = param_names(trials, state)
-    frame.drop(columns=["path"]).to_csv(experiment_dir / TRIALS_CSV, index=False)
+    write_text_atomic(experiment_dir / TRIALS_CSV, frame.drop(columns=["path"]).to_csv(index=False))
     files.append(experiment_dir / TRIALS_CSV)
 
     importance = param_importances(experiment_dir, seed=settings.get("seed", 0))
@@ -473,10 +474,8 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
     else:  # tables only: the plots already there stay listed
         summary["plots"] = sorted(str(p.relative_to(experiment_dir)) for p in (experiment_dir / PLOTS).glob("*.png"))
     summary["notes"] = notes
-    (experiment_dir / TRIALS_MD).write_text(trials_markdown(experiment_dir.name, frame, params, summary),
-                                            encoding="utf-8")
-    (experiment_dir / SUMMARY).write_text(json.dumps(_clean(summary), indent=2, allow_nan=False) + "\n",
-                                          encoding="utf-8")
+    write_text_atomic(experiment_dir / TRIALS_MD, trials_markdown(experiment_dir.name, frame, params, summary))
+    write_text_atomic(experiment_dir / SUMMARY, json.dumps(_clean(summary), indent=2, allow_nan=False) + "\n")
     files += [experiment_dir / TRIALS_MD, experiment_dir / SUMMARY]
     for note in notes:
         log(f"note: {note}")

@@ -72,7 +72,7 @@ from tune.space import SearchSpace, load_space
 from tune.terminal import LiveView, print_leaderboard
 from tune.folder import (BEST_CONFIG, BEST_MODEL, LOGS, PLOTS, SPACE_COPY, STUDY_DB, TRAIN_RUNS, TRIALS_CSV,
                          TRIALS_MD, NotASearchError, SearchState)
-from tune.trial import KeepBestCheckpoint, ReleaseTrainWorkers, StudySearch, run_trial, trial_dirname
+from tune.trial import KeepBestCheckpoint, ReleaseTrainWorkers, StudySearch, TrialSeededTPE, run_trial, trial_dirname
 
 RESULTS_DIR = "results"
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"  # the shipped spaces, found by name
@@ -96,9 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     try:
-        if not args.resume:
-            _create_experiment(exp_dir, Path(args.space), state)
-        lock = _lock(exp_dir)  # held while this driver lives: a second search of this name refuses at once
+        # The lock is held while this driver lives: a second search of this name refuses at once.
+        lock = _lock(exp_dir) if args.resume else _create_experiment(exp_dir, Path(args.space), state)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -108,12 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         resources = _trial_resources(space)
         trainable = _trainable(data, base, resources, space.settings.workers_per_trial, exp_dir,
                                log_dir=None if args.verbose else str(exp_dir / LOGS))
-        if args.resume:
+        if args.resume and _ray_saved_state(exp_dir):
             print(f"resuming {_rel(exp_dir)}: finished trials are kept, unfinished ones continue from "
                   f"their last checkpoint")
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
                                        resume_errored=False)
         else:
+            if args.resume:  # killed before Ray's first snapshot (its first step): nothing had run yet
+                print(f"resuming {_rel(exp_dir)}: it was stopped before Ray saved its state; it starts "
+                      f"again with its study")
             tuner = _new_tuner(space, state, exp_dir, trainable, resources)
         started = time.time()
         try:
@@ -137,7 +139,8 @@ def _start_or_resume(args: argparse.Namespace, overrides: dict[str, Any]) -> tup
         exp_dir = Path(args.resume).resolve()
         state = _load_state(exp_dir)
         _refuse_if_running(exp_dir)
-        _check_study(exp_dir)
+        if _ray_saved_state(exp_dir) or (exp_dir / STUDY_DB).exists():  # else: killed before either was made
+            _check_study(exp_dir)
         space = load_space(exp_dir / SPACE_COPY, state.overrides, state.num_samples)
         space.settings.workers_per_trial = state.workers_per_trial
         return exp_dir, state, space
@@ -173,11 +176,13 @@ def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable,
     storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / STUDY_DB}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(multivariate=True, seed=settings.seed,
-                                             n_startup_trials=settings.n_startup_trials)
+        sampler = TrialSeededTPE(multivariate=True, seed=settings.seed, n_startup_trials=settings.n_startup_trials)
+    # Every search contains the baseline it must beat; a study that has it already (a search killed
+    # before Ray's first snapshot) has it WAITING or RUNNING, and StudySearch takes it from there.
+    started = optuna.get_all_study_names(storage)
     searcher = StudySearch(
         space=space.distributions(), metric=searcher_metric(settings.metric), mode="max",
-        points_to_evaluate=[space.baseline()],  # every search contains the baseline it must beat
+        points_to_evaluate=None if exp_dir.name in started else [space.baseline()],
         sampler=sampler, study_name=exp_dir.name, storage=storage,
         eval_metric=settings.metric, max_evals=settings.max_evals,
     )
@@ -415,17 +420,39 @@ def _check_results_dir(results_dir: Path, explicit: bool) -> None:
         raise ConfigError(f"--results_dir {results_dir.resolve()}: {nearest} is not writable")
 
 
-def _create_experiment(exp_dir: Path, space_file: Path, state: SearchState) -> None:
-    """The experiment folder, the space's copy and search.json; on any error (a full disk, a
-    read-only folder) nothing half-made is left behind and the error names the path."""
+def _create_experiment(exp_dir: Path, space_file: Path, state: SearchState):
+    """The experiment folder, its lock (returned, held), the space's copy and search.json, made
+    beside it and renamed into place: on any error (a full disk, a read-only folder) or a kill, no
+    half-made folder takes the name, and the error names the path."""
+    tmp = exp_dir.with_name(f".{exp_dir.name}.creating-{os.getpid()}")
+    for stale in exp_dir.parent.glob(f".{exp_dir.name}.creating-*"):  # left by a driver killed while creating
+        try:
+            _refuse_if_running(stale)
+        except ConfigError:  # being created right now
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+    lock = None
     try:
-        exp_dir.mkdir(parents=True)
-        shutil.copyfile(space_file, exp_dir / SPACE_COPY)
-        state.save(exp_dir)
+        tmp.mkdir(parents=True)
+        lock = _lock(tmp)  # the lock file's inode moves with the folder: held from the first moment
+        shutil.copyfile(space_file, tmp / SPACE_COPY)
+        state.save(tmp)
+        tmp.rename(exp_dir)
+        return lock
     except OSError as exc:
-        shutil.rmtree(exp_dir, ignore_errors=True)
+        if lock is not None:
+            lock.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exp_dir.exists():  # another search of this name won the race
+            raise ConfigError(f"{exp_dir} already exists: another search of this name started at the same "
+                              f"time") from None
         raise ConfigError(f"cannot write the results folder {exp_dir}: {exc.strerror or exc}; nothing was "
                           f"trained") from None
+
+
+def _ray_saved_state(exp_dir: Path) -> bool:
+    """Whether Ray saved this search's state (its Tuner and a snapshot of the experiment) to restore from."""
+    return tune.Tuner.can_restore(str(exp_dir)) and any(exp_dir.glob("experiment_state-*.json"))
 
 
 def _check_study(exp_dir: Path) -> None:

@@ -242,6 +242,26 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+class TrialSeededTPE(optuna.samplers.TPESampler):
+    """Optuna's TPE, its random draws for each trial seeded with the search's seed and the trial's
+    number: a trial's parameters depend on its number and on the trials finished before it, not on
+    how many draws the sampler made before. A driver killed and resumed restores the sampler Ray
+    saved last, which may be some draws behind; the trials it suggests next are the same as in an
+    uninterrupted search (exactly for the seeded random start-up trials)."""
+
+    def __init__(self, *, seed: int | None = None, **kwargs: Any):
+        super().__init__(seed=seed, **kwargs)
+        self.search_seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.search_seed is not None:
+            internals.seed_tpe(self, [self.search_seed, trial.number])
+        super().before_trial(study, trial)
+
+
+RAY_TRIAL_ID = "ray_trial_id"  # user attribute of each Optuna trial: the Ray trial it belongs to
+
+
 class StudySearch(OptunaSearch):
     """Ray's OptunaSearch, so that the study says what happened to each trial:
 
@@ -254,8 +274,12 @@ class StudySearch(OptunaSearch):
     - a trial that failed on its own (its last report names the reason) is FAIL with that reason,
       rather than a NaN value that Optuna refuses (which would leave the trial RUNNING forever);
     - after the driver was killed, the study (written at once) can be ahead of Ray's last snapshot
-      of the experiment: a trial the study already holds as finished may run again on resume.
-      Its new reports leave the study's record as it is, instead of stopping the search.
+      of the experiment (taken every 10 s or so). A trial the study already holds as finished may
+      run again on resume: its new reports leave the study's record as it is, instead of stopping
+      the search. A trial the study holds as RUNNING that the snapshot never saw (suggested just
+      before the kill) is given, with its parameters, to the next trial Ray asks for, instead of a
+      new one: the study never keeps a trial RUNNING forever, nor more trials than the search.
+    Each Optuna trial records the Ray trial it belongs to (user attribute `ray_trial_id`).
     """
 
     def __init__(self, *args: Any, study_name: str, storage: optuna.storages.BaseStorage, eval_metric: str,
@@ -268,6 +292,22 @@ class StudySearch(OptunaSearch):
     def study(self) -> optuna.Study:
         """The search's study, through Optuna's public API on the storage the search passed in."""
         return optuna.load_study(study_name=self.study_name, storage=self.storage)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        orphan = None if internals.optuna_trial(self, trial_id) else self._orphan()
+        if orphan is not None:
+            internals.adopt(self, trial_id, optuna.Trial(self.study, internals.storage_trial_id(orphan)))
+        params = super().suggest(trial_id)
+        trial = internals.optuna_trial(self, trial_id)
+        if trial is not None:
+            trial.set_user_attr(RAY_TRIAL_ID, trial_id)
+        return params
+
+    def _orphan(self) -> optuna.trial.FrozenTrial | None:
+        """The first trial the study holds as RUNNING that no Ray trial of this searcher owns."""
+        owned = {t.number for t in internals.known_trials(self)}
+        running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        return next((t for t in running if t.number not in owned), None)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         trial = internals.optuna_trial(self, trial_id)
