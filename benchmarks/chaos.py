@@ -1,0 +1,329 @@
+"""Random-kill chaos (issue 13): a search on the demo data whose driver is killed (SIGKILL) at K
+seeded random moments and resumed with `--resume` after each, while trial workers are killed at
+random moments too; then every trial and the study are checked, and the outcome compared with the
+same search run once without kills.
+
+    python benchmarks/chaos.py [--kills 10] [--worker_kills 4] [--num_samples 8] [--quick] [--json OUT]
+
+A kill moment is drawn uniformly over what is left of the search (the uninterrupted search's wall
+time times the share of trials not yet ended, at least a quarter of it), counted from the driver's
+start: it can land while Python imports, while Ray starts, while the folder and the study
+are created, between evaluations, during a checkpoint's save or while the tables are written.
+What is checked (`verify`, also used by tests/test_chaos.py):
+
+- every planned trial ended exactly once: trials.csv holds trials 1..N, each with one Ray id,
+  finished, stopped early or failed; nothing lost, nothing twice;
+- the study holds exactly N trials, none RUNNING or WAITING; each names its Ray trial and agrees
+  with trials.csv on the state (finished: COMPLETE, stopped early: PRUNED, failed: FAIL), on every
+  evaluation's value (its intermediate values) and on its value;
+- the exported best model loads and predicts;
+- against the uninterrupted search (same seed): each trial's parameters, and every evaluation both
+  ran, are the same (seeded training, exact resume); ASHA's cuts, and so the trials' lengths and the
+  winner, can differ, because ASHA compares a trial with those that reached its rung before it and
+  the order of arrival changes with every restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import _benchutil as bu
+
+METRIC = "val/f1_macro"
+QUICK = dict(kills=3, worker_kills=2, num_samples=4, max_steps=20)
+FULL = dict(kills=10, worker_kills=4, num_samples=12, max_steps=60)
+
+
+def chaos_space(workdir: Path, num_samples: int, max_steps: int, max_failures: int) -> Path:
+    """The demo space on the first 600 demo pairs, `max_steps` updates per trial with an evaluation
+    every 5, every trial drawn by TPE's seeded random start (so that its parameters do not depend on
+    the order in which trials end), ASHA as shipped."""
+    spec = yaml.safe_load((bu.REPO / "search_spaces" / "demo.yaml").read_text(encoding="utf-8"))
+    spec["search"].update(num_samples=num_samples, n_startup_trials=num_samples, max_evals=max_steps // 5,
+                          grace_period=1, reduction_factor=2, cpus_per_trial=1, max_failures=max_failures)
+    spec["params"].update(train_file=str(bu.REPO / "afqmc" / "demo_data" / "train.jsonl"), max_train_samples=600,
+                          per_device_batch_size=32, max_steps=max_steps, eval_steps=5, eval_batch_size=256)
+    path = workdir / "chaos_space.yaml"
+    path.write_text("# demo space for the chaos runs\n" + yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _session_processes(sid: int) -> list:
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if os.getsid(p.pid) == sid:
+                out.append(p)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return out
+
+
+def _trial_workers(sid: int) -> list:
+    """The processes running a trial (Ray's actor for the trainable) in the driver's session."""
+    return [p for p in _session_processes(sid) if (p.info["cmdline"] or [""])[0].startswith("ray::ImplicitFunc")]
+
+
+def run_driver(args: list[str], log: Path, kill_at: float | None, worker_kill_at: float | None,
+               rng: random.Random) -> dict[str, Any]:
+    """`python tune/search.py ARGS` in its own session; SIGKILL the driver `kill_at` s after its start
+    (then whatever is left of its session), and one trial worker `worker_kill_at` s after it."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    started = time.perf_counter()
+    with open(log, "a", encoding="utf-8") as out:
+        out.write(f"\n=== {' '.join(args)} (kill at {kill_at}, worker kill at {worker_kill_at})\n")
+        out.flush()
+        proc = subprocess.Popen([sys.executable, "tune/search.py", *args], cwd=bu.REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        killed = worker_killed = False
+        while proc.poll() is None:
+            now = time.perf_counter() - started
+            if worker_kill_at is not None and not worker_killed and now >= worker_kill_at:
+                workers = _trial_workers(proc.pid)
+                if workers:  # else: none running at this moment, try again in a moment
+                    victim = rng.choice(workers)
+                    os.kill(victim.pid, signal.SIGKILL)
+                    worker_killed = True
+                    out.write(f"=== chaos: killed trial worker {victim.pid} at {now:.1f} s\n")
+            if kill_at is not None and now >= kill_at:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = True
+                proc.wait()
+                time.sleep(2)  # Ray's own processes notice that their driver is gone
+                for p in _session_processes(proc.pid):
+                    try:
+                        p.kill()
+                    except Exception:  # noqa: BLE001 -- already gone
+                        pass
+                out.write(f"=== chaos: killed the driver at {now:.1f} s\n")
+                break
+            time.sleep(0.1)
+    return {"rc": proc.wait(), "wall_s": time.perf_counter() - started, "killed": killed,
+            "worker_killed": worker_killed}
+
+
+def _trials_done(log: Path) -> float:
+    """The share of trials ended, from the last progress line of the search's live output."""
+    import re
+
+    found = re.findall(r"\[[\d:]+ (\d+)/(\d+) trials", log.read_text(encoding="utf-8")) if log.is_file() else []
+    return int(found[-1][0]) / int(found[-1][1]) if found else 0.0
+
+
+def chaos_search(workdir: Path, name: str, space: Path, kills: int, worker_kills: int, horizon_s: float,
+                 seed: int) -> dict[str, Any]:
+    """Start the search, kill its driver `kills` times at seeded random moments over what is left of
+    it (`horizon_s`: the uninterrupted search's wall time), resuming after each; kill `worker_kills`
+    trial workers (one a run, at a random moment); then resume it to the end."""
+    rng = random.Random(seed)
+    exp_dir, log = workdir / "results" / name, workdir / f"{name}.log"
+    first = ["--space", str(space), "--name", name, "--results_dir", str(workdir / "results")]
+    segments: list[dict[str, Any]] = []
+    while True:
+        done_kills = sum(s["killed"] for s in segments)
+        # Over what is left of the search: the uninterrupted wall time, times the share of trials not
+        # yet ended (but never less than a quarter: a restart repeats Ray's start and the data's).
+        left = horizon_s * max(0.25, 1 - _trials_done(log))
+        kill_at = rng.uniform(0, left) if done_kills < kills else None
+        # A worker kill in every run until there have been `worker_kills` (one that finds no trial
+        # running before its driver is killed moves on to the next run).
+        pending = worker_kills - sum(s["worker_killed"] for s in segments)
+        worker_at = rng.uniform(0.2, 1.0) * (kill_at or left) if pending > 0 else None
+        args = ["--resume", str(exp_dir)] if exp_dir.is_dir() else first
+        seg = run_driver(args, log, kill_at, worker_at, rng)
+        segments.append({**seg, "args": " ".join(args[:2]), "kill_at": kill_at, "worker_kill_at": worker_at})
+        if not seg["killed"]:  # it ended on its own (before its kill moment, if it had one)
+            break
+    return {"exp_dir": str(exp_dir), "log": str(log), "segments": segments,
+            "driver_kills": sum(s["killed"] for s in segments),
+            "worker_kills": sum(s["worker_killed"] for s in segments),
+            "wall_s": sum(s["wall_s"] for s in segments), "rc": segments[-1]["rc"]}
+
+
+# --- what a search left: checked -----------------------------------------------------------------
+
+
+def _evaluations(trial_dir: Path) -> dict[int, float]:
+    """Each evaluation's value of the metric, from the trial's reports; one that was reported twice
+    (redone from the checkpoint before it after a kill) must have given the same value both times."""
+    out: dict[int, float] = {}
+    for row in _reports(trial_dir):
+        if "evals" in row and METRIC in row:
+            e, v = int(row["evals"]), float(row[METRIC])
+            if e in out and abs(out[e] - v) > 1e-9:
+                raise AssertionError(f"{trial_dir.name}: evaluation {e} gave {out[e]} and then {v}")
+            out[e] = v
+    return out
+
+
+def _reports(trial_dir: Path) -> list[dict[str, Any]]:
+    path = trial_dir / "result.json"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def verify(exp_dir: Path, num_samples: int) -> dict[str, Any]:
+    """Every check of the module docstring but the comparison; `problems` lists what failed."""
+    import csv
+
+    import optuna
+
+    from tune.results import DONE_STATES
+
+    problems: list[str] = []
+    with open(exp_dir / "trials.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    numbers = sorted(int(r["trial"]) for r in rows)
+    lost = sorted(set(range(1, num_samples + 1)) - set(numbers))
+    duplicated = len(numbers) - len(set(numbers)) + len(rows) - len({r["trial_id"] for r in rows})
+    if lost or duplicated or len(rows) != num_samples:
+        problems.append(f"trials.csv: {len(rows)} rows, lost {lost}, {duplicated} duplicated")
+    problems += [f"trial {r['trial']} is {r['state']}" for r in rows if r["state"] not in DONE_STATES]
+
+    study = optuna.load_study(study_name=exp_dir.name, storage=f"sqlite:///{exp_dir / 'optuna.db'}")
+    trials = study.get_trials(deepcopy=False)
+    unfinished = [t.number for t in trials if not t.state.is_finished()]
+    if len(trials) != num_samples or unfinished:
+        problems.append(f"study: {len(trials)} trials, unfinished {unfinished}")
+    by_ray = {t.user_attrs.get("ray_trial_id"): t for t in trials}
+    expected = {"finished": "COMPLETE", "stopped early": "PRUNED", "failed": "FAIL"}
+    curves = {}
+    for r in rows:
+        t, trial_dir = by_ray.get(r["trial_id"]), exp_dir / f"trial_{r['trial_id']}"
+        curves[int(r["trial"])] = {"params": json.loads((trial_dir / "params.json").read_text()),
+                                   "evals": _evaluations(trial_dir), "state": r["state"]}
+        problems += _agrees(r, t, curves[int(r["trial"])]["evals"], expected)
+    unmatched = set(by_ray) - {r["trial_id"] for r in rows}
+    if unmatched:
+        problems.append(f"study trials of no Ray trial in trials.csv: {sorted(map(str, unmatched))}")
+    problems += _best_model_predicts(exp_dir)
+    return {"problems": problems, "lost": len(lost), "duplicated": duplicated, "trials": curves,
+            "study_trials": len(trials), "states": {r["trial"]: r["state"] for r in rows}}
+
+
+def _agrees(row: dict[str, str], t, evals: dict[int, float], expected: dict[str, str]) -> list[str]:
+    """A trial's row of trials.csv against its trial in the study."""
+    name = f"trial {row['trial']} ({row['trial_id']})"
+    if t is None:
+        return [f"{name}: not in the study"]
+    if t.state.name != expected.get(row["state"]):
+        return [f"{name}: {row['state']} in trials.csv, {t.state.name} in the study"]
+    out = []
+    if t.state.name != "FAIL":
+        if {int(k): v for k, v in t.intermediate_values.items()} != evals:
+            out.append(f"{name}: study's intermediate values {t.intermediate_values} != reports {evals}")
+        want = max(evals.values()) if t.state.name == "COMPLETE" else evals[max(evals)]
+        if t.value is None or abs(t.value - want) > 1e-9:
+            out.append(f"{name}: study's value {t.value} != {want} from its reports")
+    return out
+
+
+def _best_model_predicts(exp_dir: Path) -> list[str]:
+    from transformers.utils import logging as hf_logging
+
+    from afqmc.data import load_pairs
+    from afqmc.predict import load_saved_model, predict_probs
+
+    hf_logging.disable_progress_bar()
+    try:
+        model, tokenizer, cfg = load_saved_model(exp_dir / "best_model")
+        pairs = load_pairs(bu.REPO / "afqmc" / "demo_data" / "test.jsonl", require_labels=False)
+        probs = predict_probs(model, tokenizer, pairs, cfg.max_length, 64)
+    except Exception as exc:  # noqa: BLE001 -- any failure is the finding
+        return [f"best_model: {type(exc).__name__}: {exc}"]
+    return [] if len(probs) == len(pairs) and all(0 <= p <= 1 for p in probs) else ["best_model: bad predictions"]
+
+
+def compare(chaos: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """Trial by trial (by number): the same parameters, the same value at every evaluation both ran."""
+    params_differ, values_differ, states_differ, common = [], [], [], 0
+    for number, ref in reference["trials"].items():
+        got = chaos["trials"].get(number)
+        if got is None:
+            continue
+        if got["params"] != ref["params"]:
+            params_differ.append(number)
+        both = set(got["evals"]) & set(ref["evals"])
+        common += len(both)
+        values_differ += [(number, e) for e in sorted(both) if abs(got["evals"][e] - ref["evals"][e]) > 1e-9]
+        if got["state"] != ref["state"]:
+            states_differ.append(number)
+    return {"params_differ": params_differ, "values_differ": values_differ, "evaluations_compared": common,
+            "states_differ": states_differ}
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+
+
+def run(workdir: Path, kills: int, worker_kills: int, num_samples: int, max_steps: int, seed: int = 0) -> dict[str, Any]:
+    """The uninterrupted search, then the same search under chaos; both verified, then compared."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    space = chaos_space(workdir, num_samples, max_steps, max_failures=worker_kills + 2)
+    ref_log = workdir / "reference.log"
+    ref = run_driver(["--space", str(space), "--name", "reference", "--results_dir", str(workdir / "results")],
+                     ref_log, None, None, random.Random(seed))
+    if ref["rc"] != 0:
+        raise RuntimeError(f"the uninterrupted search failed (exit {ref['rc']}): see {ref_log}")
+    reference = verify(workdir / "results" / "reference", num_samples)
+    chaos = chaos_search(workdir, "chaos", space, kills, worker_kills, horizon_s=ref["wall_s"], seed=seed)
+    checked = verify(Path(chaos["exp_dir"]), num_samples) if chaos["rc"] == 0 else \
+        {"problems": [f"the last resume exited {chaos['rc']}: see {chaos['log']}"], "trials": {}, "lost": None,
+         "duplicated": None}
+    return {"num_samples": num_samples, "max_steps": max_steps, "seed": seed, "reference_wall_s": ref["wall_s"],
+            "reference_problems": reference["problems"], **chaos, "problems": checked["problems"],
+            "lost": checked["lost"], "duplicated": checked["duplicated"],
+            "states": checked.get("states"), "reference_states": reference["states"],
+            "against_reference": compare(checked, reference), "wall_ratio": chaos["wall_s"] / ref["wall_s"]}
+
+
+def report(res: dict[str, Any], kills: int) -> None:
+    print(bu.table([{"run": i + 1, "started with": s["args"], "kill at s": f"{s['kill_at']:.1f}" if s["kill_at"] else "-",
+                     "worker kill at s": f"{s['worker_kill_at']:.1f}" if s["worker_kill_at"] else "-",
+                     "driver killed": s["killed"], "worker killed": s["worker_killed"], "wall s": f"{s['wall_s']:.1f}",
+                     "exit": s["rc"]} for i, s in enumerate(res["segments"])],
+                   ["run", "started with", "kill at s", "worker kill at s", "driver killed", "worker killed", "wall s",
+                    "exit"], title="runs of the chaos search"))
+    against = res["against_reference"]
+    print(f"\ndriver kills {res['driver_kills']} of {kills}, worker kills {res['worker_kills']}; trials lost "
+          f"{res['lost']}, duplicated {res['duplicated']}; problems: {res['problems'] or 'none'}")
+    print(f"against the uninterrupted search: {against['evaluations_compared']} evaluations compared, parameters "
+          f"differ in trials {against['params_differ'] or 'none'}, values in {against['values_differ'] or 'none'}, "
+          f"states (ASHA's cuts) in {against['states_differ'] or 'none'}")
+    print(f"wall time: {res['wall_s']:.0f} s with kills against {res['reference_wall_s']:.0f} s without "
+          f"({res['wall_ratio']:.2f}x)")
+    ok = res["driver_kills"] == kills and res["lost"] == 0 and res["duplicated"] == 0 and not res["problems"]
+    print(bu.verdict("kills survived, 0 lost, 0 duplicated, every check", res["driver_kills"], f"{kills} kills", ok))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = bu.parser(__doc__.split("\n\n")[0])
+    for key, value in FULL.items():
+        p.add_argument(f"--{key}", type=int, default=None, help=f"default {value} ({QUICK[key]} with --quick)")
+    p.add_argument("--seed", type=int, default=0, help="the kill moments' seed")
+    args = p.parse_args(argv)
+    sizes = {k: getattr(args, k) if getattr(args, k) is not None else (QUICK if args.quick else FULL)[k] for k in FULL}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        res = run(args.workdir or Path(tmp), seed=args.seed, **sizes)
+    report(res, sizes["kills"])
+    bu.write_json(args.json, {"machine": bu.machine(), **sizes, **res})
+    return 0 if res["driver_kills"] == sizes["kills"] and not res["problems"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
