@@ -5,9 +5,9 @@ same search run once without kills.
 
     python benchmarks/chaos.py [--kills 10] [--worker_kills 4] [--num_samples 8] [--quick] [--json OUT]
 
-A kill moment is drawn uniformly over what is left of the search (the uninterrupted search's wall
-time times the share of trials not yet ended, at least a quarter of it), counted from the driver's
-start: it can land while Python imports, while Ray starts, while the folder and the study
+A kill moment is drawn uniformly over what is left of the search (a start, then the uninterrupted
+search's trial time times the share of trials not yet ended), counted from the driver's start: it
+can land while Python imports, while Ray starts, while the folder and the study
 are created, between evaluations, during a checkpoint's save or while the tables are written.
 What is checked (`verify`, also used by tests/test_chaos.py):
 
@@ -42,7 +42,7 @@ import _benchutil as bu
 
 METRIC = "val/f1_macro"
 QUICK = dict(kills=3, worker_kills=2, num_samples=4, max_steps=20)
-FULL = dict(kills=10, worker_kills=4, num_samples=12, max_steps=60)
+FULL = dict(kills=10, worker_kills=4, num_samples=16, max_steps=60)
 
 
 def chaos_space(workdir: Path, num_samples: int, max_steps: int, max_failures: int) -> Path:
@@ -115,6 +115,14 @@ def run_driver(args: list[str], log: Path, kill_at: float | None, worker_kill_at
             "worker_killed": worker_killed}
 
 
+def _search_seconds(log: Path) -> float:
+    """How long the trials ran, by the live view's clock (`[mm:ss ...`) on its last line."""
+    import re
+
+    found = re.findall(r"^\[(\d+):(\d+) ", log.read_text(encoding="utf-8"), flags=re.M)
+    return int(found[-1][0]) * 60 + int(found[-1][1]) if found else 0.0
+
+
 def _trials_done(log: Path) -> float:
     """The share of trials ended, from the last progress line of the search's live output."""
     import re
@@ -124,9 +132,10 @@ def _trials_done(log: Path) -> float:
 
 
 def chaos_search(workdir: Path, name: str, space: Path, kills: int, worker_kills: int, horizon_s: float,
-                 seed: int) -> dict[str, Any]:
+                 startup_s: float, seed: int) -> dict[str, Any]:
     """Start the search, kill its driver `kills` times at seeded random moments over what is left of
-    it (`horizon_s`: the uninterrupted search's wall time), resuming after each; kill `worker_kills`
+    it (`horizon_s`: the uninterrupted search's wall time, `startup_s` of it before the trials ran),
+    resuming after each; kill `worker_kills`
     trial workers (one a run, at a random moment); then resume it to the end."""
     rng = random.Random(seed)
     exp_dir, log = workdir / "results" / name, workdir / f"{name}.log"
@@ -134,9 +143,9 @@ def chaos_search(workdir: Path, name: str, space: Path, kills: int, worker_kills
     segments: list[dict[str, Any]] = []
     while True:
         done_kills = sum(s["killed"] for s in segments)
-        # Over what is left of the search: the uninterrupted wall time, times the share of trials not
-        # yet ended (but never less than a quarter: a restart repeats Ray's start and the data's).
-        left = horizon_s * max(0.25, 1 - _trials_done(log))
+        # Over what is left of the search: a restart's start (imports, data, Ray), then the trials not
+        # yet ended, at the uninterrupted search's pace.
+        left = startup_s + (horizon_s - startup_s) * max(0.1, 1 - _trials_done(log))
         kill_at = rng.uniform(0, left) if done_kills < kills else None
         # A worker kill in every run until there have been `worker_kills` (one that finds no trial
         # running before its driver is killed moves on to the next run).
@@ -279,11 +288,14 @@ def run(workdir: Path, kills: int, worker_kills: int, num_samples: int, max_step
     if ref["rc"] != 0:
         raise RuntimeError(f"the uninterrupted search failed (exit {ref['rc']}): see {ref_log}")
     reference = verify(workdir / "results" / "reference", num_samples)
-    chaos = chaos_search(workdir, "chaos", space, kills, worker_kills, horizon_s=ref["wall_s"], seed=seed)
+    startup = max(0.0, ref["wall_s"] - _search_seconds(ref_log))  # Python, data, Ray; the tables at the end
+    chaos = chaos_search(workdir, "chaos", space, kills, worker_kills, horizon_s=ref["wall_s"], startup_s=startup,
+                         seed=seed)
     checked = verify(Path(chaos["exp_dir"]), num_samples) if chaos["rc"] == 0 else \
         {"problems": [f"the last resume exited {chaos['rc']}: see {chaos['log']}"], "trials": {}, "lost": None,
          "duplicated": None}
     return {"num_samples": num_samples, "max_steps": max_steps, "seed": seed, "reference_wall_s": ref["wall_s"],
+            "reference_startup_s": startup,
             "reference_problems": reference["problems"], **chaos, "problems": checked["problems"],
             "lost": checked["lost"], "duplicated": checked["duplicated"],
             "states": checked.get("states"), "reference_states": reference["states"],

@@ -483,7 +483,7 @@ def _resume_and_count(resume_arg: str, exp_dir: Path, num_samples: int):
 
 @pytest.mark.slow
 def test_interrupted_search_resumes_and_accounts_for_every_trial_once(tmp_path):
-    num_samples = 5
+    num_samples = 4
     space = _test_space(tmp_path, ROOT / "afqmc/demo_data/train.jsonl", num_samples=num_samples, max_steps=30)
     exp_dir = tmp_path / "results" / "intr"
     # Its first driver was killed right after it made the folder (before Ray or the study existed):
@@ -762,10 +762,10 @@ def test_two_searches_at_once_finish_apart_and_a_third_of_the_same_name_is_refus
     while it runs, refuses at once and touches nothing of it."""
     import optuna
 
-    num_samples, results = 3, tmp_path / "results"
+    num_samples, results = 2, tmp_path / "results"
     space = _test_space(tmp_path, DEMO_TRAIN, num_samples=num_samples, max_steps=10)
     # "one" runs more trials, so that it still runs when the third starts.
-    longer = {"one": ["--num_samples", "8"], "two": []}
+    longer = {"one": ["--num_samples", "5"], "two": []}
     procs = {name: subprocess.Popen([sys.executable, "tune/search.py", "--space", str(space), "--name", name,
                                      "--results_dir", str(results), *longer[name]], cwd=ROOT, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -793,7 +793,7 @@ def test_two_searches_at_once_finish_apart_and_a_third_of_the_same_name_is_refus
     ids = {}
     for name in procs:  # each complete, and its own
         trials = _trials_csv(results / name)
-        assert len(trials) == (8 if name == "one" else num_samples) and all(t["state"] in DONE_STATES for t in trials)
+        assert len(trials) == (5 if name == "one" else num_samples) and all(t["state"] in DONE_STATES for t in trials)
         ids[name] = {t["trial_id"] for t in trials}
         assert {p.name for p in (results / name).glob("trial_*")} == {f"trial_{i}" for i in ids[name]}
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{results / name / 'optuna.db'}")
