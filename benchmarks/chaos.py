@@ -82,6 +82,7 @@ def run_driver(args: list[str], log: Path, kill_at: float | None, worker_kill_at
     """`python tune/search.py ARGS` in its own session; SIGKILL the driver `kill_at` s after its start
     (then whatever is left of its session), and one trial worker `worker_kill_at` s after it."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    offset = log.stat().st_size if log.is_file() else 0
     started = time.perf_counter()
     with open(log, "a", encoding="utf-8") as out:
         out.write(f"\n=== {' '.join(args)} (kill at {kill_at}, worker kill at {worker_kill_at})\n")
@@ -111,8 +112,24 @@ def run_driver(args: list[str], log: Path, kill_at: float | None, worker_kill_at
                 out.write(f"=== chaos: killed the driver at {now:.1f} s\n")
                 break
             time.sleep(0.1)
+    with open(log, encoding="utf-8") as fh:
+        fh.seek(offset)
+        printed = fh.read()
     return {"rc": proc.wait(), "wall_s": time.perf_counter() - started, "killed": killed,
-            "worker_killed": worker_killed}
+            "worker_killed": worker_killed, "stage": _stage(printed) if killed else "ended"}
+
+
+def _stage(printed: str) -> str:
+    """Where the driver was when it was killed, from what it had printed."""
+    import re
+
+    if "trials done (" in printed:
+        return "writing the tables"
+    if re.search(r"^\[\d+:\d+ ", printed, flags=re.M):
+        return "trials running"
+    if "ray: " in printed:
+        return "Ray up, no trial report yet"
+    return "starting (imports, data, Ray)"
 
 
 def _search_seconds(log: Path) -> float:
@@ -153,7 +170,7 @@ def chaos_search(workdir: Path, name: str, space: Path, kills: int, worker_kills
         worker_at = rng.uniform(0.2, 1.0) * (kill_at or left) if pending > 0 else None
         args = ["--resume", str(exp_dir)] if exp_dir.is_dir() else first
         seg = run_driver(args, log, kill_at, worker_at, rng)
-        segments.append({**seg, "args": " ".join(args[:2]), "kill_at": kill_at, "worker_kill_at": worker_at})
+        segments.append({**seg, "args": args[0], "kill_at": kill_at, "worker_kill_at": worker_at})
         if not seg["killed"]:  # it ended on its own (before its kill moment, if it had one)
             break
     return {"exp_dir": str(exp_dir), "log": str(log), "segments": segments,
@@ -303,11 +320,11 @@ def run(workdir: Path, kills: int, worker_kills: int, num_samples: int, max_step
 
 
 def report(res: dict[str, Any], kills: int) -> None:
-    print(bu.table([{"run": i + 1, "started with": s["args"], "kill at s": f"{s['kill_at']:.1f}" if s["kill_at"] else "-",
+    print(bu.table([{"run": i + 1, "started with": s["args"], "killed while": s["stage"], "kill at s": f"{s['kill_at']:.1f}" if s["kill_at"] else "-",
                      "worker kill at s": f"{s['worker_kill_at']:.1f}" if s["worker_kill_at"] else "-",
                      "driver killed": s["killed"], "worker killed": s["worker_killed"], "wall s": f"{s['wall_s']:.1f}",
                      "exit": s["rc"]} for i, s in enumerate(res["segments"])],
-                   ["run", "started with", "kill at s", "worker kill at s", "driver killed", "worker killed", "wall s",
+                   ["run", "started with", "killed while", "kill at s", "worker kill at s", "driver killed", "worker killed", "wall s",
                     "exit"], title="runs of the chaos search"))
     against = res["against_reference"]
     print(f"\ndriver kills {res['driver_kills']} of {kills}, worker kills {res['worker_kills']}; trials lost "
