@@ -41,7 +41,7 @@ import yaml
 import _benchutil as bu
 
 METRIC = "val/f1_macro"
-QUICK = dict(kills=3, worker_kills=2, num_samples=4, max_steps=20)
+QUICK = dict(kills=3, worker_kills=2, num_samples=3, max_steps=15)
 FULL = dict(kills=10, worker_kills=4, num_samples=16, max_steps=60)
 
 
@@ -175,7 +175,7 @@ def chaos_search(workdir: Path, name: str, space: Path, kills: int, worker_kills
             break
     return {"exp_dir": str(exp_dir), "log": str(log), "segments": segments,
             "driver_kills": sum(s["killed"] for s in segments),
-            "worker_kills": sum(s["worker_killed"] for s in segments),
+            "worker_kills_done": sum(s["worker_killed"] for s in segments),
             "wall_s": sum(s["wall_s"] for s in segments), "rc": segments[-1]["rc"]}
 
 
@@ -327,7 +327,7 @@ def report(res: dict[str, Any], kills: int) -> None:
                    ["run", "started with", "killed while", "kill at s", "worker kill at s", "driver killed", "worker killed", "wall s",
                     "exit"], title="runs of the chaos search"))
     against = res["against_reference"]
-    print(f"\ndriver kills {res['driver_kills']} of {kills}, worker kills {res['worker_kills']}; trials lost "
+    print(f"\ndriver kills {res['driver_kills']} of {kills}, worker kills {res['worker_kills_done']}; trials lost "
           f"{res['lost']}, duplicated {res['duplicated']}; problems: {res['problems'] or 'none'}")
     print(f"against the uninterrupted search: {against['evaluations_compared']} evaluations compared, parameters "
           f"differ in trials {against['params_differ'] or 'none'}, values in {against['values_differ'] or 'none'}, "

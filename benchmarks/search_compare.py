@@ -151,8 +151,11 @@ def hf_search(space_path: Path, b: dict[str, Any], backend: str, workdir: Path, 
     trainer = Trainer(model_init=model_init, args=arguments(f"hf_{backend}"), train_dataset=PairDataset(data.train),
                       eval_dataset=PairDataset(data.val), data_collator=collator,
                       compute_loss_func=compute_loss, compute_metrics=compute_metrics, callbacks=[Record()])
-    sampler = optuna.samplers.TPESampler(multivariate=True, seed=settings.seed,
-                                         n_startup_trials=settings.n_startup_trials)
+    # Our search's sampler (Optuna's TPE, its draws seeded per trial number), so that the peer's
+    # random start-up trials are the same as ours.
+    from tune.trial import TrialSeededTPE
+
+    sampler = TrialSeededTPE(multivariate=True, seed=settings.seed, n_startup_trials=settings.n_startup_trials)
     objective = lambda metrics: metrics["eval_f1_macro"]  # noqa: E731
     if backend == "optuna":
         # The study hyperparameter_search creates is loaded from this storage, so that the baseline

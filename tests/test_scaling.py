@@ -26,13 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PRIMARY = "val/f1_macro"
 
 
-def _space(tmp_path: Path, num_samples: int) -> Path:
-    """The demo space on the first 1000 demo pairs (200 val pairs), 20 updates per trial."""
+def _space(tmp_path: Path, num_samples: int, max_steps: int = 20) -> Path:
+    """The demo space on the first 1000 demo pairs (200 val pairs), `max_steps` updates per trial,
+    an evaluation every 5."""
     spec = yaml.safe_load((ROOT / "search_spaces" / "demo.yaml").read_text(encoding="utf-8"))
-    spec["search"].update(num_samples=num_samples, n_startup_trials=num_samples, max_evals=4, grace_period=1,
-                          reduction_factor=3, cpus_per_trial=1)
+    spec["search"].update(num_samples=num_samples, n_startup_trials=num_samples, max_evals=max_steps // 5,
+                          grace_period=1, reduction_factor=3, cpus_per_trial=1)
     spec["params"].update(train_file=str(ROOT / "afqmc/demo_data/train.jsonl"), max_train_samples=1000,
-                          per_device_batch_size=16, max_steps=20, eval_steps=5, eval_batch_size=256)
+                          per_device_batch_size=16, max_steps=max_steps, eval_steps=5, eval_batch_size=256)
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     return path
@@ -68,7 +69,7 @@ def _assert_complete(exp_dir: Path, num_samples: int) -> None:
 
 @pytest.mark.slow
 def test_a_search_whose_trials_each_span_two_ray_train_workers(tmp_path):
-    proc = subprocess.run([sys.executable, "tune/search.py", "--space", str(_space(tmp_path, 2)), "--name", "w2",
+    proc = subprocess.run([sys.executable, "tune/search.py", "--space", str(_space(tmp_path, 2, max_steps=10)), "--name", "w2",
                            "--results_dir", str(tmp_path / "results"), "--workers_per_trial", "2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

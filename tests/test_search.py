@@ -765,15 +765,15 @@ def test_two_searches_at_once_finish_apart_and_a_third_of_the_same_name_is_refus
     num_samples, results = 2, tmp_path / "results"
     space = _test_space(tmp_path, DEMO_TRAIN, num_samples=num_samples, max_steps=10)
     # "one" runs more trials, so that it still runs when the third starts.
-    longer = {"one": ["--num_samples", "5"], "two": []}
+    longer = {"one": ["--num_samples", "6"], "two": []}
     procs = {name: subprocess.Popen([sys.executable, "tune/search.py", "--space", str(space), "--name", name,
                                      "--results_dir", str(results), *longer[name]], cwd=ROOT, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
              for name in ("one", "two")}
     out = {name: [] for name in procs}
-    for line in procs["one"].stdout:  # until "one" runs its first trial
+    for line in procs["one"].stdout:  # until "one" has made its folder (and holds its lock) and starts Ray
         out["one"].append(line)
-        if re.search(r"trial \d+ eval 1/", line):
+        if (results / "one" / "search.json").is_file():
             break
     kept = ("search.json", "space.yaml", ".search.lock")  # what a second driver could overwrite
     before = {f: ((results / "one" / f).read_bytes(), (results / "one" / f).stat().st_mtime_ns) for f in kept}
@@ -793,7 +793,7 @@ def test_two_searches_at_once_finish_apart_and_a_third_of_the_same_name_is_refus
     ids = {}
     for name in procs:  # each complete, and its own
         trials = _trials_csv(results / name)
-        assert len(trials) == (5 if name == "one" else num_samples) and all(t["state"] in DONE_STATES for t in trials)
+        assert len(trials) == (6 if name == "one" else num_samples) and all(t["state"] in DONE_STATES for t in trials)
         ids[name] = {t["trial_id"] for t in trials}
         assert {p.name for p in (results / name).glob("trial_*")} == {f"trial_{i}" for i in ids[name]}
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{results / name / 'optuna.db'}")
