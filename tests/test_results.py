@@ -126,6 +126,10 @@ def test_reseed_verdict_weighs_the_gain_against_seed_noise():
     noisy = _verdict(res([0.70, 0.60, 0.65], [0.66, 0.58, 0.62]), "test", same=False)
     assert noisy["gain"] == pytest.approx(0.03) and noisy["welch_p"] > 0.3
     assert "within seed noise" in noisy["verdict"]
+    # More than twice the standard error, yet Welch's p is 0.08 with 3 seeds a side: not a winner.
+    few = _verdict(res([0.5953, 0.5879, 0.6448], [0.5531, 0.5473, 0.5561]), "test", same=False)
+    assert few["gain"] > 2 * math.sqrt(0.0310**2 / 3 + 0.0044**2 / 3) and 0.05 < few["welch_p"] < 0.1
+    assert "within seed noise (Welch's p = 0.08" in few["verdict"], few["verdict"]
     worse = _verdict(res([0.60, 0.61], [0.62, 0.63]), "test", same=False)
     assert worse["verdict"].startswith("no gain")
     same = _verdict(res([0.60, 0.61], [0.60, 0.61]), "test", same=True)

@@ -178,12 +178,15 @@ def _verdict(results: dict[str, Any], figure: str, same: bool) -> dict[str, Any]
 
         out["welch_p"] = float(ttest_ind(b["values"], a["values"], equal_var=False).pvalue)
     se = math.sqrt(b["std"] ** 2 / len(b["values"]) + a["std"] ** 2 / len(a["values"]))
-    if gain > 2 * se:
-        out["verdict"] = (f"the gain {gain:+.4f} is larger than seed noise (more than twice its standard error "
-                          f"{se:.4f})")
+    # Welch's test, not "twice the standard error": with 3 seeds a side its t distribution has ~2-4
+    # degrees of freedom, and 2 standard errors is far from 5%.
+    p = out["welch_p"]
+    if gain > 0 and p is not None and p < 0.05:
+        out["verdict"] = (f"the gain {gain:+.4f} is larger than seed noise (Welch's p = {p:.3f} < 0.05; standard "
+                          f"error {se:.4f})")
     elif gain > 0:
-        out["verdict"] = (f"the gain {gain:+.4f} is within seed noise (standard error {se:.4f}): more seeds, or a "
-                          f"longer budget, are needed to call a winner")
+        out["verdict"] = (f"the gain {gain:+.4f} is within seed noise (Welch's p = {p if p is None else round(p, 3)}"
+                          f", standard error {se:.4f}): more seeds, or a longer budget, are needed to call a winner")
     else:
         out["verdict"] = f"no gain: the baseline does as well or better over these seeds ({gain:+.4f})"
     return out
