@@ -399,7 +399,10 @@ def test_plots_are_valid_pngs_that_are_not_blank(search):
     imp = summary["importance"]
     assert set(imp["values"]) == {"learning_rate", "class_weights", "dropout", "threshold", "warmup_ratio"}
     assert sum(imp["values"].values()) == pytest.approx(1.0, abs=1e-6)
-    assert imp["trials"] == summary["counts"]["finished"]  # fANOVA reads COMPLETE trials; ASHA's cuts are PRUNED
+    if imp["basis"] == "completed trials":  # fANOVA reads COMPLETE trials; ASHA's cuts are PRUNED
+        assert imp["trials"] == summary["counts"]["finished"]
+    else:  # the completed trials all tied (20 updates teach the tiny model little): the cut ones join
+        assert imp["trials"] == summary["counts"]["finished"] + summary["counts"]["stopped early"]
     assert list(imp["values"].values()) == sorted(imp["values"].values(), reverse=True)
 
 

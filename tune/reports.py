@@ -239,7 +239,8 @@ def trials_markdown(name: str, frame: pd.DataFrame, params: list[str], summary: 
     lines.append(markdown_table(headers, rows, right={i for i, h in enumerate(headers) if h not in ("trial", "state")}))
     imp = summary.get("importance") or {}
     if imp.get("values"):
-        lines.append(f"Parameter importance ({imp['method']} on the Optuna study, {imp['trials']} trials): " +
+        lines.append(f"Parameter importance ({imp['method']} on the Optuna study, {imp['trials']} "
+                     f"{imp.get('basis', 'trials')}): " +
                      ", ".join(f"{SHORT.get(k, k)} {v:.2f}" for k, v in imp["values"].items()) + ".")
         lines.append("")
     failed = frame[frame["state"] == "failed"]
@@ -283,12 +284,20 @@ def param_importances(experiment_dir: Path, seed: int = 0) -> dict[str, Any]:
         if len(complete) < 2:
             return {"method": "fANOVA", "values": {}, "trials": len(complete),
                     "error": "fewer than 2 completed trials in the study"}
+        basis = "completed trials"
+        if len({t.value for t in complete}) == 1:  # nothing for fANOVA to explain: let the cut trials in too
+            complete = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
+                                                               optuna.trial.TrialState.PRUNED) and t.value is not None]
+            study = optuna.create_study(direction=study.direction)
+            study.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=t.value)
+                              for t in complete])
+            basis = "completed trials and those ASHA cut, at their last value (the completed ones all tied)"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             values = optuna.importance.get_param_importances(
                 study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
         values = {k: float(v) for k, v in values.items() if math.isfinite(v)}
-        return {"method": "fANOVA", "values": values, "trials": len(complete)}
+        return {"method": "fANOVA", "values": values, "trials": len(complete), "basis": basis}
     except Exception as exc:  # the tables must not depend on it
         return {"method": "fANOVA", "values": {}, "trials": 0, "error": f"{type(exc).__name__}: {exc}"}
 
