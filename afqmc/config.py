@@ -313,10 +313,24 @@ DATA_FIELDS = ("train_file", "val_file", "val_ratio", "test_ratio", "max_train_s
 PATH_FIELDS = ("train_file", "val_file", "test_file", "vocab_file")
 
 
+# Where afqmc/ is installed: the checkout, or site-packages for a non-editable install.
+INSTALL_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _resolve(root: str | os.PathLike, path: str) -> str:
+    """`path` from `root`; a relative path that is not there but names a file shipped with the package
+    (the demo data, `afqmc/demo_data/...`) is that file, so the shipped spaces work from anywhere."""
+    found = Path(root) / path
+    shipped = INSTALL_ROOT / path
+    if not found.exists() and not Path(path).is_absolute() and shipped.exists():
+        return str(shipped)
+    return str(found.resolve())
+
+
 def absolute_paths(cfg: TrainConfig, root: str | os.PathLike) -> TrainConfig:
     """`cfg` with its file fields (and a local model directory) made absolute from `root`: a search's
     trials run in their own working directories, and a resumed search may start from another one."""
-    changes: dict[str, Any] = {k: str((Path(root) / getattr(cfg, k)).resolve()) for k in PATH_FIELDS if getattr(cfg, k)}
+    changes: dict[str, Any] = {k: _resolve(root, getattr(cfg, k)) for k in PATH_FIELDS if getattr(cfg, k)}
     local_model = Path(root) / cfg.model_name_or_path
     if cfg.model_name_or_path != TINY and local_model.exists():
         changes["model_name_or_path"] = str(local_model.resolve())

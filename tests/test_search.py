@@ -59,6 +59,29 @@ def test_shipped_spaces_load_and_search_the_required_fields(name):
         assert space.base.test_ratio > 0
 
 
+@pytest.mark.slow  # builds and installs the package
+def test_a_non_editable_install_finds_the_shipped_spaces_and_the_demo_data(tmp_path):
+    """`pip install .` (not -e): `--space demo` resolves by name from any folder, and the space's
+    relative demo-data path resolves to the installed copy of the demo data."""
+    site = tmp_path / "site"
+    built = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                            "--target", str(site), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    code = ("import pathlib, tune.search as s; from tune.space import load_space; from afqmc.config import absolute_paths;"
+            "p = s.resolve_space('afqmc_cpu'); q = s.resolve_space('demo');"
+            "b = absolute_paths(load_space(q).base, '.');"
+            "print(s.__file__); print(p); print(q); print(b.train_file, pathlib.Path(b.train_file).is_file())")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(site)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    module, cpu, demo, data = run.stdout.splitlines()
+    assert module.startswith(str(site))  # the installed copy, not the checkout
+    assert cpu == str(site / "tune" / "spaces" / "afqmc_cpu.yaml") and demo == str(site / "tune" / "spaces" / "demo.yaml")
+    assert data == f"{site / 'afqmc' / 'demo_data' / 'train.jsonl'} True"
+
+
 def test_demo_space_baseline_is_the_demo_config():
     space = load_space(SPACES / "demo.yaml")
     demo = load_config(ROOT / "afqmc/configs/demo.yaml")
@@ -142,7 +165,7 @@ def test_shipped_spaces_resolve_by_name_from_anywhere(tmp_path, monkeypatch):
     from tune.search import resolve_space
 
     monkeypatch.chdir(tmp_path)
-    assert resolve_space("afqmc_cpu") == SPACES / "afqmc_cpu.yaml" == resolve_space("afqmc_cpu.yaml")
+    assert resolve_space("afqmc_cpu") == (SPACES / "afqmc_cpu.yaml").resolve() == resolve_space("afqmc_cpu.yaml")
     (tmp_path / "afqmc_cpu.yaml").write_text("# mine\n")
     assert resolve_space("afqmc_cpu.yaml") == Path("afqmc_cpu.yaml")  # a file of that name here comes first
     assert resolve_space("nope") == Path("nope") and resolve_space("sub/demo") == Path("sub/demo")

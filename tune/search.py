@@ -75,7 +75,7 @@ from tune.folder import (BEST_CONFIG, BEST_MODEL, LOGS, PLOTS, SPACE_COPY, STUDY
 from tune.trial import KeepBestCheckpoint, ReleaseTrainWorkers, StudySearch, TrialSeededTPE, run_trial, trial_dirname
 
 RESULTS_DIR = "results"
-SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"  # the shipped spaces, found by name
+SPACES_DIR = Path(__file__).resolve().parent / "spaces"  # the shipped spaces (package data; search_spaces/ links here)
 DEFAULT_SPACE = SPACES_DIR / "demo.yaml"
 DRIVER_MEMORY = 256 * 2**20  # bytes reserved for the driver of a multi-worker trial
 
