@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +40,7 @@ from typing import Any
 import yaml
 
 import _benchutil as bu
+from _searchutil import trial_reports
 
 METRIC = "val/f1_macro"
 QUICK = dict(kills=3, worker_kills=2, num_samples=3, max_steps=15)
@@ -121,8 +123,6 @@ def run_driver(args: list[str], log: Path, kill_at: float | None, worker_kill_at
 
 def _stage(printed: str) -> str:
     """Where the driver was when it was killed, from what it had printed."""
-    import re
-
     if "trials done (" in printed:
         return "writing the tables"
     if re.search(r"^\[\d+:\d+ ", printed, flags=re.M):
@@ -134,16 +134,12 @@ def _stage(printed: str) -> str:
 
 def _search_seconds(log: Path) -> float:
     """How long the trials ran, by the live view's clock (`[mm:ss ...`) on its last line."""
-    import re
-
     found = re.findall(r"^\[(\d+):(\d+) ", log.read_text(encoding="utf-8"), flags=re.M)
     return int(found[-1][0]) * 60 + int(found[-1][1]) if found else 0.0
 
 
 def _trials_done(log: Path) -> float:
     """The share of trials ended, from the last progress line of the search's live output."""
-    import re
-
     found = re.findall(r"\[[\d:]+ (\d+)/(\d+) trials", log.read_text(encoding="utf-8")) if log.is_file() else []
     return int(found[-1][0]) / int(found[-1][1]) if found else 0.0
 
@@ -186,20 +182,13 @@ def _evaluations(trial_dir: Path) -> dict[int, float]:
     """Each evaluation's value of the metric, from the trial's reports; one that was reported twice
     (redone from the checkpoint before it after a kill) must have given the same value both times."""
     out: dict[int, float] = {}
-    for row in _reports(trial_dir):
+    for row in trial_reports(trial_dir):
         if "evals" in row and METRIC in row:
             e, v = int(row["evals"]), float(row[METRIC])
             if e in out and abs(out[e] - v) > 1e-9:
                 raise AssertionError(f"{trial_dir.name}: evaluation {e} gave {out[e]} and then {v}")
             out[e] = v
     return out
-
-
-def _reports(trial_dir: Path) -> list[dict[str, Any]]:
-    path = trial_dir / "result.json"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def verify(exp_dir: Path, num_samples: int) -> dict[str, Any]:

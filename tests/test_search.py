@@ -63,9 +63,13 @@ def test_shipped_spaces_load_and_search_the_required_fields(name):
 def test_a_non_editable_install_finds_the_shipped_spaces_and_the_demo_data(tmp_path):
     """`pip install .` (not -e): `--space demo` resolves by name from any folder, and the space's
     relative demo-data path resolves to the installed copy of the demo data."""
-    site = tmp_path / "site"
+    site, src = tmp_path / "site", tmp_path / "src"  # built from a copy: setuptools writes build/ into its source
+    for part in ("afqmc", "tune"):
+        shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copyfile(ROOT / part, src / part)
     built = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                            "--target", str(site), str(ROOT)], capture_output=True, text=True, timeout=600)
+                            "--target", str(site), str(src)], capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     code = ("import pathlib, tune.search as s; from tune.space import load_space; from afqmc.config import absolute_paths;"
             "p = s.resolve_space('afqmc_cpu'); q = s.resolve_space('demo');"

@@ -171,7 +171,7 @@ def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable,
         from tune.tracking import MLflowTrials, default_tracking_uri
 
         callbacks.append(MLflowTrials(state.tracking_uri or default_tracking_uri(exp_dir), exp_dir.name,
-                                      settings.max_evals, space.baseline()))
+                                      settings.max_evals))
     # The study lives in the experiment folder; the driver is its only writer (SQLite is fine).
     storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / STUDY_DB}")
     with warnings.catch_warnings():

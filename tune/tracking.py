@@ -16,6 +16,7 @@ from typing import Any
 
 from ray import tune
 
+from tune.folder import FAILED
 from tune.results import trial_number, trial_state
 
 # The report keys logged as metrics: the evaluation's figures and where the trial is.
@@ -28,9 +29,8 @@ def default_tracking_uri(experiment_dir) -> str:
 
 
 class MLflowTrials(tune.Callback):
-    def __init__(self, tracking_uri: str, experiment_name: str, max_evals: int, baseline: dict[str, Any]):
-        self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
-        self.max_evals, self.baseline = max_evals, baseline
+    def __init__(self, tracking_uri: str, experiment_name: str, max_evals: int):
+        self.tracking_uri, self.experiment_name, self.max_evals = tracking_uri, experiment_name, max_evals
         self._client = None
         self._runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
 
@@ -87,7 +87,7 @@ class MLflowTrials(tune.Callback):
 
     def _end(self, trial, state: str) -> None:
         run_id = self._run(trial)
-        reason = (trial.last_result or {}).get("failed") or ""
+        reason = (trial.last_result or {}).get(FAILED) or ""
         self.client.set_tag(run_id, "state", state)
         if reason:
             self.client.set_tag(run_id, "reason", str(reason)[:5000])
