@@ -86,6 +86,8 @@ def write_json(path: Path, data: Any) -> None:
 
 # The model's decision threshold on P(label = 1), kept in its config.json (afqmc.predict uses it).
 THRESHOLD_ATTR = "decision_threshold"
+# true in config.json: P(same) is the mean over both orders of a pair (average_pair_orders).
+PAIR_ORDERS_ATTR = "average_pair_orders"
 
 
 def save_model_dir(path: Path, model: Any, tokenizer: Any, cfg: TrainConfig, metrics: dict[str, Any]) -> None:
@@ -93,10 +95,13 @@ def save_model_dir(path: Path, model: Any, tokenizer: Any, cfg: TrainConfig, met
     metrics and a model card (README.md).
 
     The evaluation's decision threshold (`val/threshold`: the fixed one, or the one tuned on val)
-    goes into config.json, so that the model carries the threshold it was chosen with.
+    goes into config.json, so that the model carries the threshold it was chosen with; so does
+    `average_pair_orders`, so that every prediction averages the two orders as evaluation did.
     """
     if metrics.get("val/threshold") is not None:
         setattr(model.config, THRESHOLD_ATTR, float(metrics["val/threshold"]))
+    if cfg.average_pair_orders:
+        setattr(model.config, PAIR_ORDERS_ATTR, True)
     model.save_pretrained(path, safe_serialization=True)
     # The tokenizer truncates as training did, also when a pipeline loads it (truncation=True).
     tokenizer.model_max_length = cfg.max_length

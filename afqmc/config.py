@@ -86,6 +86,28 @@ class TrainConfig:
     # val probabilities after every evaluation (F1-macro, cross-fitted on two halves of val, is then
     # the run's val/f1_macro; the saved model keeps the threshold chosen on all of val).
     threshold: float | str = "tuned"
+    # --- fine-tuning techniques (afqmc/techniques.py), each off by default ----------------------
+    # Train on each pair in a random order per epoch (AFQMC's relation is symmetric): seeded by seed
+    # and epoch, exact on resume; both orders come from one tokenization.
+    augment_pair_order: bool = False
+    # Average P(same) over both orders of each pair at evaluation, held-out test scoring and predict
+    # (the saved model records it in config.json, so afqmc.predict applies it).
+    average_pair_orders: bool = False
+    # Focal loss's gamma (the class weights act as its alpha); 0 = the class-weighted cross-entropy.
+    focal_gamma: float = 0.0
+    # FGM adversarial training: the size of the word-embedding perturbation (epsilon * g / ||g||); 0 = off.
+    fgm_epsilon: float = 0.0
+    # R-Drop: the weight of the symmetric KL divergence between two dropout passes of a batch; 0 = off.
+    rdrop_alpha: float = 0.0
+    # Layer-wise learning-rate decay: the head at learning_rate, each layer below at this times the
+    # rate of the one above, the embeddings lowest; 1 = off (one rate for all).
+    layerwise_lr_decay: float = 1.0
+    # EMA of the weights, updated after every optimizer update; evaluation, the checkpoint and
+    # best_model/ use the average; 0 = off (0.999 is a common choice).
+    ema_decay: float = 0.0
+    # Recompute activations during backward instead of keeping them: less memory (what lets a large
+    # model train on 8 GB), slower updates, the same losses. A memory option, not one to search.
+    gradient_checkpointing: bool = False
     # --- evaluation, early stopping, outputs ------------------------------------------------
     eval_steps: int = 0  # evaluate every N optimizer updates; 0 = once per epoch
     # The val metric that early stopping, the kept best model and a search's ranking follow (higher
@@ -136,6 +158,13 @@ class TrainConfig:
         for name in ("dropout", "attention_dropout"):
             if getattr(self, name) is not None and not 0.0 <= getattr(self, name) < 1.0:
                 raise bad(name, "must be in [0, 1)")
+        for name in ("focal_gamma", "fgm_epsilon", "rdrop_alpha"):
+            if not getattr(self, name) >= 0:
+                raise bad(name, "must be >= 0 (0 = off)")
+        if not 0.0 < self.layerwise_lr_decay <= 1.0:
+            raise bad("layerwise_lr_decay", "must be in (0, 1] (1 = off)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise bad("ema_decay", "must be in [0, 1) (0 = off)")
         if isinstance(self.threshold, str):
             if self.threshold != TUNED:
                 raise bad("threshold", f"must be a number in (0, 1) or '{TUNED}'")

@@ -20,10 +20,12 @@ from typing import Any, TextIO
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from afqmc.checkpoint import THRESHOLD_ATTR, CheckpointError, load_model_config, resolve_directory, write_json
+from afqmc.checkpoint import (PAIR_ORDERS_ATTR, THRESHOLD_ATTR, CheckpointError, load_model_config, resolve_directory,
+                              write_json)
 from afqmc.config import ConfigError, TrainConfig
 from afqmc.data import DataError, PairData, PairDataset, collate, encode, load_pairs, parse_pairs
 from afqmc.metrics import classification_metrics, ranking_metrics, tune_threshold
+from afqmc.techniques import swapped
 
 
 def load_saved_model(checkpoint: str | Path, device: str | torch.device = "cpu"):
@@ -48,11 +50,21 @@ def saved_threshold(model, cfg: TrainConfig, where: str | Path = "model") -> flo
                           f"and its config says threshold: {cfg.threshold}; give one with --threshold")
 
 
-@torch.no_grad()
 def predict_probs(model, tokenizer, pairs, max_length: int, batch_size: int = 128,
                   device: str | torch.device = "cpu") -> list[float]:
+    """P(same) of each pair; the mean over both orders of the pair when the model was saved with
+    `average_pair_orders` (config.json), as its evaluation was."""
     encoded = encode(tokenizer, pairs, max_length)
     encoded.labels = None
+    probs = _encoded_probs(model, tokenizer, encoded, batch_size, device)
+    if getattr(model.config, PAIR_ORDERS_ATTR, False):
+        other = _encoded_probs(model, tokenizer, swapped(encoded, tokenizer.sep_token_id), batch_size, device)
+        probs = [(a + b) / 2 for a, b in zip(probs, other)]
+    return probs
+
+
+@torch.no_grad()
+def _encoded_probs(model, tokenizer, encoded, batch_size: int, device) -> list[float]:
     loader = torch.utils.data.DataLoader(PairDataset(encoded), batch_size=batch_size,
                                          collate_fn=lambda b: collate(b, tokenizer.pad_token_id or 0))
     probs: list[float] = []

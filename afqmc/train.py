@@ -41,6 +41,7 @@ from afqmc.data import (DataError, Encoded, LengthGroupedSampler, PairData, Pair
                         encode, load_splits)
 from afqmc.metrics import best_key, evaluation_metrics
 from afqmc.modeling import load_model, load_tokenizer
+from afqmc.techniques import FGM, PairOrderDataset, make_ema, make_objective, parameter_groups, swapped
 
 Reporter = Callable[[dict[str, Any], "str | None"], None]
 PRIMARY = "val/f1_macro"  # the default metric_for_best_model: F1-macro at the run's threshold
@@ -189,12 +190,8 @@ def _start_trackers(cfg: TrainConfig, accelerator: Accelerator) -> None:
 
 
 def _setup_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    # No weight decay on biases and LayerNorm weights (the BERT recipe).
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # No weight decay on biases and LayerNorm weights (the BERT recipe); layer-wise rates if asked.
+    groups = parameter_groups(model, cfg.learning_rate, cfg.weight_decay, cfg.layerwise_lr_decay)
     return torch.optim.AdamW(groups, lr=cfg.learning_rate)
 
 
@@ -247,11 +244,16 @@ class Run:
     model: torch.nn.Module
     data: TaskData
     val_loader: Any
+    val_swapped: Any  # the val pairs in the other order (average_pair_orders), else None
     weights: torch.Tensor | None  # class weights of the loss (val/loss uses them too)
     scheduler: Any  # the learning-rate schedule
     schedule: Schedule
     report: Reporter | None
     bar: Any  # tqdm: the table rows are written through it
+    objective: Any  # objective(model, batch, labels): the micro-batch's training loss (afqmc.techniques)
+    adversarial: Any  # the loss of FGM's perturbed pass (no R-Drop doubling), with fgm
+    fgm: FGM | None
+    ema: Any  # torch.optim.swa_utils.AveragedModel of the weights (ema_decay), else None
     forward_dtype: str | None = None  # what the first forward pass computed in (bfloat16 under bf16 autocast)
 
 
@@ -276,16 +278,24 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
     data = data or prepare_data(cfg, log)
 
     model = load_model(cfg, data.tokenizer)
-    train_loader, val_loader = _setup_loaders(cfg, data)
+    if cfg.gradient_checkpointing:  # non-reentrant: works under DDP, keeps the dropout RNG per segment
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    loaders = _setup_loaders(cfg, data)
     optimizer = _setup_optimizer(cfg, model)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    model, optimizer, *loaders = accelerator.prepare(model, optimizer, *loaders)
+    train_loader, val_loader, val_swapped = loaders + [None] * (3 - len(loaders))
     schedule = Schedule.of(cfg, len(train_loader))
     # The learning-rate schedule counts optimizer updates of this process; it is stepped by hand after
     # each real update (not prepared, so Accelerate does not step it once per process).
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * schedule.total_steps),
                                                 schedule.total_steps)
     accelerator.register_for_checkpointing(scheduler)  # before load_state, which restores it
+    ema = make_ema(accelerator.unwrap_model(model), cfg.ema_decay) if cfg.ema_decay else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
     weights = _class_weights(cfg, data.train.labels)
+    if weights is not None:
+        weights = weights.to(accelerator.device)
 
     state = TrainerState()
     if resume_from:
@@ -299,7 +309,11 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
         f"best model by {cfg.metric_for_best_model}")
     bar = tqdm(total=schedule.total_steps, initial=state.step,
                disable=not (progress and accelerator.is_main_process), desc="train", dynamic_ncols=True)
-    run = Run(cfg, accelerator, model, data, val_loader, weights, scheduler, schedule, report, bar)
+    fgm = FGM(accelerator.unwrap_model(model).get_input_embeddings().weight, cfg.fgm_epsilon,
+              accelerator.num_processes, lambda t: accelerator.reduce(t, "sum")) if cfg.fgm_epsilon else None
+    run = Run(cfg, accelerator, model, data, val_loader, val_swapped, weights, scheduler, schedule, report, bar,
+              objective=make_objective(cfg.focal_gamma, cfg.rdrop_alpha, weights),
+              adversarial=make_objective(cfg.focal_gamma, 0.0, weights), fgm=fgm, ema=ema)
     _loop(run, state, train_loader, optimizer)
     bar.close()
 
@@ -314,18 +328,25 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
     return summary
 
 
-def _setup_loaders(cfg: TrainConfig, data: TaskData):
+def _setup_loaders(cfg: TrainConfig, data: TaskData) -> list[Any]:
+    """The train loader, the val loader and, with average_pair_orders, the val pairs swapped."""
     pad = functools.partial(collate, pad_id=data.tokenizer.pad_token_id or 0)
     # An own generator: DataLoader draws each iterator's base seed from it, not from the global RNG
     # that dropout uses, so a resumed run (new iterator after restoring the RNG) matches an unbroken one.
     # group_by_length: batches of similar length, in an order seeded by cfg.seed + epoch (set_epoch in _loop).
     grouped = LengthGroupedSampler([len(x) for x in data.train.input_ids], cfg.per_device_batch_size,
                                    seed=cfg.seed) if cfg.group_by_length else None
-    train_loader = torch.utils.data.DataLoader(PairDataset(data.train), batch_size=cfg.per_device_batch_size,
+    sep = data.tokenizer.sep_token_id
+    train_set = PairOrderDataset(data.train, sep, cfg.seed) if cfg.augment_pair_order else PairDataset(data.train)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.per_device_batch_size,
                                                shuffle=grouped is None, sampler=grouped, collate_fn=pad,
                                                generator=torch.Generator().manual_seed(cfg.seed))
-    val_loader = torch.utils.data.DataLoader(PairDataset(data.val), batch_size=cfg.eval_batch_size, collate_fn=pad)
-    return train_loader, val_loader
+    loaders = [train_loader, torch.utils.data.DataLoader(PairDataset(data.val), batch_size=cfg.eval_batch_size,
+                                                         collate_fn=pad)]
+    if cfg.average_pair_orders:
+        loaders.append(torch.utils.data.DataLoader(PairDataset(swapped(data.val, sep)), batch_size=cfg.eval_batch_size,
+                                                   collate_fn=pad))
+    return loaders
 
 
 def _loop(run: Run, state: TrainerState, train_loader, optimizer) -> None:
@@ -333,20 +354,18 @@ def _loop(run: Run, state: TrainerState, train_loader, optimizer) -> None:
     schedule ends or early stopping says stop. `state` carries what a resume needs."""
     cfg, accelerator, model = run.cfg, run.accelerator, run.model
     _probe_forward_dtype(run)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=None if run.weights is None else run.weights.to(accelerator.device))
     window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
     stop = state.step >= run.schedule.total_steps
     model.train()
     while not stop:
-        train_loader.set_epoch(state.epoch)
+        train_loader.set_epoch(state.epoch)  # the batch order and, with augment_pair_order, each pair's order
         batches = accelerator.skip_first_batches(train_loader, state.batches_in_epoch) \
             if state.batches_in_epoch else train_loader
         started = time.perf_counter()
         for batch in batches:
             labels = batch.pop("labels")
             with accelerator.accumulate(model):
-                loss = loss_fn(model(**batch).logits.float(), labels)
-                accelerator.backward(loss)
+                loss = _backward(run, batch, labels)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
@@ -360,6 +379,8 @@ def _loop(run: Run, state: TrainerState, train_loader, optimizer) -> None:
             # One optimizer update done (or skipped by the fp16 scaler after an overflow).
             if not accelerator.optimizer_step_was_skipped:
                 run.scheduler.step()
+                if run.ema is not None:
+                    run.ema.update_parameters(accelerator.unwrap_model(model))
             state.step += 1
             run.bar.update(1)
             if not _finite_everywhere(accelerator, window_loss):  # stop at once: nothing good comes after a NaN/inf loss
@@ -380,6 +401,18 @@ def _loop(run: Run, state: TrainerState, train_loader, optimizer) -> None:
             state.train_seconds += time.perf_counter() - started
             state.epoch += 1
             state.batches_in_epoch = 0
+
+
+def _backward(run: Run, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """The micro-batch's training loss, backwarded (Accelerate scales it for accumulation and fp16);
+    with FGM, then the loss on perturbed embeddings too, before the caller clips and steps."""
+    if run.fgm is not None:
+        run.fgm.catch_next_backward()
+    loss = run.objective(run.model, batch, labels)
+    run.accelerator.backward(loss)
+    if run.fgm is not None:
+        run.fgm.attack(lambda: run.accelerator.backward(run.adversarial(run.model, batch, labels)))
+    return loss
 
 
 def _probe_forward_dtype(run: Run) -> None:
@@ -435,7 +468,12 @@ HELD_OUT_HIDDEN = ("best_threshold", "f1_macro_at_best_threshold")
 def _evaluate_and_report(run: Run, state: TrainerState, epoch: float, train_loss: float) -> bool:
     """Evaluate, update early stopping, write checkpoint and best model, report. True means stop."""
     cfg, accelerator = run.cfg, run.accelerator
-    val = evaluate(accelerator, run.model, run.val_loader, run.weights, cfg.threshold, cfg.seed)
+    if run.ema is None:
+        val = evaluate(accelerator, run.model, run.val_loader, run.weights, cfg.threshold, cfg.seed, run.val_swapped)
+    else:  # the average is not a prepared model: autocast (mixed precision) by hand
+        with accelerator.autocast():
+            val = evaluate(accelerator, run.ema.module, run.val_loader, run.weights, cfg.threshold, cfg.seed,
+                           run.val_swapped)
     state.evals += 1
     value = val[cfg.metric_for_best_model]
     improved = value > state.best_metric
@@ -457,7 +495,8 @@ def _evaluate_and_report(run: Run, state: TrainerState, epoch: float, train_loss
     if accelerator.trackers:  # report_to: the evaluation's figures at its step
         accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
                         step=state.step)
-    checkpoint_dir = _save_checkpoint(cfg, accelerator, run.model, run.data, state, metrics, improved)
+    checkpoint_dir = _save_checkpoint(cfg, accelerator, run.ema.module if run.ema is not None else run.model,
+                                      run.data, state, metrics, improved)
     if run.report is not None:
         run.report(metrics, checkpoint_dir if accelerator.is_main_process else None)
     return stop
@@ -465,9 +504,23 @@ def _evaluate_and_report(run: Run, state: TrainerState, epoch: float, train_loss
 
 @torch.no_grad()
 def evaluate(accelerator: Accelerator, model, loader, weights: torch.Tensor | None,
-             threshold: float | str, seed: int = 0) -> dict[str, float]:
+             threshold: float | str, seed: int = 0, swapped=None) -> dict[str, float]:
     """Val loss and metrics over the whole val set, gathered from every process (no duplicates):
-    at the run's threshold (fixed, or tuned and cross-fitted), plus AUC and AP (afqmc.metrics)."""
+    at the run's threshold (fixed, or tuned and cross-fitted), plus AUC and AP (afqmc.metrics).
+    With `swapped` (the same pairs in the other order), P(same) is the mean over both orders and
+    the loss is that mean's negative log-likelihood."""
+    p, y, loss = _val_outputs(accelerator, model, loader)
+    if swapped is not None:
+        p = (p + _val_outputs(accelerator, model, swapped)[0]) / 2
+        loss = -np.log(np.clip(np.where(y == 1, p, 1 - p), 1e-12, None))
+    w = np.ones_like(loss) if weights is None else weights.cpu().numpy()[y]
+    out = evaluation_metrics(y, p, threshold, seed=seed)
+    out["val/loss"] = float((w * loss).sum() / w.sum())  # the training objective, class weights included
+    return out
+
+
+def _val_outputs(accelerator: Accelerator, model, loader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """P(same), the labels and the per-pair cross-entropy of `loader`'s pairs, from every process."""
     model.eval()
     probs, labels, losses = [], [], []
     for batch in loader:
@@ -479,10 +532,7 @@ def evaluate(accelerator: Accelerator, model, loader, weights: torch.Tensor | No
         labels.append(y.cpu())
         losses.append(loss.cpu())
     p, y, loss = (torch.cat(x).numpy() for x in (probs, labels, losses))
-    w = np.ones_like(loss) if weights is None else weights.cpu().numpy()[y]
-    out = evaluation_metrics(y, p, threshold, seed=seed)
-    out["val/loss"] = float((w * loss).sum() / w.sum())  # the training objective, class weights included
-    return out
+    return p, y, loss
 
 
 def _save_checkpoint(cfg, accelerator, model, data, state, metrics, improved) -> str:
