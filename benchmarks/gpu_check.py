@@ -22,6 +22,9 @@ Training step: AdamW, autocast (fp16 with a GradScaler, or bf16), unscale + clip
    device-wide use (torch.cuda.mem_get_info) is reported against the cap as well.
 3. Ours against plain on the GPU: afqmc.train.train() (tiny preset set to MacBERT-base's shape,
    fp16) against the plain fp16 loop on the same batches, samples/s ratio.
+4. Gradient checkpointing (`gradient_checkpointing: true`): peak memory and samples/s with and
+   without it, one fp16 trial under the cap, for MacBERT-base and for RoBERTa-wwm-ext-large's shape
+   (hidden 1024, 24 layers, ~325M parameters: what checkpointing is for on an 8 GB card).
 """
 
 from __future__ import annotations
@@ -48,14 +51,20 @@ MACBERT_BASE = dict(vocab_size=21128, hidden_size=768, num_hidden_layers=12, num
                     intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)
 SMOKE_SHAPE = dict(vocab_size=21128, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                    intermediate_size=256, max_position_embeddings=512, type_vocab_size=2)
+# hfl/chinese-roberta-wwm-ext-large: BERT-large's shape with the same vocabulary (~325M parameters).
+ROBERTA_LARGE = dict(vocab_size=21128, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                     intermediate_size=4096, max_position_embeddings=512, type_vocab_size=2)
 BATCH, MAX_LEN = 32, 64
 
 
-def build_model(shape: dict[str, int], device: str) -> torch.nn.Module:
+def build_model(shape: dict[str, int], device: str, checkpointing: bool = False) -> torch.nn.Module:
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(**shape, num_labels=2)).to(device)
+    model = BertForSequenceClassification(BertConfig(**shape, num_labels=2)).to(device)
+    if checkpointing:  # as afqmc/train.py turns it on
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def synthetic_batches(n: int, vocab: int, seed: int = 0, first_full: bool = True) -> list[dict[str, torch.Tensor]]:
@@ -129,14 +138,16 @@ def memory(device: str) -> dict[str, float | None]:
             "device_used_gb": (total - free) / GiB}  # every process on the card, CUDA contexts included
 
 
-def one_trial(shape, precision: str, device: str, steps: int, sync_each_step: bool = False) -> dict[str, Any]:
-    row: dict[str, Any] = {"precision": precision + ("+sync" if sync_each_step else ""), "oom": False}
+def one_trial(shape, precision: str, device: str, steps: int, sync_each_step: bool = False,
+              checkpointing: bool = False) -> dict[str, Any]:
+    row: dict[str, Any] = {"precision": precision + ("+sync" if sync_each_step else ""), "oom": False,
+                           "gradient_checkpointing": checkpointing}
     if device == "cuda":
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     try:
-        model = build_model(shape, device)
+        model = build_model(shape, device, checkpointing)
         row.update(train_steps(model, synthetic_batches(steps + 3, shape["vocab_size"]), precision, device,
                                sync_each_step=sync_each_step))
     except torch.OutOfMemoryError as exc:
@@ -357,8 +368,24 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # the GPU figures above still count
                 result["ours_vs_plain"] = {"error": repr(exc)}
                 print(f"\nours vs plain failed: {exc!r}")
+    # 4. gradient checkpointing: memory against speed
+    result["checkpointing"] = checkpointing_rows(shape, args.pair_precision, device, steps)
+    print(bu.table(result["checkpointing"], ["model", "gradient_checkpointing", "samples_per_second",
+                                             "peak_allocated_gb", "peak_reserved_gb", "oom"],
+                   f"\ngradient checkpointing, one {args.pair_precision} trial under {args.cap_gb:g} GiB"))
     bu.write_json(args.json, result)
     return 0
+
+
+def checkpointing_rows(shape, precision: str, device: str, steps: int) -> list[dict[str, Any]]:
+    """One trial with and without gradient checkpointing, for the base shape and (on a GPU) the large one."""
+    models = {"macbert-base": shape} if device != "cuda" else {"macbert-base": shape, "roberta-wwm-ext-large": ROBERTA_LARGE}
+    rows = []
+    for name, model_shape in models.items():
+        for checkpointing in (False, True):
+            rows.append({"model": name, **one_trial(model_shape, precision, device, steps, checkpointing=checkpointing)})
+            print(f"  {rows[-1]}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -80,6 +80,8 @@ def test_gpu_check_without_a_gpu_and_on_cpu(tmp_path):
     assert res["two_trials_fit"] and len(res["two_trials"]) == 2
     assert all(positive(r["samples_per_second"]) for r in res["two_trials"])
     assert positive(res["ours_vs_plain"]["ratio"])
+    assert [r["gradient_checkpointing"] for r in res["checkpointing"]] == [False, True]
+    assert all(positive(r["samples_per_second"]) for r in res["checkpointing"])
 
 
 # --- the search benchmarks: Ray's start and a trial process's imports (~20 s) dominate these ------------

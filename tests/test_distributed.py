@@ -16,13 +16,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(out, processes: int, batch: int) -> tuple[list[dict], str]:
+def launch(out, processes: int, batch: int, extra: tuple[str, ...] = ()) -> tuple[list[dict], str]:
     launcher = ["--multi_gpu", "--main_process_port", str(free_port())] if processes > 1 else []
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", str(processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            str(ROOT / "afqmc" / "train.py"), "--config", str(ROOT / "afqmc" / "configs" / "demo.yaml"),
            "--max_train_samples", "1205", "--max_steps", "4", "--eval_steps", "1", "--dropout", "0", "--attention_dropout", "0", "--class_weights", "null",
-           "--per_device_batch_size", str(batch), "--test_file", "null", "--output_dir", str(out)]
+           "--per_device_batch_size", str(batch), "--test_file", "null", "--output_dir", str(out), *extra]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()], run.stdout
@@ -55,3 +55,20 @@ def test_two_processes_match_one_with_the_same_effective_batch(tmp_path):
     # initial weights (DDP broadcasts rank 0's) give the same loss up to summation order.
     assert two[0]["train/loss"] == pytest.approx(one[0]["train/loss"], rel=1e-4)
     assert (tmp_path / "two" / "best_model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_with_every_technique_on_train_and_save_once(tmp_path):
+    """Pair orders, focal, FGM (its skip decision agreed by both processes), R-Drop, layer-wise rates
+    and EMA under DDP with accumulation: the run trains, only the main process logs and saves, and
+    the saved model averages both orders."""
+    extra = ("--augment_pair_order", "true", "--average_pair_orders", "true", "--focal_gamma", "1", "--fgm_epsilon",
+             "0.5", "--rdrop_alpha", "1", "--layerwise_lr_decay", "0.8", "--ema_decay", "0.9",
+             "--gradient_accumulation_steps", "2", "--dropout", "0.1", "--test_ratio", "0.1")
+    two, stdout = launch(tmp_path / "two", processes=2, batch=8, extra=extra)
+    assert "x 2 processes" in stdout and "8 x 2 accumulation" in stdout
+    assert [m["step"] for m in two] == [1, 2, 3, 4]
+    assert all(m["val/num_samples"] == 241 and 0.0 < m["train/loss"] < 5.0 for m in two)
+    assert stdout.count("best val/f1_macro") == 1 and stdout.count("held-out test (") == 1
+    config = json.loads((tmp_path / "two" / "best_model" / "config.json").read_text())
+    assert config["average_pair_orders"] is True

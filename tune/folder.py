@@ -44,10 +44,16 @@ TEST_F1 = "test/f1_macro"  # the held-out F1 of a scored model, in trials.csv
 SHORT = {"learning_rate": "lr", "class_weights": "w1/w0", "dropout": "dropout", "threshold": "thr",
          "weight_decay": "wd", "warmup_ratio": "warmup", "per_device_batch_size": "batch",
          "num_epochs": "epochs", "gradient_accumulation_steps": "accum", "attention_dropout": "attn_drop",
-         "max_grad_norm": "clip", "tiny_num_layers": "layers", "tiny_hidden_size": "hidden"}
+         "max_grad_norm": "clip", "tiny_num_layers": "layers", "tiny_hidden_size": "hidden",
+         # the fine-tuning techniques (afqmc/techniques.py)
+         "augment_pair_order": "swap", "average_pair_orders": "avg2", "focal_gamma": "focal", "fgm_epsilon": "fgm",
+         "rdrop_alpha": "rdrop", "layerwise_lr_decay": "llrd", "ema_decay": "ema", "gradient_checkpointing": "gc"}
 # Longer names for plot axes.
 LABEL = {"learning_rate": "learning rate", "class_weights": "class weight w1/w0", "threshold": "threshold",
-         "warmup_ratio": "warmup ratio", "dropout": "dropout", "weight_decay": "weight decay"}
+         "warmup_ratio": "warmup ratio", "dropout": "dropout", "weight_decay": "weight decay",
+         "augment_pair_order": "pair-order swap", "average_pair_orders": "both orders", "focal_gamma": "focal gamma",
+         "fgm_epsilon": "FGM epsilon", "rdrop_alpha": "R-Drop alpha", "layerwise_lr_decay": "layer-wise LR decay",
+         "ema_decay": "EMA decay"}
 
 
 def fmt_param(value: Any) -> str:
