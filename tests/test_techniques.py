@@ -384,3 +384,26 @@ def test_bf16_and_gradient_checkpointing_with_the_techniques(tmp_path):
         AcceleratorState._reset_state(True)
     assert summary["precision"]["forward_dtype"] == "bfloat16"
     assert math.isfinite(summary["last"]["train/loss"]) and math.isfinite(summary["test"]["f1_macro"])
+
+
+# --- in a search ---------------------------------------------------------------------------------
+
+OFF = {"augment_pair_order": False, "average_pair_orders": False, "focal_gamma": 0.0, "fgm_epsilon": 0.0,
+       "rdrop_alpha": 0.0, "layerwise_lr_decay": 1.0, "ema_decay": 0.0}
+
+
+@pytest.mark.parametrize("name", ["default", "afqmc_cpu"])
+def test_the_afqmc_spaces_search_every_technique_with_off_as_a_value(name):
+    """Each technique is one choice whose first value (the baseline's) is off: TPE spends no trial
+    on a parameter whose switch is off, and the baseline is the space without the techniques."""
+    from conftest import ROOT
+    from tune.folder import LABEL, SHORT
+    from tune.space import load_space
+
+    space = load_space(ROOT / "search_spaces" / f"{name}.yaml")
+    for field, off in OFF.items():
+        param = space.params[field]
+        assert param.type == "choice" and param.values[0] == off == param.baseline, field
+        assert len(param.values) >= 2 and field in SHORT and field in LABEL
+    baseline = space.trial_config(space.baseline())
+    assert all(getattr(baseline, f) == v for f, v in OFF.items())
