@@ -358,7 +358,9 @@ def _loop(run: Run, state: TrainerState, train_loader, optimizer) -> None:
     stop = state.step >= run.schedule.total_steps
     model.train()
     while not stop:
-        train_loader.set_epoch(state.epoch)  # the batch order and, with augment_pair_order, each pair's order
+        train_loader.set_epoch(state.epoch)  # the batch order
+        if isinstance(train_loader.dataset, PairOrderDataset):  # each pair's order (augment_pair_order):
+            train_loader.dataset.set_epoch(state.epoch)  # Accelerate's stops at a sharded batch sampler (DDP)
         batches = accelerator.skip_first_batches(train_loader, state.batches_in_epoch) \
             if state.batches_in_epoch else train_loader
         started = time.perf_counter()

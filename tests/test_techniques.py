@@ -262,6 +262,26 @@ def test_averaging_over_both_orders_is_the_mean_of_the_two_orders_probabilities(
     assert swapped_enc.input_ids == tokenizer(pairs.text2, pairs.text1)["input_ids"]  # the same as tokenizing (b, a)
 
 
+@pytest.mark.slow
+def test_a_run_shows_each_pair_in_a_new_random_order_every_epoch(tiny_cfg, monkeypatch):
+    """The loop sets the pair orders of every epoch itself: under several processes Accelerate's
+    set_epoch stops at the sharded batch sampler and never reaches the dataset."""
+    epochs, masks = [], []
+    original = PairOrderDataset.set_epoch
+
+    def spy(self, epoch):
+        original(self, epoch)
+        epochs.append(epoch)
+        masks.append(list(self.swap))
+
+    monkeypatch.setattr(PairOrderDataset, "set_epoch", spy)
+    train(tiny_cfg(max_train_samples=200, num_epochs=3, augment_pair_order=True, group_by_length=True), progress=False)
+    # set once per epoch by the loop (Accelerate may set it again: the same epoch gives the same orders)
+    assert [e for i, e in enumerate(epochs) if i == 0 or epochs[i - 1] != e] == [0, 1, 2]
+    per_epoch = {e: m for e, m in zip(epochs, masks)}
+    assert per_epoch[0] != per_epoch[1] != per_epoch[2]
+
+
 # --- bad values ----------------------------------------------------------------------------------
 
 
