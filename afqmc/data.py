@@ -34,7 +34,7 @@ UTF8 = ("utf-8", "utf-8-sig")
 
 # One row as a reader yields it: line, text1, text2, label (None: unlabelled) and how an error names
 # an empty sentence ("field 'text1'", "column 1 ('text1')"), None when both hold text.
-Row = tuple[int, str, str, "int | None", "str | None"]
+Row = tuple[int, str, str, int | None, str | None]
 
 
 class DataError(ValueError):
@@ -222,13 +222,16 @@ def _is_utf8(raw: bytes) -> bool:
 def _json_rows(lines: Iterable[str], name: str, require_labels: bool, fmt: str = "json") -> Iterator[Row]:
     """The rows of JSON lines, or of one JSON array of objects (a file whose first character is '[')."""
     lines = iter(lines)
+    first = True
     for lineno, raw in enumerate(lines, start=1):
-        if raw.lstrip().startswith("["):
+        if not raw.strip():
+            continue
+        if first and raw.lstrip().startswith("["):  # only the first line tells; a later '[' is a bad row
             text = "\n" * (lineno - 1) + raw + "".join(lines)  # line numbers as in the file
             yield from _json_array_rows(text, name, require_labels)
             return
-        if raw.strip():
-            yield _json_row(_json_line(raw, f"{name}:{lineno}"), lineno, f"{name}:{lineno}", require_labels)
+        first = False
+        yield _json_row(_json_line(raw, f"{name}:{lineno}"), lineno, f"{name}:{lineno}", require_labels)
 
 
 def _json_line(raw: str, where: str) -> Any:
@@ -247,21 +250,25 @@ def _json_array_rows(text: str, name: str, require_labels: bool) -> Iterator[Row
     decoder = json.JSONDecoder()
     i = _SPACE.match(text, _SPACE.match(text).end() + 1).end()  # past '['
     while text[i:i + 1] != "]":
-        lineno = text.count("\n", 0, i) + 1
         try:
-            row, i = decoder.raw_decode(text, i)
+            row, end = decoder.raw_decode(text, i)
         except json.JSONDecodeError as exc:
             raise DataError(f"{name}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        lineno = _line_col(text, i)[0]
         yield _json_row(row, lineno, f"{name}:{lineno}", require_labels)
-        i = _SPACE.match(text, i).end()
+        i = _SPACE.match(text, end).end()
         if text[i:i + 1] == ",":
             i = _SPACE.match(text, i + 1).end()
         elif text[i:i + 1] != "]":
-            line = text.count("\n", 0, i) + 1
-            raise DataError(f"{name}:{line}: malformed JSON array (expected ',' or ']' at column "
-                            f"{i - text.rfind(chr(10), 0, i)})")
-    if text[_SPACE.match(text, i + 1).end():].strip():
-        raise DataError(f"{name}:{text.count(chr(10), 0, i) + 1}: malformed JSON (text after the array's ']')")
+            line, column = _line_col(text, i)
+            raise DataError(f"{name}:{line}: malformed JSON array (expected ',' or ']' at column {column})")
+    if text[i + 1:].strip():
+        raise DataError(f"{name}:{_line_col(text, i)[0]}: malformed JSON (text after the array's closing ']')")
+
+
+def _line_col(text: str, i: int) -> tuple[int, int]:
+    """The 1-based line and column of character `i`."""
+    return text.count("\n", 0, i) + 1, i - text.rfind("\n", 0, i)
 
 
 def _json_row(row: Any, lineno: int, where: str, require_labels: bool) -> Row:
@@ -279,7 +286,7 @@ def _json_row(row: Any, lineno: int, where: str, require_labels: bool) -> Row:
     label = None
     if "label" in row:
         label = row["label"]
-        if isinstance(label, bool) or label not in LABELS:
+        if isinstance(label, bool) or not isinstance(label, (int, str)) or label not in LABELS:
             raise DataError(f"{where}: field 'label' must be 0 or 1 (or \"0\"/\"1\"), got {label!r}")
         label = LABELS[label]
     elif require_labels:

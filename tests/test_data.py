@@ -33,9 +33,10 @@ def test_both_schemas(tmp_path):
     ('{"text1": "a", "text2": "b", "label": "yes"}', r"bad\.jsonl:2: field 'label' must be 0 or 1"),
     ('{"text1": "a", "text2": "b", "label": null}', r"bad\.jsonl:2: field 'label' must be 0 or 1"),
     ('{"text1": "a", "text2": "b", "label": true}', r"bad\.jsonl:2: field 'label' must be 0 or 1"),
+    ('{"text1": "a", "text2": "b", "label": [1]}', r"bad\.jsonl:2: field 'label' must be 0 or 1"),
     ('{"text1": "a", "text2": 5, "label": 1}', r"bad\.jsonl:2: field 'text2' must be a string"),
     ('{"text1": "a", "text2": "  ", "label": 1}', r"bad\.jsonl:2: field 'text2' is empty"),
-    ('["a", "b", 1]', r"bad\.jsonl:2: expected a JSON object"),
+    ('["a", "b", 1]', r"bad\.jsonl:2: expected a JSON object, got list"),
     ('{"text1": "a", "text2": "b"}', r"bad\.jsonl:2: missing field 'label'"),
 ])
 def test_bad_rows_name_file_line_and_field(tmp_path, bad_line, message):
@@ -281,6 +282,12 @@ def test_a_json_array_of_objects(tmp_path):
         load_pairs(path)
     path.write_text(f"[{GOOD},\n{NEG}\n{GOOD}]", encoding="utf-8")
     with pytest.raises(DataError, match=r"pairs\.json:3: malformed JSON array \(expected ',' or '\]'"):
+        load_pairs(path)
+    path.write_text(f"[{GOOD},\n{NEG}]\n{GOOD}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"pairs\.json:2: malformed JSON \(text after the array's closing"):
+        load_pairs(path)
+    path.write_text(f"[{GOOD},\n{NEG.replace(': 0', ': O')}]\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"pairs\.json:2: malformed JSON \("):
         load_pairs(path)
 
 
