@@ -184,7 +184,7 @@ def convert_command(name: str, source_encoding: str) -> str:
     out = shlex.quote(str(path.with_name(f"{path.stem}.utf8{path.suffix}")))
     src = shlex.quote(name)
     python = (f"python -c \"import sys; open(sys.argv[2], 'wb').write(open(sys.argv[1], 'rb').read()"
-              f".decode('{source_encoding.lower()}').encode('utf-8'))\" {src} {out}")
+              f".decode('{source_encoding}').encode('utf-8'))\" {src} {out}")
     return f"convert it with `iconv -f {source_encoding} -t UTF-8 {src} > {out}` (or `{python}`)"
 
 
@@ -196,11 +196,11 @@ def _not_utf8(raw: bytes, name: str, exc: UnicodeDecodeError) -> DataError:
         text = raw.decode("gb18030")
     except UnicodeDecodeError:
         return DataError(f"{where}; data files are UTF-8 (a byte-order mark is fine): find the file's encoding "
-                         f"and {convert_command(name, 'ENCODING')}, or set encoding to it")
+                         f"and {convert_command(name, 'ENCODING')}, or train with encoding set to it")
     shown = text.split("\n")[line - 1].strip()[:30]
     return DataError(f"{where}; the bytes read as GB18030/GBK, as a Windows tool or an Excel export writes "
                      f"Chinese (line {line} then reads {shown!r}): {convert_command(name, 'GB18030')}, "
-                     f"or set encoding: gb18030")
+                     f"or train with encoding: gb18030 (--encoding gb18030)")
 
 
 def _position(raw: bytes, offset: int) -> tuple[int, int]:

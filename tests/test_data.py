@@ -197,6 +197,12 @@ def test_a_gbk_file_is_refused_with_the_command_that_converts_it(tmp_path, monke
     mixed.write_bytes((GOOD + "\n" + NEG + "\n").encode() + NEG.encode("gbk") + b"\n")
     with pytest.raises(DataError, match=r"mixed\.jsonl:3: not UTF-8"):
         load_pairs(mixed)
+    latin1 = tmp_path / "latin1.jsonl"  # bytes that are not GBK either: no GBK guess, the general advice
+    latin1.write_bytes('{"text1": "café", "text2": "thé", "label": 1}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.jsonl:1: not UTF-8 \(byte 0xe9 at byte 15 of the line\); .*"
+                                        r"find the file's encoding .*iconv -f ENCODING -t UTF-8") as info:
+        load_pairs(latin1)
+    assert "GBK" not in str(info.value)
 
 
 def test_a_gbk_file_never_reaches_the_tokenizer_garbled(tmp_path):
