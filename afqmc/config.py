@@ -46,7 +46,7 @@ class TrainConfig:
     tiny_num_heads: int = 2  # tiny only: attention heads
     trust_remote_code: bool = False  # never on unless the user asks
     # --- data --------------------------------------------------------------------------------
-    train_file: str = "afqmc/demo_data/train.jsonl"  # labelled JSON lines (text1/text2 or CLUE's sentence1/sentence2)
+    train_file: str = "afqmc/demo_data/train.jsonl"  # labelled pairs: JSON lines, TSV or CSV (README, "Data")
     val_file: str | None = None  # None: a seeded stratified split of train_file
     val_ratio: float = 0.1  # share of train_file held out as val (without val_file)
     # A held-out test split of train_file (seeded, stratified, disjoint from train and val), as a
