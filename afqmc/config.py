@@ -6,7 +6,6 @@ or in a search space. Runtime plumbing (how metrics are reported, Ray resources)
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import math
 import os
@@ -158,9 +157,9 @@ class TrainConfig:
         if self.data_format not in DATA_FORMATS:
             raise bad("data_format", f"must be one of {', '.join(DATA_FORMATS)}")
         try:
-            codecs.lookup(self.encoding)
-        except LookupError:
-            raise bad("encoding", "is not an encoding Python knows (utf-8, gb18030, ...)") from None
+            "a".encode(self.encoding)  # also refuses codecs that are no text encoding (rot13, base64)
+        except (LookupError, UnicodeError):
+            raise bad("encoding", "is not a text encoding Python knows (utf-8, gb18030, ...)") from None
         reports = [self.report_to] if isinstance(self.report_to, str) else self.report_to
         if not reports or any(r not in TRACKERS for r in reports) or ("none" in reports and len(reports) > 1):
             raise bad("report_to", f"must be one of {', '.join(TRACKERS)}, or a list of them without none")

@@ -320,8 +320,9 @@ def test_data_format_and_encoding_are_checked():
     assert from_dict({"data_format": "tsv", "encoding": "GBK"}).encoding == "GBK"
     with pytest.raises(ConfigError, match="field 'data_format' must be one of auto, json, jsonl, tsv, csv"):
         from_dict({"data_format": "xlsx"})
-    with pytest.raises(ConfigError, match="field 'encoding' is not an encoding"):
-        from_dict({"encoding": "gbk2"})
+    for name in ("gbk2", "rot13"):
+        with pytest.raises(ConfigError, match="field 'encoding' is not a text encoding"):
+            from_dict({"encoding": name})
 
 
 @pytest.mark.parametrize("labels, ratios, phrases", [
