@@ -315,6 +315,10 @@ def _table_rows(lines: Iterable[str], name: str, require_labels: bool, fmt: str)
                 layout = _layout(cells, where, fmt, require_labels)
                 if layout.header:
                     continue
+            if len(cells) != len(layout.names) and end > start:  # a stray '"' opened a quoted field
+                raise DataError(f"{where}: a quoted field runs from here to line {end} (the csv module reads a field "
+                                f"that starts with '\"' as quoted, up to the next '\"'); quote the field or "
+                                f"remove the '\"'")
             yield _table_row(cells, layout, start, where)
     except csv.Error as exc:
         raise DataError(f"{name}:{reader.line_num}: malformed {fmt.upper()} ({exc})") from None
@@ -365,7 +369,7 @@ def _table_row(cells: list[str], layout: _Layout, lineno: int, where: str) -> Ro
     """One TSV/CSV row, read as the first row laid out the columns; errors name the line and column."""
     if len(cells) != len(layout.names):
         first = "the header" if layout.header else "the first row"
-        raise DataError(f"{where}: {len(cells)} columns, {first} has {len(layout.names)} "
+        raise DataError(f"{where}: {len(cells)} column{'s' * (len(cells) != 1)}, {first} has {len(layout.names)} "
                         f"({', '.join(layout.names)})")
     a, b = cells[layout.text1], cells[layout.text2]
     label = None

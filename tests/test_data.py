@@ -307,6 +307,7 @@ def test_a_json_array_of_objects(tmp_path):
     ("text1\ttext2\na\tb\n", r"bad\.tsv:1: the header names no 'label' column"),
     ("a\tb\t1\n \td\t0\n", r"bad\.tsv:2: column 1 \('text1'\) is empty"),
     ("a\tb\tc\td\n", r"bad\.tsv:1: 4 columns; a TSV file without a header has 3"),
+    ('a\tb\t1\n"c\td\t0\ne\tf\t1\n', r"bad\.tsv:2: a quoted field runs from here to line 3"),
 ])
 def test_bad_tsv_rows_name_file_line_and_column(tmp_path, text, message):
     (tmp_path / "bad.tsv").write_text(text, encoding="utf-8")
