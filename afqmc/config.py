@@ -24,6 +24,7 @@ TUNED = "tuned"  # threshold value: chosen on val after every evaluation (afqmc.
 # higher-is-better. val/f1_macro is at the run's threshold (cross-fitted when it is tuned).
 SELECTION_METRICS = ("val/f1_macro", "val/f1_macro_tuned", "val/auc", "val/ap", "val/accuracy")
 TINY = "tiny"  # model_name_or_path value that builds a small randomly initialised BERT
+DATA_FORMATS = ("auto", "json", "jsonl", "tsv", "csv")  # data_format values (json and jsonl are one reader)
 
 
 class ConfigError(ValueError):
@@ -44,7 +45,7 @@ class TrainConfig:
     tiny_num_heads: int = 2  # tiny only: attention heads
     trust_remote_code: bool = False  # never on unless the user asks
     # --- data --------------------------------------------------------------------------------
-    train_file: str = "afqmc/demo_data/train.jsonl"  # labelled JSON lines (text1/text2 or CLUE's sentence1/sentence2)
+    train_file: str = "afqmc/demo_data/train.jsonl"  # labelled pairs: JSON lines, TSV or CSV (README, "Data")
     val_file: str | None = None  # None: a seeded stratified split of train_file
     val_ratio: float = 0.1  # share of train_file held out as val (without val_file)
     # A held-out test split of train_file (seeded, stratified, disjoint from train and val), as a
@@ -56,6 +57,12 @@ class TrainConfig:
     test_file: str | None = None
     max_train_samples: int | None = None  # first N rows of train_file (quick runs)
     skip_empty: bool = False  # skip (and count) pairs with an empty sentence instead of failing
+    # How the data files are read: auto (.tsv and .csv by their extension; JSON lines or one JSON
+    # array otherwise, or TSV where the first line is not JSON and holds a tab), json, jsonl, tsv, csv.
+    data_format: str = "auto"
+    # The data files' text encoding: utf-8 (a byte-order mark is fine), or the one they are in, e.g.
+    # gb18030 for GBK files (a file that is UTF-8 is then refused, as it would read garbled).
+    encoding: str = "utf-8"
     max_length: int = 64  # tokens of a pair, [CLS] and [SEP]s included; longer pairs are truncated
     # Batches of pairs of similar length (shuffled; seeded per epoch), so dynamic padding pads little:
     # 1.6-1.8x samples/s on AFQMC (benchmarks/README.md). A speed option, not one to search.
@@ -176,6 +183,12 @@ class TrainConfig:
             raise bad("test_ratio", "must be in [0, 1)")
         if self.val_file is None and self.val_ratio + self.test_ratio >= 1.0:
             raise bad("test_ratio", f"plus val_ratio ({self.val_ratio}) must leave pairs to train on")
+        if self.data_format not in DATA_FORMATS:
+            raise bad("data_format", f"must be one of {', '.join(DATA_FORMATS)}")
+        try:
+            "a".encode(self.encoding)  # also refuses codecs that are no text encoding (rot13, base64)
+        except (LookupError, UnicodeError):
+            raise bad("encoding", "is not a text encoding Python knows (utf-8, gb18030, ...)") from None
         reports = [self.report_to] if isinstance(self.report_to, str) else self.report_to
         if not reports or any(r not in TRACKERS for r in reports) or ("none" in reports and len(reports) > 1):
             raise bad("report_to", f"must be one of {', '.join(TRACKERS)}, or a list of them without none")
@@ -337,7 +350,7 @@ def _did_you_mean(name: str) -> str:
 # Fields that decide which pairs a run trains, validates and tests on, and how they are tokenized:
 # a search tokenizes once, in its driver, so none of them can vary between its trials.
 DATA_FIELDS = ("train_file", "val_file", "val_ratio", "test_ratio", "max_train_samples", "skip_empty", "max_length",
-               "model_name_or_path", "vocab_file", "trust_remote_code")
+               "model_name_or_path", "vocab_file", "trust_remote_code", "data_format", "encoding")
 # Fields that name files (or a local model directory): relative to where the command started.
 PATH_FIELDS = ("train_file", "val_file", "test_file", "vocab_file")
 

@@ -175,6 +175,36 @@ def test_shipped_spaces_resolve_by_name_from_anywhere(tmp_path, monkeypatch):
     assert resolve_space("nope") == Path("nope") and resolve_space("sub/demo") == Path("sub/demo")
 
 
+def test_an_unknown_space_lists_the_shipped_ones(tmp_path, capsys):
+    from tune import search
+
+    shipped = ", ".join(sorted(p.stem for p in SPACES.glob("*.yaml")))
+    assert shipped == "afqmc_cpu, default, demo"
+    with pytest.raises(ConfigError, match=f"nosuch: search space file does not exist; the shipped spaces are {shipped}"):
+        load_space("nosuch")
+    assert search.main(["--space", "nosuch", "--results_dir", str(tmp_path / "results")]) == 2
+    assert capsys.readouterr().err == f"error: nosuch: search space file does not exist; the shipped spaces are " \
+                                      f"{shipped} (--space NAME), or give a YAML file's path\n"
+
+
+def test_too_few_pairs_stop_the_search_before_ray_starts(tmp_path, monkeypatch, capsys):
+    import afqmc.train
+    from tune import search
+
+    def started(*args, **kwargs):
+        raise AssertionError("the search went on past its data check")
+
+    few = tmp_path / "few.tsv"  # 5 pairs, one of class 1: no stratified val split can hold both classes
+    few.write_text("".join(f"问题{i}\t回答{i}\t{int(i == 0)}\n" for i in range(5)), encoding="utf-8")
+    space = _space_file(tmp_path, f"train_file: {few}\ndropout: {{type: uniform, low: 0.0, high: 0.3}}\n")
+    monkeypatch.setattr(afqmc.train, "load_tokenizer", started)
+    monkeypatch.setattr(search, "_init_ray", started)
+    assert search.main(["--space", str(space), "--name", "few", "--results_dir", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {few}: too few pairs to split: 5 pairs (class 0: 4, class 1: 1)")
+    assert "split as val 1, train 4" in err[0] and not (tmp_path / "results").exists()
+
+
 def test_console_scripts_point_at_the_entry_points():
     import importlib
     import tomllib

@@ -127,7 +127,10 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
                num_samples: int | None = None) -> SearchSpace:
     """Read and check a search space; `overrides` (from `--field value`) fix fields of it."""
     path = Path(path)
-    data, _ = read_yaml_mapping(path)  # safe_load; errors for a missing file or bad YAML
+    if not path.is_file():
+        raise SpaceError(f"{path}: search space file does not exist; the shipped spaces are "
+                         f"{', '.join(shipped_spaces())} (--space NAME), or give a YAML file's path")
+    data, _ = read_yaml_mapping(path)  # safe_load; errors for bad YAML
     lines = _key_lines(path)
 
     def where(key: str) -> str:
@@ -180,6 +183,11 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
         raise SpaceError(f"{where('params.seed')}: 'seed' cannot be searched when val is split from "
                          "train_file (the split is made once, in the driver); set val_file", "seed")
     return SearchSpace(str(path), settings, base, parsed, fixed_by_cli)
+
+
+def shipped_spaces() -> list[str]:
+    """The names of the spaces shipped with the package (tune/spaces/, also search_spaces/)."""
+    return sorted(p.stem for p in (Path(__file__).resolve().parent / "spaces").glob("*.yaml"))
 
 
 def _parse_settings(search: dict[str, Any], where) -> SearchSettings:
