@@ -256,6 +256,11 @@ class Run:
     ema: Any  # torch.optim.swa_utils.AveragedModel of the weights (ema_decay), else None
     forward_dtype: str | None = None  # what the first forward pass computed in (bfloat16 under bf16 autocast)
 
+    @property
+    def kept_model(self) -> torch.nn.Module:
+        """What is evaluated and saved: the EMA of the weights when there is one, else the model."""
+        return self.model if self.ema is None else self.ema.module
+
 
 def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | None = None,
           resume_from: str | None = None, progress: bool = True) -> dict[str, Any]:
@@ -470,12 +475,9 @@ HELD_OUT_HIDDEN = ("best_threshold", "f1_macro_at_best_threshold")
 def _evaluate_and_report(run: Run, state: TrainerState, epoch: float, train_loss: float) -> bool:
     """Evaluate, update early stopping, write checkpoint and best model, report. True means stop."""
     cfg, accelerator = run.cfg, run.accelerator
-    if run.ema is None:
-        val = evaluate(accelerator, run.model, run.val_loader, run.weights, cfg.threshold, cfg.seed, run.val_swapped)
-    else:  # the average is not a prepared model: autocast (mixed precision) by hand
-        with accelerator.autocast():
-            val = evaluate(accelerator, run.ema.module, run.val_loader, run.weights, cfg.threshold, cfg.seed,
-                           run.val_swapped)
+    with accelerator.autocast():  # the EMA copy is not a prepared model: its forward has no autocast of its own
+        val = evaluate(accelerator, run.kept_model, run.val_loader, run.weights, cfg.threshold, cfg.seed,
+                       run.val_swapped)
     state.evals += 1
     value = val[cfg.metric_for_best_model]
     improved = value > state.best_metric
@@ -497,8 +499,7 @@ def _evaluate_and_report(run: Run, state: TrainerState, epoch: float, train_loss
     if accelerator.trackers:  # report_to: the evaluation's figures at its step
         accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
                         step=state.step)
-    checkpoint_dir = _save_checkpoint(cfg, accelerator, run.ema.module if run.ema is not None else run.model,
-                                      run.data, state, metrics, improved)
+    checkpoint_dir = _save_checkpoint(cfg, accelerator, run.kept_model, run.data, state, metrics, improved)
     if run.report is not None:
         run.report(metrics, checkpoint_dir if accelerator.is_main_process else None)
     return stop

@@ -362,16 +362,17 @@ def test_resume_with_every_technique_on_matches_an_uninterrupted_run(tmp_path):
 def test_the_techniques_change_the_run_and_the_saved_model_is_the_average(tmp_path):
     """Each technique on alone changes the training losses; EMA's saved model is the average's
     weights, and a model saved with average_pair_orders predicts the mean of both orders."""
+    short = dict(max_steps=4, eval_steps=4)
     data = prepare_data(off_cfg(tmp_path))
     base = []
-    train(off_cfg(tmp_path, output_dir=str(tmp_path / "base")), report=lambda m, c: base.append(m), data=data,
+    train(off_cfg(tmp_path, output_dir=str(tmp_path / "base"), **short), report=lambda m, c: base.append(m), data=data,
           progress=False)
     for name, value in ALL_ON.items():
         if name == "average_pair_orders":
             continue
         seen = []
-        train(off_cfg(tmp_path, output_dir=str(tmp_path / name), **{name: value}), report=lambda m, c: seen.append(m),
-              data=data, progress=False)
+        train(off_cfg(tmp_path, output_dir=str(tmp_path / name), **short, **{name: value}),
+              report=lambda m, c: seen.append(m), data=data, progress=False)
         changed = seen[-1]["val/loss"] != base[-1]["val/loss"] or seen[-1]["train/loss"] != base[-1]["train/loss"]
         assert changed, name
     from safetensors.torch import load_file
