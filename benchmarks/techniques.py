@@ -1,7 +1,7 @@
 """Each fine-tuning technique alone against the CPU space's baseline, on held-out test F1-macro.
 
     python benchmarks/techniques.py --json benchmarks/results/techniques.json   # ~50 min on 2 idle cores
-    python benchmarks/techniques.py --quick                                    # a smoke run, ~3 min
+    python benchmarks/techniques.py --quick [--only NAME,...]                  # a smoke run (3,000 pairs, 30 updates)
 
 The baseline is the baseline trial of search_spaces/afqmc_cpu.yaml (the tiny BERT from scratch on
 the shared AFQMC data: 25,600 train / 3,200 val / 3,200 held-out test pairs, the space's split), for
@@ -148,9 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     steps = args.steps
     if args.quick:
-        seeds, steps = seeds[:2], 60
+        seeds, steps = seeds[:2], 30
     workdir = Path(args.workdir or bu.REPO / "results" / "bench_techniques")
     base = base_config(args.data, workdir, steps)
+    if args.quick:  # 3,000 of the pairs: checks the script, measures nothing useful
+        base = base.replace(max_train_samples=3000, eval_batch_size=128)
     names = [n for n in TECHNIQUES if not args.only or n in args.only.split(",") or n == "baseline"]
     print(f"baseline: the CPU space's baseline trial, {steps} updates; seeds {seeds}; techniques: {', '.join(names)}")
     floor = lexical_floor(base)
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def jobs(name: str, budget: str, n_steps: int, seed_list: list[int] = seeds) -> list[dict[str, Any]]:
         return [{"name": name, "seed": s, "budget": budget,
-                 "cfg": base.replace(seed=s, max_steps=n_steps, eval_steps=max(1, n_steps // 8),
+                 "cfg": base.replace(seed=s, max_steps=n_steps, eval_steps=max(1, n_steps // (2 if args.quick else 8)),
                                      output_dir=str(workdir / f"{name}-{budget}-{s}".replace(" ", "_")),
                                      **TECHNIQUES[name]).to_dict()} for s in seed_list]
 
