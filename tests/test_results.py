@@ -154,14 +154,15 @@ def test_reports_of_a_search_that_has_just_started(tmp_path):
     reports = write_reports(exp, log=lambda s: None)
     table = _csv(exp / "trials.csv")
     assert [(r["trial"], r["state"], r["evals"], r["steps"], r[PRIMARY], r["baseline"]) for r in table] == \
-        [("1", "unfinished", "2", "20", "0.52", "1"), ("2", "unfinished", "0", "0", "", "0")]
+        [("0", "unfinished", "2", "20", "0.52", "1"), ("1", "unfinished", "0", "0", "", "0")]
     assert reports.best is None and not (exp / "best_config.yaml").exists()
     summary = json.loads((exp / "summary.json").read_text())
     assert summary["counts"] == {"finished": 0, "stopped early": 0, "failed": 0, "unfinished": 2}
     assert summary["budget"]["evals"] == 2 and summary["budget"]["max_evals_total"] == 12
     assert {p.name for p in (exp / "plots").glob("*.png")} == {"learning_curves.png", "params_vs_f1.png"}
     assert any("importance" in n for n in reports.notes)
-    assert re.search(r"\|\s+1 \| 1 \(baseline\)\s+\| unfinished\s+\|\s+2 \|\s+20 \| 0.5200 \|", (exp / "trials.md").read_text())
+    assert any("space.yaml not readable" in n for n in reports.notes)  # said, not skipped without a word
+    assert re.search(r"\|\s+1 \| 0 \(baseline\)\s+\| unfinished\s+\|\s+2 \|\s+20 \| 0.5200 \|", (exp / "trials.md").read_text())
 
 
 # --- on a real demo search (slow) ----------------------------------------------------------------

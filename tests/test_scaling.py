@@ -20,7 +20,7 @@ import psutil
 import pytest
 import yaml
 
-from tune.results import DONE_STATES
+from tune.folder import DONE_STATES
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIMARY = "val/f1_macro"

@@ -24,8 +24,9 @@ import yaml
 
 from afqmc.config import ConfigError, load_config
 from afqmc.data import load_splits
-from tune.results import DONE_STATES, keep_best_checkpoint, trial_state
-from tune.space import load_space
+from tune.folder import DONE_STATES
+from tune.results import keep_best_checkpoint, trial_state
+from tune.space import load_space, trial_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "search_spaces"
@@ -44,7 +45,7 @@ def test_shipped_spaces_load_and_search_the_required_fields(name):
     assert text.startswith("#") and f"python tune/search.py --space search_spaces/{name}.yaml" in text
     space = load_space(path)
     assert set(REQUIRED) <= set(space.params)
-    baseline = space.trial_config(space.baseline())  # the baseline is a valid TrainConfig
+    baseline = trial_config(space.base, space.baseline())  # the baseline is a valid TrainConfig
     for field, param in space.params.items():
         if param.type == "choice":
             assert param.baseline in param.values
@@ -89,7 +90,7 @@ def test_a_non_editable_install_finds_the_shipped_spaces_and_the_demo_data(tmp_p
 def test_demo_space_baseline_is_the_demo_config():
     space = load_space(SPACES / "demo.yaml")
     demo = load_config(ROOT / "afqmc/configs/demo.yaml")
-    baseline = space.trial_config(space.baseline())
+    baseline = trial_config(space.base, space.baseline())
     for field in ("model_name_or_path", "learning_rate", "dropout", "threshold", "warmup_ratio", "val_ratio",
                   "tiny_hidden_size", "tiny_num_layers", "max_length", "seed"):
         assert getattr(baseline, field) == getattr(demo, field), field
@@ -98,7 +99,7 @@ def test_demo_space_baseline_is_the_demo_config():
 
 def test_default_space_baseline_is_the_training_core_baseline():
     space = load_space(SPACES / "default.yaml")
-    baseline = space.trial_config(space.baseline())
+    baseline = trial_config(space.base, space.baseline())
     assert baseline.model_name_or_path == "hfl/chinese-macbert-base"
     hand_written = load_config(ROOT / "afqmc/configs/macbert_baseline.yaml")
     for field in ("model_name_or_path", "learning_rate", "per_device_batch_size", "gradient_accumulation_steps",
@@ -160,7 +161,7 @@ def test_numbers_read_the_same_in_a_space_and_a_config(tmp_path):
     assert space.settings.reduction_factor == 3.0
     config = tmp_path / "c.yaml"
     config.write_text("# test\nlearning_rate: 1e-3\n")
-    assert load_config(config).learning_rate == p.baseline == space.trial_config(space.baseline()).learning_rate
+    assert load_config(config).learning_rate == p.baseline == trial_config(space.base, space.baseline()).learning_rate
     choice = load_space(_space_file(tmp_path, 'mixed_precision: {type: choice, values: ["no", bf16], baseline: "no"}\n'))
     assert choice.params["mixed_precision"].values == ["no", "bf16"]  # words stay words
 
@@ -470,7 +471,8 @@ def test_a_study_trial_the_driver_never_handed_to_ray_is_adopted_not_left_runnin
     import optuna
 
     from tune import internals
-    from tune.trial import RAY_TRIAL_ID, StudySearch, TrialSeededTPE
+    from tune.folder import RAY_TRIAL_ID
+    from tune.searcher import StudySearch, TrialSeededTPE
 
     space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0), "y": optuna.distributions.FloatDistribution(0.0, 1.0)}
 

@@ -27,21 +27,20 @@ from typing import Any
 
 import numpy as np
 
-from afqmc.config import DATA_FIELDS, TrainConfig, absolute_paths, from_dict, load_config, read_yaml_mapping
-from tune.folder import BEST_CONFIG, RESEED_JSON, RESEED_MD, SPACE_COPY, SearchState, format_params
-from tune.reports import markdown_table, search_config
+from afqmc.checkpoint import CONFIG_NAME
+from afqmc.config import DATA_FIELDS, ConfigError, TrainConfig, from_dict, load_config, read_yaml_mapping
+from tune import space
+from tune.folder import BEST_CONFIG, RESEED_JSON, RESEED_MD, SearchState, format_params
+from tune.reports import markdown_table
 from tune.results import TrialRecord, best_trial, collect_trials
+from tune.scoring import kept_config, kept_model
 
 
 def trial_config(experiment_dir: Path, trial: TrialRecord, state: SearchState) -> TrainConfig:
-    """The trial's resolved TrainConfig: from its checkpoint, or rebuilt from the space (a trial without one)."""
-    if trial.best_checkpoint and (Path(trial.best_checkpoint) / "model" / "train_config.yaml").is_file():
-        return load_config(Path(trial.best_checkpoint) / "model" / "train_config.yaml")
-    from tune.space import load_space
-
-    space = load_space(experiment_dir / SPACE_COPY, state.overrides, state.num_samples or None)
-    cfg = from_dict(trial.params, source=f"trial {trial.number}", base=space.base)
-    return absolute_paths(cfg, state.cwd).replace(test_file=None)
+    """The trial's resolved TrainConfig: its kept model's, or rebuilt from the space (a trial without one)."""
+    if trial.best_checkpoint and (kept_model(trial) / CONFIG_NAME).is_file():
+        return kept_config(trial)
+    return space.trial_config(space.folder_config(experiment_dir, state), trial.params, source=f"trial {trial.number}")
 
 
 def budget_steps(trial: TrialRecord, max_evals: int | None) -> int:
@@ -81,7 +80,12 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
     own_seed = configs["best"].seed
     seeds = seeds or [own_seed + i for i in range(1, k + 1)]
     metric = state.metric
-    search = search_config(experiment_dir, state) or configs["best"]
+    try:
+        search = space.folder_config(experiment_dir, state)
+    except (ConfigError, OSError) as exc:  # the data fields of the best trial's config are the search's too
+        log(f"note: the search's space copy is not readable ({exc}); its data settings are taken from the best "
+            f"trial's config")
+        search = configs["best"]
     data = prepare_data(search, log=log)  # the search's split (its seed) and held-out test set, tokenized once
     max_evals = state.settings.get("max_evals")
 
