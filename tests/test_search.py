@@ -302,7 +302,7 @@ def test_demo_search_runs_every_trial_once_and_asha_stops_some(demo_search):
     exp_dir, space = demo_search["exp_dir"], demo_search["space"]
     trials = _trials_csv(exp_dir)
     assert len(trials) == 8 and len({t["trial_id"] for t in trials}) == 8
-    assert sorted(int(t["trial"]) for t in trials) == list(range(1, 9))
+    assert sorted(int(t["trial"]) for t in trials) == list(range(8))  # the study's numbers
     assert all(t["state"] in DONE_STATES for t in trials)
     stopped = [t for t in trials if t["state"] == "stopped early"]
     assert stopped, "ASHA stopped no trial"
@@ -390,7 +390,7 @@ def test_demo_search_contains_the_baseline_and_reports_the_true_best(demo_search
     exp_dir, space = demo_search["exp_dir"], demo_search["space"]
     trials = {t["trial_id"]: t for t in _trials_csv(exp_dir)}
     baseline = [t for t in trials.values() if t["baseline"] == "1"]
-    assert len(baseline) == 1 and baseline[0]["trial"] == "1"
+    assert len(baseline) == 1 and baseline[0]["trial"] == "0"
     params = json.loads((exp_dir / f"trial_{baseline[0]['trial_id']}" / "params.json").read_text())
     assert params == space.baseline()
 
@@ -505,7 +505,7 @@ def _resume_and_count(resume_arg: str, exp_dir: Path, num_samples: int):
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-3000:]
     trials = _trials_csv(exp_dir)
     assert len(trials) == num_samples and len({t["trial_id"] for t in trials}) == num_samples
-    assert sorted(int(t["trial"]) for t in trials) == list(range(1, num_samples + 1))
+    assert sorted(int(t["trial"]) for t in trials) == list(range(num_samples))
     assert all(t["state"] in DONE_STATES for t in trials)
     return second, trials
 
@@ -572,7 +572,7 @@ def test_interrupted_search_resumes_and_accounts_for_every_trial_once(tmp_path):
     assert sorted(t.state for t in study.trials) == sorted(finished[t["state"]] for t in trials)
 
 
-# Runs the search with the given arguments; on a search of _fault_space, trial 1 (the baseline) is good
+# Runs the search with the given arguments; on a search of _fault_space, trial 0 (the baseline) is good
 # and every trial with learning rate 1e4 diverges to a NaN loss within a few updates.
 def _fault_space(tmp_path: Path, num_samples: int) -> Path:
     path = _test_space(tmp_path, ROOT / "afqmc/demo_data/train.jsonl", num_samples=num_samples, max_steps=30)
@@ -607,14 +607,14 @@ def test_search_survives_a_nan_trial_and_a_killed_worker(tmp_path):
     out, worker_pid = [], None
     for line in proc.stdout:
         out.append(line)
-        if worker_pid is None and re.search(r"trial 1 eval 2/", line):
+        if worker_pid is None and re.search(r"trial 0 eval 2/", line):
             rows = _rows(_trial_dir_of(exp_dir, space.baseline()))
             worker_pid = rows[-1]["pid"]
             os.kill(worker_pid, signal.SIGKILL)  # the trial's worker process, not the search
     proc.wait(timeout=300)
     first = "".join(out)
     assert proc.returncode == 0 and worker_pid, first[-4000:]  # some trials failed, not all: exit 0
-    assert re.search(r"trial 1 lost its worker .*retrying from its last checkpoint", first), first[-4000:]
+    assert re.search(r"trial 0 lost its worker .*retrying from its last checkpoint", first), first[-4000:]
     trials = _trials_csv(exp_dir)
     assert len(trials) == num_samples and all(t["state"] in DONE_STATES for t in trials)
 

@@ -21,8 +21,8 @@ STYLE = {TrialState.FINISHED: dict(linestyle="-", marker="o", alpha=0.9),
          TrialState.STOPPED: dict(linestyle="--", marker="x", alpha=0.6),
          TrialState.FAILED: dict(linestyle=":", marker="v", alpha=0.6),
          TrialState.UNFINISHED: dict(linestyle="-.", marker=".", alpha=0.6)}
-STATE_LABEL = {TrialState.FINISHED: "finished", TrialState.STOPPED: "stopped early by ASHA", TrialState.FAILED: "failed",
-               TrialState.UNFINISHED: "unfinished (running or interrupted)"}
+STATE_LABEL = {TrialState.FINISHED: "finished", TrialState.STOPPED: "stopped early by ASHA",
+               TrialState.FAILED: "failed", TrialState.UNFINISHED: "unfinished (running or interrupted)"}
 DPI = 110
 # Trial colours: tab10 and then tab20's light shades, without the greys (grey marks ASHA-stopped trials).
 _TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]

@@ -70,7 +70,8 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
     if baseline is None:
         raise ValueError(f"{experiment_dir}: the baseline trial is not in the search yet")
 
-    configs = {"best": best_config(experiment_dir, best, state), "baseline": trial_config(experiment_dir, baseline, state)}
+    configs = {"best": best_config(experiment_dir, best, state),
+               "baseline": trial_config(experiment_dir, baseline, state)}
     baseline_label = _label(baseline)
     if against is not None:
         configs["baseline"], baseline_label = _against(against, configs["baseline"])
@@ -80,12 +81,7 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
     own_seed = configs["best"].seed
     seeds = seeds or [own_seed + i for i in range(1, k + 1)]
     metric = state.metric
-    try:
-        search = space.folder_config(experiment_dir, state)
-    except (ConfigError, OSError) as exc:  # the data fields of the best trial's config are the search's too
-        log(f"note: the search's space copy is not readable ({exc}); its data settings are taken from the best "
-            f"trial's config")
-        search = configs["best"]
+    search = _search_config(experiment_dir, state, configs["best"], log)
     data = prepare_data(search, log=log)  # the search's split (its seed) and held-out test set, tokenized once
     max_evals = state.settings.get("max_evals")
 
@@ -117,6 +113,17 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
     (experiment_dir / RESEED_MD).write_text(text, encoding="utf-8")
     log("\n" + text)
     return report
+
+
+def _search_config(experiment_dir: Path, state: SearchState, best: TrainConfig, log) -> TrainConfig:
+    """The search's fixed config from its folder; the best trial's (the same data fields) when the
+    space copy cannot be read, and a note that says so."""
+    try:
+        return space.folder_config(experiment_dir, state)
+    except (ConfigError, OSError) as exc:
+        log(f"note: the search's space copy is not readable ({exc}); its data settings are taken from the best "
+            f"trial's config")
+        return best
 
 
 def _label(trial: TrialRecord) -> dict[str, Any]:

@@ -153,12 +153,10 @@ def _start_or_resume(args: argparse.Namespace, overrides: dict[str, Any]) -> tup
 
 def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable, resources):
     """The Tuner of a new search: StudySearch (TPE) on search.metric, ASHA (or FIFO), the callbacks."""
-    import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tune.callbacks import KeepBestCheckpoint, ReleaseTrainWorkers
-    from tune.searcher import StudySearch, TrialSeededTPE
     from tune.terminal import LiveView
 
     settings, scheduler_name = space.settings, state.scheduler
@@ -169,20 +167,7 @@ def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable,
 
         callbacks.append(MLflowTrials(state.tracking_uri or default_tracking_uri(exp_dir), exp_dir.name,
                                       settings.max_evals))
-    # The study lives in the experiment folder; the driver is its only writer (SQLite is fine).
-    storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / STUDY_DB}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = TrialSeededTPE(multivariate=True, seed=settings.seed, n_startup_trials=settings.n_startup_trials)
-    # Every search contains the baseline it must beat; a study that has it already (a search killed
-    # before Ray's first snapshot) has it WAITING or RUNNING, and StudySearch takes it from there.
-    started = optuna.get_all_study_names(storage)
-    searcher = StudySearch(
-        space=space.distributions(), metric=searcher_metric(settings.metric), mode="max",
-        points_to_evaluate=None if exp_dir.name in started else [space.baseline()],
-        sampler=sampler, study_name=exp_dir.name, storage=storage,
-        eval_metric=settings.metric, max_evals=settings.max_evals,
-    )
+    searcher = _searcher(space, exp_dir)
     if scheduler_name == "asha":
         # ASHA compares trials at its rungs by asha_metric at that evaluation.
         scheduler = ASHAScheduler(time_attr="evals", metric=settings.asha_metric, mode="max", max_t=settings.max_evals,
@@ -210,6 +195,29 @@ def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable,
             callbacks=callbacks,
             verbose=0,  # LiveView prints the trials
         ),
+    )
+
+
+def _searcher(space: SearchSpace, exp_dir: Path):
+    """StudySearch with TrialSeededTPE on the study in the experiment folder (optuna.db)."""
+    import optuna
+
+    from tune.searcher import StudySearch, TrialSeededTPE
+
+    settings = space.settings
+    # The study lives in the experiment folder; the driver is its only writer (SQLite is fine).
+    storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / STUDY_DB}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = TrialSeededTPE(multivariate=True, seed=settings.seed, n_startup_trials=settings.n_startup_trials)
+    # Every search contains the baseline it must beat; a study that has it already (a search killed
+    # before Ray's first snapshot) has it WAITING or RUNNING, and StudySearch takes it from there.
+    started = optuna.get_all_study_names(storage)
+    return StudySearch(
+        space=space.distributions(), metric=searcher_metric(settings.metric), mode="max",
+        points_to_evaluate=None if exp_dir.name in started else [space.baseline()],
+        sampler=sampler, study_name=exp_dir.name, storage=storage,
+        eval_metric=settings.metric, max_evals=settings.max_evals,
     )
 
 

@@ -90,7 +90,8 @@ class LiveView(tune.Callback):
         last = trial.last_result or {}
         state = trial_state("TERMINATED", last, self.max_evals)
         if state == TrialState.FAILED:
-            self._print(f"trial {trial_number(trial)} FAILED after {last.get('evals', 0)} evals: {failure_reason(last)}",
+            reason = failure_reason(last)
+            self._print(f"trial {trial_number(trial)} FAILED after {last.get('evals', 0)} evals: {reason}",
                         ended=trial)
             self._status(trials, ended=(trial, "TERMINATED"))
             return
