@@ -100,7 +100,7 @@ def close(searcher, trial_id: str) -> None:
 
 def torch_trainer_without_placement_group_cleaner():
     """Ray Train's TorchTrainer without its placement-group cleaner (see the table above). The search
-    removes a stopped trial's worker group itself (tune.trial.ReleaseTrainWorkers); a run that ends
+    removes a stopped trial's worker group itself (tune.callbacks.ReleaseTrainWorkers); a run that ends
     normally removes it as usual."""
     from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
