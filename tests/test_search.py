@@ -652,24 +652,52 @@ def test_search_survives_a_nan_trial_and_a_killed_worker(tmp_path):
                if t.state == optuna.trial.TrialState.FAIL)
 
 
-@pytest.mark.slow
-def test_held_out_labels_are_never_read_for_a_choice(tmp_path):
-    """Two searches that differ only in the labels of their held-out test file (all flipped in the
-    second): the winner, every val number and every threshold are the same; only the test scores
-    differ. FIFO, and every trial sampled by TPE's seeded start, so that both run the same trials."""
+@pytest.fixture(scope="module")
+def label_searches(tmp_path_factory):
+    """Two searches started together on one machine (each its own local Ray) that differ only in the
+    labels of their held-out test file (all flipped in "flipped"); FIFO, and every trial sampled by
+    TPE's seeded start, so that both run the same trials. While "plain" runs, a third search with
+    its name is started (it must refuse). Two tests read them."""
+    tmp_path = tmp_path_factory.mktemp("labels")
     rows = [json.loads(line) for line in DEMO_TRAIN.read_text(encoding="utf-8").splitlines()[1000:1300]]
-    outcomes = {}
+    space, results = _test_space(tmp_path, DEMO_TRAIN, num_samples=2, max_steps=10), tmp_path / "results"
+    procs = {}
     for name, flip in (("plain", False), ("flipped", True)):
         test_file = tmp_path / f"test_{name}.jsonl"
         test_file.write_text("".join(json.dumps({**r, "label": 1 - r["label"] if flip else r["label"]},
                                                 ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        space = _test_space(tmp_path, DEMO_TRAIN, num_samples=2, max_steps=10)
-        proc = subprocess.run([sys.executable, "tune/search.py", "--space", str(space), "--name", name,
-                               "--scheduler", "fifo", "--results_dir", str(tmp_path / "results"),
-                               "--test_file", str(test_file), "--test_ratio", "0"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        exp_dir = tmp_path / "results" / name
+        procs[name] = subprocess.Popen([sys.executable, "tune/search.py", "--space", str(space), "--name", name,
+                                        "--scheduler", "fifo", "--results_dir", str(results), "--test_file",
+                                        str(test_file), "--test_ratio", "0"], cwd=ROOT, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out = {name: [] for name in procs}
+    for line in procs["plain"].stdout:  # until "plain" has made its folder (and holds its lock) and starts Ray
+        out["plain"].append(line)
+        if (results / "plain" / "search.json").is_file():
+            break
+    kept = ("search.json", "space.yaml", ".search.lock")  # what a second driver could overwrite
+    before = {f: ((results / "plain" / f).read_bytes(), (results / "plain" / f).stat().st_mtime_ns) for f in kept}
+    started = time.perf_counter()
+    third = subprocess.run([sys.executable, "tune/search.py", "--space", str(space), "--name", "plain",
+                            "--results_dir", str(results)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    third_seconds, plain_ran_on = time.perf_counter() - started, procs["plain"].poll() is None
+    after = {f: ((results / "plain" / f).read_bytes(), (results / "plain" / f).stat().st_mtime_ns) for f in kept}
+    for name, proc in procs.items():
+        rest, _ = proc.communicate(timeout=600)
+        out[name] = "".join(out[name]) + rest
+    return {"results": results, "procs": procs, "out": out, "third": third, "third_seconds": third_seconds,
+            "plain_ran_on": plain_ran_on, "before": before, "after": after, "num_samples": 2}
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("label_searches")  # one pair of searches for these tests (the fixture is per worker)
+def test_held_out_labels_are_never_read_for_a_choice(label_searches):
+    """The two searches of `label_searches`: the winner, every val number and every threshold are
+    the same; only the test scores differ."""
+    outcomes = {}
+    for name in ("plain", "flipped"):
+        assert label_searches["procs"][name].returncode == 0, label_searches["out"][name][-4000:]
+        exp_dir = label_searches["results"] / name
         outcomes[name] = {"summary": json.loads((exp_dir / "summary.json").read_text()),
                           "trials": _trials_csv(exp_dir),
                           "best_model": json.loads((exp_dir / "best_model" / "metrics.json").read_text())}
@@ -785,50 +813,33 @@ def test_a_running_search_of_the_same_name_is_refused_at_once(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_two_searches_at_once_finish_apart_and_a_third_of_the_same_name_is_refused(tmp_path):
-    """Two searches with different names started together on one machine (each its own local Ray)
-    both finish with complete, separate results; a third, started with the name of one of them
-    while it runs, refuses at once and touches nothing of it."""
+@pytest.mark.xdist_group("label_searches")  # one pair of searches for these tests (the fixture is per worker)
+def test_two_searches_at_once_finish_apart_and_a_third_of_the_same_name_is_refused(label_searches):
+    """The two searches of `label_searches`, started together with different names (each its own
+    local Ray), both finish with complete, separate results; the third, started with the name of
+    one of them while it ran, refused at once and touched nothing of it."""
     import optuna
 
-    num_samples, results = 2, tmp_path / "results"
-    space = _test_space(tmp_path, DEMO_TRAIN, num_samples=num_samples, max_steps=10)
-    # "one" runs more trials, so that it still runs when the third starts.
-    longer = {"one": ["--num_samples", "6"], "two": []}
-    procs = {name: subprocess.Popen([sys.executable, "tune/search.py", "--space", str(space), "--name", name,
-                                     "--results_dir", str(results), *longer[name]], cwd=ROOT, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
-             for name in ("one", "two")}
-    out = {name: [] for name in procs}
-    for line in procs["one"].stdout:  # until "one" has made its folder (and holds its lock) and starts Ray
-        out["one"].append(line)
-        if (results / "one" / "search.json").is_file():
-            break
-    kept = ("search.json", "space.yaml", ".search.lock")  # what a second driver could overwrite
-    before = {f: ((results / "one" / f).read_bytes(), (results / "one" / f).stat().st_mtime_ns) for f in kept}
-    assert before[".search.lock"][0].decode().strip() == str(procs["one"].pid)
-    started = time.perf_counter()
-    third = subprocess.run([sys.executable, "tune/search.py", "--space", str(space), "--name", "one",
-                            "--results_dir", str(results)], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert third.returncode == 2 and (procs["one"].poll() is None or "is running now" in third.stderr), \
+    results, procs, third = label_searches["results"], label_searches["procs"], label_searches["third"]
+    before, after = label_searches["before"], label_searches["after"]
+    assert before[".search.lock"][0].decode().strip() == str(procs["plain"].pid)
+    assert third.returncode == 2 and (label_searches["plain_ran_on"] or "is running now" in third.stderr), \
         "the first search ended before the third started: make it longer"
     assert third.returncode == 2 and "a search of this name is running now (driver pid" in third.stderr, third.stderr
-    assert time.perf_counter() - started < 30  # at once: before tokenizing anything or starting Ray
+    assert label_searches["third_seconds"] < 30  # at once: before tokenizing anything or starting Ray
     for f, (content, mtime) in before.items():  # the third touched nothing of the first
-        assert (results / "one" / f).read_bytes() == content and (results / "one" / f).stat().st_mtime_ns == mtime, f
-    for name, proc in procs.items():
-        rest, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, ("".join(out[name]) + rest)[-4000:]
+        assert after[f] == (content, mtime), f
     ids = {}
-    for name in procs:  # each complete, and its own
+    for name, proc in procs.items():  # each complete, and its own
+        assert proc.returncode == 0, label_searches["out"][name][-4000:]
         trials = _trials_csv(results / name)
-        assert len(trials) == (6 if name == "one" else num_samples) and all(t["state"] in DONE_STATES for t in trials)
+        assert len(trials) == label_searches["num_samples"] and all(t["state"] in DONE_STATES for t in trials)
         ids[name] = {t["trial_id"] for t in trials}
         assert {p.name for p in (results / name).glob("trial_*")} == {f"trial_{i}" for i in ids[name]}
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{results / name / 'optuna.db'}")
         assert len(study.trials) == len(trials) and all(t.state.is_finished() for t in study.trials)
         assert (results / name / "best_model" / "model.safetensors").is_file()
-    assert not ids["one"] & ids["two"]
+    assert not ids["plain"] & ids["flipped"]
 
 
 @pytest.mark.slow

@@ -65,10 +65,9 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
     trials = collect_trials(experiment_dir)
     best = best_trial(trials)
     baseline = next((t for t in trials if t.is_baseline), None)
-    if best is None:
-        raise ValueError(f"{experiment_dir}: no trial has a result yet")
-    if baseline is None:
-        raise ValueError(f"{experiment_dir}: the baseline trial is not in the search yet")
+    if best is None or baseline is None:
+        raise ValueError(f"{experiment_dir}: " + ("no trial has a result yet" if best is None else
+                                                  "the baseline trial is not in the search yet"))
 
     configs = {"best": best_config(experiment_dir, best, state),
                "baseline": trial_config(experiment_dir, baseline, state)}
