@@ -155,8 +155,20 @@ def load_study(experiment_dir: Path):
 
 
 def study_numbers(experiment_dir: Path) -> dict[str, int]:
-    """The study's number of each Ray trial it holds (by the user attribute `ray_trial_id`)."""
-    study = load_study(experiment_dir)
+    """The study's number of each Ray trial it holds (by the user attribute `ray_trial_id`); empty,
+    with a warning, when optuna.db cannot be read (the numbers are then Ray's order, the same in a
+    search that ran as it should)."""
+    import warnings
+
+    import optuna
+    import sqlalchemy
+
+    try:
+        study = load_study(experiment_dir)
+    except (OSError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError) as exc:
+        warnings.warn(f"{experiment_dir / STUDY_DB}: not readable ({type(exc).__name__}: {exc}); trial numbers "
+                      f"in Ray's order", stacklevel=2)
+        return {}
     if study is None:
         return {}
     return {t.user_attrs[RAY_TRIAL_ID]: t.number for t in study.get_trials(deepcopy=False)
