@@ -179,7 +179,7 @@ def test_bad_model_paths(path, message):
 LISTENERS = """
 import json, sys
 import tune.search as search
-search._ray_environment(None)  # as main() does: the loopback switch before Ray is imported
+search.ray_environment(None)  # as main() does: the loopback switch before Ray is imported
 import psutil, ray
 import tempfile, pathlib
 search._init_ray(None, pathlib.Path(tempfile.mkdtemp()), verbose=False)

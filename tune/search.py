@@ -32,7 +32,7 @@ from dataclasses import asdict
 from typing import Any
 
 # Nothing here imports Ray at import time: main() sets the environment Ray reads when it is
-# imported (_ray_environment) first. The functions that use Ray import it.
+# imported (ray_environment) first. The functions that use Ray import it.
 from afqmc.config import ConfigError, TrainConfig, fields_help, parse_overrides
 from afqmc.data import DataError
 from afqmc.train import TaskData, prepare_data
@@ -51,7 +51,7 @@ DRIVER_MEMORY = 256 * 2**20  # bytes reserved for the driver of a multi-worker t
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = _parse_args(argv)
-    _ray_environment(args.address)
+    ray_environment(args.address)
     try:
         exp_dir, state, space = _start_or_resume(args, overrides)
         base = search_base(space, state.cwd)  # each trial's config is tune.space.trial_config(base, sampled)
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 # --- building the search -------------------------------------------------------------------------
 
 
-def _ray_environment(address: str | None) -> None:
+def ray_environment(address: str | None) -> None:
     """What Ray reads from the environment when it is imported: set before the first import."""
     # No usage-stats prompt or upload; and no warning each time Ray snapshots the experiment state,
     # which it does after every kept checkpoint (that is what makes resume exact).
