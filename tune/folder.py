@@ -18,7 +18,6 @@ from typing import Any
 
 from afqmc.checkpoint import write_text_atomic
 from afqmc.config import PRIMARY, SELECTION_METRICS
-from afqmc.metrics import best_key
 
 # --- file names in results/NAME/ -----------------------------------------------------------------
 SEARCH_JSON = "search.json"  # SearchState: how the search was started
@@ -56,6 +55,8 @@ def failure_report(reason: str, last: dict[str, Any]) -> dict[str, Any]:
     """The last report of a trial that failed on its own: the reason under FAILED, where it was
     (`last`: its last report before), and NaN for every selection metric and its best so far, which
     ASHA and the searcher need in every report and neither counts."""
+    from afqmc.metrics import best_key  # here: afqmc.metrics imports sklearn, which reading a folder does not need
+
     nan = {key: math.nan for metric in SELECTION_METRICS for key in (metric, best_key(metric))}
     return {"evals": last.get("evals", 0), "step": last.get("step", 0), **nan, FAILED: str(reason)}
 
