@@ -79,11 +79,16 @@ def labelled_metrics(labels, probs, threshold: float) -> dict[str, Any]:
     return {**classification_metrics(labels, probs, threshold, prefix=""), **ranking_metrics(labels, probs, prefix="")}
 
 
-def score_pairs(checkpoint: str | Path, pairs: PairData, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """The saved model's metrics on labelled `pairs`, at its saved threshold (nothing is chosen here)."""
+def predict_saved(checkpoint: str | Path, pairs, device: str | torch.device = "cpu") -> tuple[list[float], float]:
+    """P(label = 1) of the saved model on `pairs`, and its saved threshold."""
     model, tokenizer, cfg = load_saved_model(checkpoint, device)
     threshold = saved_threshold(model, cfg, checkpoint)
-    probs = predict_probs(model, tokenizer, pairs, cfg.max_length, cfg.eval_batch_size, device)
+    return predict_probs(model, tokenizer, pairs, cfg.max_length, cfg.eval_batch_size, device), threshold
+
+
+def score_pairs(checkpoint: str | Path, pairs: PairData, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The saved model's metrics on labelled `pairs`, at its saved threshold (nothing is chosen here)."""
+    probs, threshold = predict_saved(checkpoint, pairs, device)
     return labelled_metrics(pairs.labels, probs, threshold)
 
 

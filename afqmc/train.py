@@ -36,7 +36,7 @@ from transformers.utils import logging as hf_logging
 from afqmc.card import write_model_card
 from afqmc.checkpoint import (METRICS_NAME, TRAINER_STATE_NAME, CheckpointError, atomic_directory,
                               resolve_directory, save_model_dir, write_json)
-from afqmc.config import ConfigError, TrainConfig, fields_help, load_config, parse_overrides
+from afqmc.config import PRIMARY, ConfigError, TrainConfig, fields_help, load_config, parse_overrides
 from afqmc.data import (DataError, Encoded, LengthGroupedSampler, PairData, PairDataset, collate, count_overlap,
                         encode, load_splits)
 from afqmc.metrics import best_key, evaluation_metrics
@@ -44,7 +44,6 @@ from afqmc.modeling import load_model, load_tokenizer
 from afqmc.techniques import FGM, PairOrderDataset, make_ema, make_objective, parameter_groups, swapped
 
 Reporter = Callable[[dict[str, Any], "str | None"], None]
-PRIMARY = "val/f1_macro"  # the default metric_for_best_model: F1-macro at the run's threshold
 
 
 class TrainingError(RuntimeError):
