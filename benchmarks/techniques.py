@@ -47,14 +47,12 @@ _DATA = None  # each worker process's tokenized data (prepare_data once per proc
 
 def base_config(data_dir: Path, workdir: Path, steps: int):
     """The CPU space's baseline trial as one run (its fixed fields and baseline values)."""
-    from afqmc.config import absolute_paths
-    from tune.space import load_space
+    from tune.space import load_space, search_base, trial_config
 
     space = load_space(SPACE)
-    cfg = space.trial_config(space.baseline(), source=str(SPACE))
-    paths = bu.shared_paths(data_dir)
-    return absolute_paths(cfg, bu.REPO).replace(max_steps=steps, eval_steps=max(1, steps // 8), patience=0,
-                                                output_dir=str(workdir), **paths)
+    cfg = trial_config(search_base(space, str(bu.REPO)), space.baseline(), source=str(SPACE))
+    return cfg.replace(max_steps=steps, eval_steps=max(1, steps // 8), patience=0, output_dir=str(workdir),
+                       **bu.shared_paths(data_dir))
 
 
 def _init(cfg_dict: dict[str, Any], threads: int) -> None:

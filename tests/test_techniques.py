@@ -419,12 +419,12 @@ def test_the_afqmc_spaces_search_every_technique_with_off_as_a_value(name):
     on a parameter whose switch is off, and the baseline is the space without the techniques."""
     from conftest import ROOT
     from tune.folder import LABEL, SHORT
-    from tune.space import load_space
+    from tune.space import load_space, trial_config
 
     space = load_space(ROOT / "search_spaces" / f"{name}.yaml")
     for field, off in OFF.items():
         param = space.params[field]
         assert param.type == "choice" and param.values[0] == off == param.baseline, field
         assert len(param.values) >= 2 and field in SHORT and field in LABEL
-    baseline = space.trial_config(space.baseline())
+    baseline = trial_config(space.base, space.baseline())
     assert all(getattr(baseline, f) == v for f, v in OFF.items())
