@@ -105,7 +105,7 @@ def _run_all(pool, todo: list[dict[str, Any]], log: Path) -> list[dict[str, Any]
     return runs
 
 
-def _costs(cfg_dict: dict[str, Any], names: list[str], updates: int = 12, rounds: int = 3) -> dict[str, float]:
+def _costs(cfg_dict: dict[str, Any], names: list[str], updates: int = 40, rounds: int = 3) -> dict[str, float]:
     """Seconds per update of each technique against the baseline's, measured in one process by
     alternating short runs (train time only, evaluation left out), the median ratio of `rounds`."""
     from afqmc.config import from_dict
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     with concurrent.futures.ProcessPoolExecutor(args.processes, mp_context=ctx, initializer=_init,
                                                 initargs=(base.to_dict(), args.threads)) as pool:
         costs = pool.submit(_costs, base.to_dict(), [n for n in names if n == "baseline" or n in DOUBLE_COST]).result()
-        print("cost per update against the baseline's (alternating runs of 12 updates, median of 3): "
+        print("cost per update against the baseline's (alternating runs of 40 updates, median of 3): "
               + ", ".join(f"{n} {c:.2f}x" for n, c in costs.items()), flush=True)
         todo = [j for s in seeds for n in names for j in _jobs(base, workdir, n, "equal updates", steps, s, args.quick)]
         todo += [j for s in seeds for n in names if n in DOUBLE_COST
