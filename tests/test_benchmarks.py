@@ -113,7 +113,8 @@ def test_search_compare_quick(tmp_path):
     need_shared()
     res, stdout = run_bench("search_compare", tmp_path, "--quick", "--num_samples", "3", "--n_startup_trials", "3",
                             "--max_train_samples", "600", "--eval_steps", "3", "--max_evals", "3", "--grace_period", "1",
-                            "--runs", "fifo_searched,fifo,asha,hf_optuna", "--data", str(SHARED))
+                            "--runs", "fifo_searched,fifo,asha,hf_optuna", "--data", str(SHARED),
+                            timeout=900)  # four searches: ~4 min idle, past 5 on a loaded machine
     runs = res["runs"]
     asha, fifo, searched, hf = runs["asha"], runs["fifo"], runs["fifo_searched"], runs["hf_optuna"]
     assert "error" not in hf, hf

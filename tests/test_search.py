@@ -312,6 +312,15 @@ sys.exit(code)
 """
 
 
+# Fine-tuning techniques the shared demo search samples, each with "off" first (its baseline).
+TECHNIQUES_SEARCHED = {
+    "augment_pair_order": {"type": "choice", "values": [False, True], "baseline": False},
+    "average_pair_orders": {"type": "choice", "values": [False, True], "baseline": False},
+    "ema_decay": {"type": "choice", "values": [0.0, 0.9], "baseline": 0.0},
+    "fgm_epsilon": {"type": "choice", "values": [0.0, 0.5], "baseline": 0.0},
+}
+
+
 @pytest.fixture(scope="module")
 def demo_search(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("search")
@@ -320,6 +329,7 @@ def demo_search(tmp_path_factory):
     space = _test_space(tmp_path, train_file, num_samples=8, max_steps=30)
     spec = yaml.safe_load(space.read_text(encoding="utf-8"))
     spec["search"]["loggers"] = ["mlflow"]  # one MLflow run per trial, in results/demo_test/mlflow.db
+    spec["params"].update(TECHNIQUES_SEARCHED)  # the techniques run in trials (tests/test_techniques.py: alone)
     space.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     started = time.time()
     proc = subprocess.run([sys.executable, "-c", DRIVER, "--space", str(space), "--name", "demo_test",
@@ -470,6 +480,26 @@ def test_demo_search_study_holds_pruned_and_complete_trials_with_their_curves(de
             assert ot.value == pytest.approx(max(r[PRIMARY] for r in rows))  # the trial's best val F1
         states.append(ot.state)
     assert optuna.trial.TrialState.PRUNED in states and optuna.trial.TrialState.COMPLETE in states
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("demo_search")  # one search for these tests (the fixture is per worker)
+def test_demo_search_trials_run_the_techniques_they_sample(demo_search):
+    """Each technique is on in some trial and off in others; a trial's kept model is the config it
+    sampled (EMA, both orders recorded in config.json); the tables name them by their short names."""
+    exp_dir = demo_search["exp_dir"]
+    trials = _trials_csv(exp_dir)
+    for field, spec in TECHNIQUES_SEARCHED.items():
+        values = {t[field] for t in trials}
+        assert values == {str(v) for v in spec["values"]}, field  # both on and off were tried
+    for t in trials:
+        model = next((exp_dir / f"trial_{t['trial_id']}").glob("checkpoint_*/model"))
+        saved = load_config(model / "train_config.yaml")
+        assert str(saved.ema_decay) == t["ema_decay"] and str(saved.fgm_epsilon) == t["fgm_epsilon"]
+        config = json.loads((model / "config.json").read_text())
+        assert config.get("average_pair_orders", False) == (t["average_pair_orders"] == "True")
+    header = (exp_dir / "trials.md").read_text(encoding="utf-8")
+    assert all(f" {short} " in header for short in ("swap", "avg2", "ema", "fgm"))
 
 
 @pytest.mark.slow
