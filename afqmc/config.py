@@ -23,6 +23,7 @@ TUNED = "tuned"  # threshold value: chosen on val after every evaluation (afqmc.
 # Val metrics a run can select its best model by (and a search rank and cut trials by); all are
 # higher-is-better. val/f1_macro is at the run's threshold (cross-fitted when it is tuned).
 SELECTION_METRICS = ("val/f1_macro", "val/f1_macro_tuned", "val/auc", "val/ap", "val/accuracy")
+PRIMARY = "val/f1_macro"  # the default metric_for_best_model (and search.metric): F1-macro at the threshold
 TINY = "tiny"  # model_name_or_path value that builds a small randomly initialised BERT
 DATA_FORMATS = ("auto", "json", "jsonl", "tsv", "csv")  # data_format values (json and jsonl are one reader)
 
@@ -119,7 +120,7 @@ class TrainConfig:
     eval_steps: int = 0  # evaluate every N optimizer updates; 0 = once per epoch
     # The val metric that early stopping, the kept best model and a search's ranking follow (higher
     # is better): val/f1_macro, val/f1_macro_tuned, val/auc, val/ap or val/accuracy.
-    metric_for_best_model: str = "val/f1_macro"
+    metric_for_best_model: str = PRIMARY
     patience: int = 0  # stop after N evaluations without a better metric_for_best_model; 0 = never
     output_dir: str = "results/run"  # checkpoint/, best_model/, metrics.jsonl, summary.json
     # Experiment trackers of a single run, through Accelerate: none, tensorboard (output_dir/afqmc),

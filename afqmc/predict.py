@@ -6,7 +6,8 @@
 
 Each output line is the input pair with `prob` (P(label = 1)) and `pred` (the label at the model's
 saved decision threshold, or --threshold). An ensemble folder (results/NAME/ensemble, afqmc/ensemble.py)
-predicts the weighted mean of its members' P(same), at the ensemble's threshold. A labelled input file also gets `<output stem>.metrics.json`.
+predicts the weighted mean of its members' P(same), at the ensemble's threshold. A labelled input file
+also gets `<output stem>.metrics.json`.
 """
 
 from __future__ import annotations
@@ -99,8 +100,8 @@ def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu") -
                      lambda: saved_threshold(model, cfg, checkpoint), cfg.skip_empty)
 
 
-def checkpoint_probs(checkpoint: str | Path, pairs: PairData, device: str | torch.device = "cpu"
-                     ) -> tuple[list[float], float]:
+def predict_saved(checkpoint: str | Path, pairs: PairData, device: str | torch.device = "cpu"
+                  ) -> tuple[list[float], float]:
     """P(same) of `pairs` by a saved model or an ensemble folder, and its saved threshold."""
     predictor = load_predictor(checkpoint, device)
     return predictor.probs(pairs), predictor.saved_threshold()
@@ -109,7 +110,7 @@ def checkpoint_probs(checkpoint: str | Path, pairs: PairData, device: str | torc
 def score_pairs(checkpoint: str | Path, pairs: PairData, device: str | torch.device = "cpu") -> dict[str, Any]:
     """The saved model's (or ensemble's) metrics on labelled `pairs`, at its saved threshold (nothing
     is chosen here)."""
-    probs, threshold = checkpoint_probs(checkpoint, pairs, device)
+    probs, threshold = predict_saved(checkpoint, pairs, device)
     return labelled_metrics(pairs.labels, probs, threshold)
 
 

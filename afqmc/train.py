@@ -36,7 +36,7 @@ from transformers.utils import logging as hf_logging
 from afqmc.card import write_model_card
 from afqmc.checkpoint import (METRICS_NAME, TRAINER_STATE_NAME, CheckpointError, atomic_directory,
                               resolve_directory, save_model_dir, write_json)
-from afqmc.config import ConfigError, TrainConfig, fields_help, load_config, parse_overrides
+from afqmc.config import PRIMARY, ConfigError, TrainConfig, fields_help, load_config, parse_overrides
 from afqmc.data import (DataError, Encoded, LengthGroupedSampler, PairData, PairDataset, collate, count_overlap,
                         encode, load_splits)
 from afqmc.metrics import best_key, evaluation_metrics
@@ -44,7 +44,6 @@ from afqmc.modeling import load_model, load_tokenizer
 from afqmc.techniques import FGM, PairOrderDataset, make_ema, make_objective, parameter_groups, swapped
 
 Reporter = Callable[[dict[str, Any], "str | None"], None]
-PRIMARY = "val/f1_macro"  # the default metric_for_best_model: F1-macro at the run's threshold
 
 
 class TrainingError(RuntimeError):
@@ -255,6 +254,11 @@ class Run:
     fgm: FGM | None
     ema: Any  # torch.optim.swa_utils.AveragedModel of the weights (ema_decay), else None
     forward_dtype: str | None = None  # what the first forward pass computed in (bfloat16 under bf16 autocast)
+
+    @property
+    def kept_model(self) -> torch.nn.Module:
+        """What is evaluated and saved: the EMA of the weights when there is one, else the model."""
+        return self.model if self.ema is None else self.ema.module
 
 
 def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | None = None,
@@ -470,12 +474,9 @@ HELD_OUT_HIDDEN = ("best_threshold", "f1_macro_at_best_threshold")
 def _evaluate_and_report(run: Run, state: TrainerState, epoch: float, train_loss: float) -> bool:
     """Evaluate, update early stopping, write checkpoint and best model, report. True means stop."""
     cfg, accelerator = run.cfg, run.accelerator
-    if run.ema is None:
-        val = evaluate(accelerator, run.model, run.val_loader, run.weights, cfg.threshold, cfg.seed, run.val_swapped)
-    else:  # the average is not a prepared model: autocast (mixed precision) by hand
-        with accelerator.autocast():
-            val = evaluate(accelerator, run.ema.module, run.val_loader, run.weights, cfg.threshold, cfg.seed,
-                           run.val_swapped)
+    with accelerator.autocast():  # the EMA copy is not a prepared model: its forward has no autocast of its own
+        val = evaluate(accelerator, run.kept_model, run.val_loader, run.weights, cfg.threshold, cfg.seed,
+                       run.val_swapped)
     state.evals += 1
     value = val[cfg.metric_for_best_model]
     improved = value > state.best_metric
@@ -497,8 +498,7 @@ def _evaluate_and_report(run: Run, state: TrainerState, epoch: float, train_loss
     if accelerator.trackers:  # report_to: the evaluation's figures at its step
         accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
                         step=state.step)
-    checkpoint_dir = _save_checkpoint(cfg, accelerator, run.ema.module if run.ema is not None else run.model,
-                                      run.data, state, metrics, improved)
+    checkpoint_dir = _save_checkpoint(cfg, accelerator, run.kept_model, run.data, state, metrics, improved)
     if run.report is not None:
         run.report(metrics, checkpoint_dir if accelerator.is_main_process else None)
     return stop

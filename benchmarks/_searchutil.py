@@ -118,7 +118,7 @@ CURVE_METRICS = ("val/f1_macro", "val/f1_macro_tuned", "val/auc", "val/ap")
 def search_figures(exp_dir: Path) -> dict[str, Any]:
     """What a search did, from its folder: per trial its state, updates, best value and parameters;
     its curves of every candidate metric; and the held-out test figures of its best and baseline."""
-    from tune.folder import SearchState
+    from tune.folder import SearchState, TrialState, failure_reason
     from tune.results import collect_trials
 
     metric = SearchState.load(exp_dir).metric
@@ -126,7 +126,7 @@ def search_figures(exp_dir: Path) -> dict[str, Any]:
     rows = []
     curves: dict[str, dict[int, list[float]]] = {m: {} for m in CURVE_METRICS}
     for t in trials:
-        reports = [r for r in trial_reports(Path(t.path)) if not r.get("failed")]
+        reports = [r for r in trial_reports(Path(t.path)) if not failure_reason(r)]
         for m in CURVE_METRICS:
             curves[m][t.number] = [r.get(m) for r in reports]
         rows.append({"trial": t.number, "state": t.state, "evals": t.evals,
@@ -141,8 +141,8 @@ def search_figures(exp_dir: Path) -> dict[str, Any]:
     return {"metric": metric, "trials": rows, "curves": curves, "total_steps": sum(r["steps"] for r in rows),
             "best_value": max(best) if best else None, "best_trial": (summary.get("best") or {}).get("trial"),
             "test": tested, "test_pairs": test.get("pairs"),
-            "stopped_early": sum(r["state"] == "stopped early" for r in rows),
-            "failed": sum(r["state"] == "failed" for r in rows)}
+            "stopped_early": sum(r["state"] == TrialState.STOPPED for r in rows),
+            "failed": sum(r["state"] == TrialState.FAILED for r in rows)}
 
 
 def spearman_at_evals(curves: dict[int, list[float]], target: dict[int, float], max_t: int) -> list[float | None]:

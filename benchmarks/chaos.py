@@ -197,13 +197,13 @@ def verify(exp_dir: Path, num_samples: int) -> dict[str, Any]:
 
     import optuna
 
-    from tune.results import DONE_STATES
+    from tune.folder import DONE_STATES, RAY_TRIAL_ID, TrialState
 
     problems: list[str] = []
     with open(exp_dir / "trials.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     numbers = sorted(int(r["trial"]) for r in rows)
-    lost = sorted(set(range(1, num_samples + 1)) - set(numbers))
+    lost = sorted(set(range(num_samples)) - set(numbers))  # the study's numbers: 0 is the baseline
     duplicated = len(numbers) - len(set(numbers)) + len(rows) - len({r["trial_id"] for r in rows})
     if lost or duplicated or len(rows) != num_samples:
         problems.append(f"trials.csv: {len(rows)} rows, lost {lost}, {duplicated} duplicated")
@@ -214,8 +214,8 @@ def verify(exp_dir: Path, num_samples: int) -> dict[str, Any]:
     unfinished = [t.number for t in trials if not t.state.is_finished()]
     if len(trials) != num_samples or unfinished:
         problems.append(f"study: {len(trials)} trials, unfinished {unfinished}")
-    by_ray = {t.user_attrs.get("ray_trial_id"): t for t in trials}
-    expected = {"finished": "COMPLETE", "stopped early": "PRUNED", "failed": "FAIL"}
+    by_ray = {t.user_attrs.get(RAY_TRIAL_ID): t for t in trials}
+    expected = {TrialState.FINISHED: "COMPLETE", TrialState.STOPPED: "PRUNED", TrialState.FAILED: "FAIL"}
     curves = {}
     for r in rows:
         t, trial_dir = by_ray.get(r["trial_id"]), exp_dir / f"trial_{r['trial_id']}"

@@ -153,7 +153,7 @@ def hf_search(space_path: Path, b: dict[str, Any], backend: str, workdir: Path, 
                       compute_loss_func=compute_loss, compute_metrics=compute_metrics, callbacks=[Record()])
     # Our search's sampler (Optuna's TPE, its draws seeded per trial number), so that the peer's
     # random start-up trials are the same as ours.
-    from tune.trial import TrialSeededTPE
+    from tune.searcher import TrialSeededTPE
 
     sampler = TrialSeededTPE(multivariate=True, seed=settings.seed, n_startup_trials=settings.n_startup_trials)
     objective = lambda metrics: metrics["eval_f1_macro"]  # noqa: E731
@@ -170,11 +170,11 @@ def hf_search(space_path: Path, b: dict[str, Any], backend: str, workdir: Path, 
         trials = []
         for t in study.trials:
             mine = [e for e in evals if e["trial"] == t.number]
-            trials.append({"trial": t.number + 1, "state": t.state.name.lower(), "evals": len(mine),
+            trials.append({"trial": t.number, "state": t.state.name.lower(), "evals": len(mine),
                            "steps": max((e["step"] for e in mine), default=0),
                            "best_value": max((e["f1"] for e in mine), default=None), **t.params})
-            curves[t.number + 1] = [e["f1"] for e in mine]
-            used[t.number + 1] = {k: current_log[t.number][k] for k in params} if t.number in current_log else None
+            curves[t.number] = [e["f1"] for e in mine]
+            used[t.number] = {k: current_log[t.number][k] for k in params} if t.number in current_log else None
     else:
         from ray.tune.search.optuna import OptunaSearch
 
@@ -189,8 +189,8 @@ def hf_search(space_path: Path, b: dict[str, Any], backend: str, workdir: Path, 
         for i, t in enumerate(analysis.trials):
             df = analysis.trial_dataframes.get(t.trial_id)
             f1s = list(df["eval_f1_macro"].dropna()) if df is not None and "eval_f1_macro" in df else []
-            curves[i + 1] = f1s
-            trials.append({"trial": i + 1, "state": t.status.lower(), "evals": len(f1s),
+            curves[i] = f1s  # numbered from 0, as the study numbers our search's trials
+            trials.append({"trial": i, "state": t.status.lower(), "evals": len(f1s),
                            "steps": len(f1s) * b["eval_steps"], "best_value": max(f1s) if f1s else None,
                            **{k: t.config.get(k, t.config.get("warmup_steps")) for k in params}})
     if used and any(u is not None for u in used.values()):

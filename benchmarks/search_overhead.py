@@ -111,9 +111,11 @@ class Phases:
         self._undo.append((owner, attr, original))
 
     def __enter__(self) -> "Phases":
+        import tune.search as search
+
+        search.ray_environment(None)  # as search.main does, before Ray is imported
         import ray
 
-        import tune.search as search
         from tune.terminal import LiveView
 
         for attr in self.WRAPPED:

@@ -68,7 +68,8 @@ PARAMS = dict(max_train_samples=200, per_device_batch_size=32, max_steps=4, eval
 DRIVER = r"""
 import json, os, sys, time
 from collections import Counter
-import tune.search as search  # sets Ray's environment switches, then imports ray
+import tune.search as search
+search.ray_environment(None)  # Ray's environment switches, as search.main sets them, before Ray is imported
 import ray
 
 real_shutdown = ray.shutdown

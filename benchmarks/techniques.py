@@ -1,7 +1,7 @@
 """Each fine-tuning technique alone against the CPU space's baseline, on held-out test F1-macro.
 
     python benchmarks/techniques.py --json benchmarks/results/techniques.json   # ~50 min on 2 idle cores
-    python benchmarks/techniques.py --quick                                    # a smoke run, ~3 min
+    python benchmarks/techniques.py --quick [--only NAME,...]                  # a smoke run (3,000 pairs, 30 updates)
 
 The baseline is the baseline trial of search_spaces/afqmc_cpu.yaml (the tiny BERT from scratch on
 the shared AFQMC data: 25,600 train / 3,200 val / 3,200 held-out test pairs, the space's split), for
@@ -47,14 +47,12 @@ _DATA = None  # each worker process's tokenized data (prepare_data once per proc
 
 def base_config(data_dir: Path, workdir: Path, steps: int):
     """The CPU space's baseline trial as one run (its fixed fields and baseline values)."""
-    from afqmc.config import absolute_paths
-    from tune.space import load_space
+    from tune.space import load_space, search_base, trial_config
 
     space = load_space(SPACE)
-    cfg = space.trial_config(space.baseline(), source=str(SPACE))
-    paths = bu.shared_paths(data_dir)
-    return absolute_paths(cfg, bu.REPO).replace(max_steps=steps, eval_steps=max(1, steps // 8), patience=0,
-                                                output_dir=str(workdir), **paths)
+    cfg = trial_config(search_base(space, str(bu.REPO)), space.baseline(), source=str(SPACE))
+    return cfg.replace(max_steps=steps, eval_steps=max(1, steps // 8), patience=0, output_dir=str(workdir),
+                       **bu.shared_paths(data_dir))
 
 
 def _init(cfg_dict: dict[str, Any], threads: int) -> None:
@@ -83,6 +81,44 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
             "test_f1": summary["test"]["f1_macro"], "test_auc": summary["test"]["auc"],
             "wall_seconds": wall,
             "train_seconds_per_update": cfg.per_device_batch_size / summary["train_samples_per_second"]}
+
+
+def _jobs(base, workdir: Path, name: str, budget: str, steps: int, seed: int, quick: bool) -> list[dict[str, Any]]:
+    cfg = base.replace(seed=seed, max_steps=steps, eval_steps=max(1, steps // (2 if quick else 8)),
+                       output_dir=str(workdir / f"{name}-{budget}-{seed}".replace(" ", "_")), **TECHNIQUES[name])
+    return [{"name": name, "seed": seed, "budget": budget, "cfg": cfg.to_dict()}]
+
+
+def _run_all(pool, todo: list[dict[str, Any]], log: Path) -> list[dict[str, Any]]:
+    """Every job, each finished run appended to `log` as it finishes; runs already in `log` (a cut
+    benchmark started again with the same --workdir) are kept and not run again."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    runs = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    key = lambda r: (r["name"], r["budget"], r["seed"], r.get("steps") or r["cfg"]["max_steps"])  # noqa: E731
+    done = {key(r) for r in runs}
+    for r in pool.map(_run, [j for j in todo if key(j) not in done]):
+        runs.append(r)
+        with log.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(r) + "\n")
+        print(f"  {r['name']:<30} {r['budget']:<15} seed {r['seed']}  {r['steps']} updates  test F1 {r['test_f1']:.4f}"
+              f"  AUC {r['test_auc']:.4f}", flush=True)
+    return runs
+
+
+def _costs(cfg_dict: dict[str, Any], names: list[str], updates: int = 12, rounds: int = 3) -> dict[str, float]:
+    """Seconds per update of each technique against the baseline's, measured in one process by
+    alternating short runs (train time only, evaluation left out), the median ratio of `rounds`."""
+    from afqmc.config import from_dict
+    from afqmc.train import train
+
+    base = from_dict(cfg_dict, source="benchmark").replace(max_steps=updates, eval_steps=updates, save_best_model=False)
+    ratios: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(rounds):
+        seconds = {n: base.per_device_batch_size / train(base.replace(**TECHNIQUES[n]), data=_DATA, progress=False)
+                   ["train_samples_per_second"] for n in names}
+        for n in names:
+            ratios[n].append(seconds[n] / seconds["baseline"])
+    return {n: float(sorted(r)[len(r) // 2]) for n, r in ratios.items()}
 
 
 def lexical_floor(base) -> dict[str, Any]:
@@ -115,7 +151,7 @@ def lexical_floor(base) -> dict[str, Any]:
             "test_pairs": int(np.size(test_p))}
 
 
-def summarize(runs: list[dict[str, Any]], baseline_cost: float) -> list[dict[str, Any]]:
+def summarize(runs: list[dict[str, Any]], costs: dict[str, float]) -> list[dict[str, Any]]:
     import numpy as np
     from scipy.stats import ttest_ind
 
@@ -134,7 +170,7 @@ def summarize(runs: list[dict[str, Any]], baseline_cost: float) -> list[dict[str
                      "gain": float(np.mean(f1) - np.mean(base)), "welch_p": p,
                      "test_auc_mean": float(np.mean([r["test_auc"] for r in rs])),
                      "val_f1_chosen_mean": float(np.mean([r["val_f1_chosen"] for r in rs])),
-                     "cost_per_update": float(np.median([r["train_seconds_per_update"] for r in rs]) / baseline_cost)})
+                     "cost_per_update": costs.get(name, 1.0)})
     return rows
 
 
@@ -148,48 +184,28 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     steps = args.steps
     if args.quick:
-        seeds, steps = seeds[:2], 60
+        seeds, steps = seeds[:2], 30
     workdir = Path(args.workdir or bu.REPO / "results" / "bench_techniques")
     base = base_config(args.data, workdir, steps)
+    if args.quick:  # 3,000 of the pairs: checks the script, measures nothing useful
+        base = base.replace(max_train_samples=3000, eval_batch_size=128)
     names = [n for n in TECHNIQUES if not args.only or n in args.only.split(",") or n == "baseline"]
     print(f"baseline: the CPU space's baseline trial, {steps} updates; seeds {seeds}; techniques: {', '.join(names)}")
     floor = lexical_floor(base)
     print(f"lexical floor (char TF-IDF + logistic regression): test F1-macro {floor['test_f1']:.4f}, "
           f"AUC {floor['test_auc']:.4f} (val F1 at the val-chosen threshold {floor['val_f1_chosen']:.4f})")
 
-    def jobs(name: str, budget: str, n_steps: int, seed_list: list[int] = seeds) -> list[dict[str, Any]]:
-        return [{"name": name, "seed": s, "budget": budget,
-                 "cfg": base.replace(seed=s, max_steps=n_steps, eval_steps=max(1, n_steps // 8),
-                                     output_dir=str(workdir / f"{name}-{budget}-{s}".replace(" ", "_")),
-                                     **TECHNIQUES[name]).to_dict()} for s in seed_list]
-
     ctx = multiprocessing.get_context("spawn")
-    runs: list[dict[str, Any]] = []
-    log = workdir / "runs.jsonl"  # every finished run, as it finishes (a cut benchmark keeps its figures)
-    workdir.mkdir(parents=True, exist_ok=True)
-    log.write_text("")
-
-    def done(r: dict[str, Any]) -> None:
-        runs.append(r)
-        with log.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(r) + "\n")
     with concurrent.futures.ProcessPoolExecutor(args.processes, mp_context=ctx, initializer=_init,
                                                 initargs=(base.to_dict(), args.threads)) as pool:
-        first = [j for s in seeds for n in names for j in jobs(n, "equal updates", steps, [s])]
-        for r in pool.map(_run, first):
-            done(r)
-            print(f"  {r['name']:<30} seed {r['seed']}  test F1 {r['test_f1']:.4f}  AUC {r['test_auc']:.4f}  "
-                  f"{r['train_seconds_per_update'] * 1000:.0f} ms/update", flush=True)
-        baseline_cost = float(sorted(r["train_seconds_per_update"] for r in runs if r["name"] == "baseline")[len(seeds) // 2])
-        timed = []
-        for name in (n for n in DOUBLE_COST if n in names):
-            cost = sorted(r["train_seconds_per_update"] for r in runs if r["name"] == name)[len(seeds) // 2]
-            timed += jobs(name, "equal CPU time", max(1, math.floor(steps * baseline_cost / cost)))
-        for r in pool.map(_run, timed):
-            done(r)
-            print(f"  {r['name']:<30} seed {r['seed']}  equal time ({r['steps']} updates)  test F1 {r['test_f1']:.4f}",
-                  flush=True)
-    rows = summarize(runs, baseline_cost)
+        costs = pool.submit(_costs, base.to_dict(), [n for n in names if n == "baseline" or n in DOUBLE_COST]).result()
+        print("cost per update against the baseline's (alternating runs of 12 updates, median of 3): "
+              + ", ".join(f"{n} {c:.2f}x" for n, c in costs.items()), flush=True)
+        todo = [j for s in seeds for n in names for j in _jobs(base, workdir, n, "equal updates", steps, s, args.quick)]
+        todo += [j for s in seeds for n in names if n in DOUBLE_COST
+                 for j in _jobs(base, workdir, n, "equal CPU time", max(1, math.floor(steps / costs[n])), s, args.quick)]
+        runs = _run_all(pool, todo, workdir / "runs.jsonl")
+    rows = summarize(runs, costs)
     rows.append({"technique": "lexical floor: char TF-IDF + LR", "budget": "-", "seeds": 1,
                  "test_f1_mean": floor["test_f1"], "test_auc_mean": floor["test_auc"],
                  "val_f1_chosen_mean": floor["val_f1_chosen"]})

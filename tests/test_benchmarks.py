@@ -66,6 +66,22 @@ def test_dynamic_padding_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_techniques_quick(tmp_path):
+    """The baseline and FGM over 2 seeds, at equal updates and at equal CPU time, and the TF-IDF floor."""
+    need_shared()
+    res, stdout = run_bench("techniques", tmp_path, "--quick", "--only", "FGM (epsilon 1)", "--processes", "1",
+                            "--data", str(SHARED))
+    rows = {(r["technique"], r["budget"]): r for r in res["rows"]}
+    assert set(rows) == {("baseline", "equal updates"), ("FGM (epsilon 1)", "equal updates"),
+                         ("FGM (epsilon 1)", "equal CPU time"), ("lexical floor: char TF-IDF + LR", "-")}
+    assert all(f1(r["test_f1_mean"]) for r in rows.values())
+    fgm, timed = rows[("FGM (epsilon 1)", "equal updates")], rows[("FGM (epsilon 1)", "equal CPU time")]
+    assert fgm["seeds"] == 2 and fgm["welch_p"] is not None and fgm["cost_per_update"] > 1.2  # a second backward
+    assert timed["updates"] < fgm["updates"] == 30
+    assert res["lexical_floor"]["test_pairs"] == 300 and "lexical floor" in stdout
+
+
+@pytest.mark.slow
 def test_gpu_check_without_a_gpu_and_on_cpu(tmp_path):
     import torch
 

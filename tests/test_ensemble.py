@@ -17,7 +17,7 @@ from afqmc.data import load_pairs
 from afqmc.ensemble import ENSEMBLE_JSON, MEMBERS_DIR, is_ensemble, load_ensemble
 from afqmc.metrics import halves, tune_threshold
 from afqmc.modeling import load_model, load_tokenizer
-from afqmc.predict import checkpoint_probs, load_saved_model, main, predict_probs, score_pairs
+from afqmc.predict import predict_saved, load_saved_model, main, predict_probs, score_pairs
 from conftest import DEMO_TRAIN, ROOT
 from tune.ensemble import (_f1_macro, cross_fitted_selection, ensemble_cost, export_ensemble, greedy_selection,
                            judge_on_test, paired_bootstrap_gain, select_ensemble)
@@ -219,7 +219,7 @@ def test_an_exported_ensemble_predicts_its_members_weighted_mean_alone(tiny_cfg,
     assert load_ensemble(target).threshold == 0.45
     # the scoring helpers take an ensemble folder as they take a model folder
     assert score_pairs(target, pairs)["f1_macro"] == pytest.approx(metrics["f1_macro"])
-    probs, threshold = checkpoint_probs(target, pairs)
+    probs, threshold = predict_saved(target, pairs)
     assert threshold == 0.45 and np.allclose(probs, expected, atol=1e-6)
     assert not is_ensemble(target / MEMBERS_DIR / "trial_b") and not is_ensemble(tmp_path / "nowhere")
     cost = ensemble_cost(choice, {"trial a": 0.002, "trial_b": 0.003}, single="trial_b")

@@ -178,8 +178,8 @@ def test_bad_model_paths(path, message):
 # exists too, then lists every listening socket of this process and its descendants.
 LISTENERS = """
 import json, sys
-sys.argv = ["tune/search.py"]
-import tune.search as search  # sets the loopback switch before Ray is imported
+import tune.search as search
+search.ray_environment(None)  # as main() does: the loopback switch before Ray is imported
 import psutil, ray
 import tempfile, pathlib
 search._init_ray(None, pathlib.Path(tempfile.mkdtemp()), verbose=False)

@@ -154,14 +154,15 @@ def test_reports_of_a_search_that_has_just_started(tmp_path):
     reports = write_reports(exp, log=lambda s: None)
     table = _csv(exp / "trials.csv")
     assert [(r["trial"], r["state"], r["evals"], r["steps"], r[PRIMARY], r["baseline"]) for r in table] == \
-        [("1", "unfinished", "2", "20", "0.52", "1"), ("2", "unfinished", "0", "0", "", "0")]
+        [("0", "unfinished", "2", "20", "0.52", "1"), ("1", "unfinished", "0", "0", "", "0")]
     assert reports.best is None and not (exp / "best_config.yaml").exists()
     summary = json.loads((exp / "summary.json").read_text())
     assert summary["counts"] == {"finished": 0, "stopped early": 0, "failed": 0, "unfinished": 2}
     assert summary["budget"]["evals"] == 2 and summary["budget"]["max_evals_total"] == 12
     assert {p.name for p in (exp / "plots").glob("*.png")} == {"learning_curves.png", "params_vs_f1.png"}
     assert any("importance" in n for n in reports.notes)
-    assert re.search(r"\|\s+1 \| 1 \(baseline\)\s+\| unfinished\s+\|\s+2 \|\s+20 \| 0.5200 \|", (exp / "trials.md").read_text())
+    assert any("space.yaml not readable" in n for n in reports.notes)  # said, not skipped without a word
+    assert re.search(r"\|\s+1 \| 0 \(baseline\)\s+\| unfinished\s+\|\s+2 \|\s+20 \| 0.5200 \|", (exp / "trials.md").read_text())
 
 
 # --- on a real demo search (slow) ----------------------------------------------------------------
@@ -184,7 +185,7 @@ def test_trials_csv_has_one_row_per_trial_and_its_best_row_is_the_search_best(se
     rows = _csv(exp_dir / "trials.csv")
     dirs = sorted(p.name.removeprefix("trial_") for p in exp_dir.glob("trial_*"))
     assert len(rows) == NUM_SAMPLES and sorted(r["trial_id"] for r in rows) == dirs
-    assert sorted(int(r["trial"]) for r in rows) == list(range(1, NUM_SAMPLES + 1))
+    assert sorted(int(r["trial"]) for r in rows) == list(range(NUM_SAMPLES))  # the study's numbers
     for col in ("state", "reason", "learning_rate", "class_weights", "dropout", "threshold", "warmup_ratio",
                 "evals", "steps", "wall_time_s", PRIMARY, "val/f1_macro_at_best_threshold", "val/best_threshold",
                 "val/accuracy", "val/f1_0", "val/f1_1", "best_step", "gain_vs_baseline"):
@@ -219,18 +220,46 @@ def test_trials_csv_has_one_row_per_trial_and_its_best_row_is_the_search_best(se
     assert summary["metric"] == PRIMARY
     assert summary["trials"] == NUM_SAMPLES and summary["complete"] is True
 
-    # The baseline: trial 1, marked; every gain is over its value.
+    # The baseline: trial 0, marked; every gain is over its value.
     baseline = [r for r in rows if r["baseline"] == "1"]
-    assert len(baseline) == 1 and baseline[0]["trial"] == "1"
+    assert len(baseline) == 1 and baseline[0]["trial"] == "0"
     base = float(baseline[0][PRIMARY])
     for r in rows:
         assert float(r["gain_vs_baseline"]) == pytest.approx(float(r[PRIMARY]) - base, abs=1e-12)
-    assert summary["baseline"]["trial"] == 1 and summary["baseline"]["value"] == pytest.approx(base)
+    assert summary["baseline"]["trial"] == 0 and summary["baseline"]["value"] == pytest.approx(base)
     assert summary["best"]["gain_vs_baseline"] == pytest.approx(top - base)
     budget = summary["budget"]
     assert budget["evals"] == sum(int(r["evals"]) for r in rows) <= NUM_SAMPLES * MAX_EVALS
     assert budget["max_evals_total"] == NUM_SAMPLES * MAX_EVALS
     assert budget["optimizer_steps"] == sum(int(r["steps"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_trial_numbers_are_the_studys_in_the_tables_and_the_live_view(search):
+    """One number for one trial: trials.csv, the study (what optuna-dashboard shows) and the live
+    view's lines give the trial with the same parameters the same number; 0 is the baseline."""
+    import optuna
+
+    from tune.folder import format_params
+
+    exp_dir = search["exp_dir"]
+    rows = _csv(exp_dir / "trials.csv")
+    study = optuna.load_study(study_name="demo_results", storage=f"sqlite:///{exp_dir / 'optuna.db'}")
+    searched = ("learning_rate", "class_weights", "dropout", "threshold", "warmup_ratio")
+    for r in rows:
+        same = [t for t in study.trials
+                if all(_plain(t.params[k]) == pytest.approx(float(r[k]), rel=1e-9) for k in searched)]
+        assert [t.number for t in same] == [int(r["trial"])], r["trial"]
+    started = dict(re.findall(r"trial (\d+) started(?: \(baseline\))?: (.*)", search["stdout"]))
+    params = {r["trial"]: json.loads((exp_dir / f"trial_{r['trial_id']}" / "params.json").read_text()) for r in rows}
+    assert {n: set(line.split()) for n, line in started.items()} == \
+        {n: set(format_params(p).split()) for n, p in params.items()}
+    assert re.search(r"trial 0 started \(baseline\)", search["stdout"])
+
+
+def _plain(value):
+    """A class-weights pair [1, r] as r, as trials.csv writes it."""
+    return value[1] if isinstance(value, list) else value
 
 
 @pytest.mark.slow
@@ -244,7 +273,7 @@ def test_best_and_baseline_are_scored_once_on_the_held_out_test_split(search, tm
     test = summary["test"]
     assert test["pairs"] == 200 and test["source"].endswith("(test split)") and sum(test["label_counts"]) == 200
     models = test["models"]
-    assert models["best"]["trial"] == summary["best"]["trial"] and models["baseline"]["trial"] == 1
+    assert models["best"]["trial"] == summary["best"]["trial"] and models["baseline"]["trial"] == 0
     # The exported model, on the same split, at its saved threshold: the same figures.
     cfg = load_config(exp_dir / "best_model" / "train_config.yaml")
     splits = load_splits(cfg)
@@ -265,25 +294,28 @@ def test_best_and_baseline_are_scored_once_on_the_held_out_test_split(search, tm
     # In the tables: the test column holds the two scored models only; trials.md says which is which.
     rows = {r["trial"]: r for r in _csv(exp_dir / "trials.csv")}
     scored = {t for t, r in rows.items() if r["test/f1_macro"]}
-    assert scored == {str(models["best"]["trial"]), "1"}
-    assert float(rows["1"]["test/f1_macro"]) == pytest.approx(models["baseline"]["metrics"]["f1_macro"])
+    assert scored == {str(models["best"]["trial"]), "0"}
+    assert float(rows["0"]["test/f1_macro"]) == pytest.approx(models["baseline"]["metrics"]["f1_macro"])
     text = (exp_dir / "trials.md").read_text()
-    assert f"best (trial {models['best']['trial']}" in text and "baseline (trial 1" in text
+    assert f"best (trial {models['best']['trial']}" in text and "baseline (trial 0" in text
     assert "Val numbers chose" in text and "held-out test: 200 pairs" in text and "| test F1 |" in text
     assert "held-out test" in search["stdout"]
     # Each model was scored once: a rebuild reads test_scores.json, it does not predict again.
     scores = json.loads((exp_dir / "test_scores.json").read_text())
     assert len(scores["scores"]) == len({models["best"]["trial_id"], models["baseline"]["trial_id"]})
-    import tune.reports as reports
+    import tune.scoring as scoring
+    from tune.space import folder_config
 
     def no_predict(*args, **kwargs):
         raise AssertionError("a model was scored again")
 
-    real, reports._predict = reports._predict, no_predict
+    real, scoring.predict = scoring.predict, no_predict
     try:
-        again = reports.held_out_test(exp_dir.resolve(), SearchState.load(exp_dir), *_best_and_baseline(exp_dir))
+        best, baseline = _best_and_baseline(exp_dir)
+        again = scoring.held_out_test(exp_dir.resolve(), folder_config(exp_dir, SearchState.load(exp_dir)),
+                                      {"best": best, "baseline": baseline})
     finally:
-        reports._predict = real
+        scoring.predict = real
     assert again["models"] == test["models"]
 
 
@@ -309,12 +341,12 @@ def test_trials_md_is_the_leaderboard_by_val_f1(search):
     assert [int(r[col["rank"]]) for r in body] == list(range(1, NUM_SAMPLES + 1))
     by_trial = {r["trial"]: r for r in rows}
     marked = [r for r in body if "(baseline)" in r[col["trial"]]]
-    assert len(marked) == 1 and marked[0][col["trial"]] == "1 (baseline)" and marked[0][col["gain"]] == "+0.0000"
+    assert len(marked) == 1 and marked[0][col["trial"]] == "0 (baseline)" and marked[0][col["gain"]] == "+0.0000"
     for r in body:
         number = r[col["trial"]].split()[0]
         assert r[col["val F1"]] == f"{float(by_trial[number][PRIMARY]):.4f}"
         assert r[col["gain"]] == f"{float(by_trial[number]['gain_vs_baseline']):+.4f}"
-    assert "Parameter importance (fANOVA" in text and "Baseline: trial 1" in text
+    assert "Parameter importance (fANOVA" in text and "Baseline: trial 0" in text
 
 
 @pytest.mark.slow
@@ -453,7 +485,7 @@ def test_compare_two_searches_and_a_running_one(search, tmp_path):
     table = lines[head + 1:head + 6]
     assert len(table) == 5 and not lines[head + 6].strip()
     headers = re.split(r"\s{2,}", lines[head].strip())
-    # Cells are two spaces apart; "1 (baseline)" and "stopped (ASHA)" hold single spaces.
+    # Cells are two spaces apart; "0 (baseline)" and "stopped (ASHA)" hold single spaces.
     accuracies = [float(re.split(r"\s{2,}", line.strip())[headers.index("acc")]) for line in table]
     assert accuracies == sorted(accuracies, reverse=True)
     rows = _csv(exp_dir / "trials.csv")
@@ -509,7 +541,7 @@ def test_reseed_reports_mean_and_std_of_best_and_baseline(search, capsys):
     assert report["seeds"] == [43, 44]  # after the search's own seed 42
     assert report["test_pairs"] == 200 and report["test_source"].endswith("(test split)")
     res = report["results"]
-    assert res["best"]["trial"] == summary["best"]["trial"] != 1 and res["baseline"]["trial"] == 1
+    assert res["best"]["trial"] == summary["best"]["trial"] != 0 and res["baseline"]["trial"] == 0
     for role in ("best", "baseline"):
         assert res[role]["steps"] == 10 and all(r["steps"] == 10 for r in res[role]["runs"])
         for figure in ("test", "val"):  # the held-out figure that judges, and the val one that chose

@@ -20,7 +20,8 @@ import psutil
 import pytest
 import yaml
 
-from tune.results import DONE_STATES
+from tune import internals
+from tune.folder import DONE_STATES
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIMARY = "val/f1_macro"
@@ -109,6 +110,9 @@ def two_node_cluster():
     port = _free_port()
     # RAY_AUTH_MODE=token: a Ray 2.60 cluster requires its token from every node and driver that joins.
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    # Without the loopback switch, which a search's main() (called in this process by other tests)
+    # sets: it makes Ray refuse a node that joins a cluster. The search started below sets it itself.
+    env.pop(internals.LOOPBACK_SWITCH, None)
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"]
     try:
         for args in (["--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", temp_dir],

@@ -24,8 +24,9 @@ import yaml
 
 from afqmc.config import ConfigError, load_config
 from afqmc.data import load_splits
-from tune.results import DONE_STATES, keep_best_checkpoint, trial_state
-from tune.space import load_space
+from tune.folder import DONE_STATES
+from tune.results import keep_best_checkpoint, trial_state
+from tune.space import load_space, trial_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "search_spaces"
@@ -44,7 +45,7 @@ def test_shipped_spaces_load_and_search_the_required_fields(name):
     assert text.startswith("#") and f"python tune/search.py --space search_spaces/{name}.yaml" in text
     space = load_space(path)
     assert set(REQUIRED) <= set(space.params)
-    baseline = space.trial_config(space.baseline())  # the baseline is a valid TrainConfig
+    baseline = trial_config(space.base, space.baseline())  # the baseline is a valid TrainConfig
     for field, param in space.params.items():
         if param.type == "choice":
             assert param.baseline in param.values
@@ -89,7 +90,7 @@ def test_a_non_editable_install_finds_the_shipped_spaces_and_the_demo_data(tmp_p
 def test_demo_space_baseline_is_the_demo_config():
     space = load_space(SPACES / "demo.yaml")
     demo = load_config(ROOT / "afqmc/configs/demo.yaml")
-    baseline = space.trial_config(space.baseline())
+    baseline = trial_config(space.base, space.baseline())
     for field in ("model_name_or_path", "learning_rate", "dropout", "threshold", "warmup_ratio", "val_ratio",
                   "tiny_hidden_size", "tiny_num_layers", "max_length", "seed"):
         assert getattr(baseline, field) == getattr(demo, field), field
@@ -98,7 +99,7 @@ def test_demo_space_baseline_is_the_demo_config():
 
 def test_default_space_baseline_is_the_training_core_baseline():
     space = load_space(SPACES / "default.yaml")
-    baseline = space.trial_config(space.baseline())
+    baseline = trial_config(space.base, space.baseline())
     assert baseline.model_name_or_path == "hfl/chinese-macbert-base"
     hand_written = load_config(ROOT / "afqmc/configs/macbert_baseline.yaml")
     for field in ("model_name_or_path", "learning_rate", "per_device_batch_size", "gradient_accumulation_steps",
@@ -160,7 +161,7 @@ def test_numbers_read_the_same_in_a_space_and_a_config(tmp_path):
     assert space.settings.reduction_factor == 3.0
     config = tmp_path / "c.yaml"
     config.write_text("# test\nlearning_rate: 1e-3\n")
-    assert load_config(config).learning_rate == p.baseline == space.trial_config(space.baseline()).learning_rate
+    assert load_config(config).learning_rate == p.baseline == trial_config(space.base, space.baseline()).learning_rate
     choice = load_space(_space_file(tmp_path, 'mixed_precision: {type: choice, values: ["no", bf16], baseline: "no"}\n'))
     assert choice.params["mixed_precision"].values == ["no", "bf16"]  # words stay words
 
@@ -216,11 +217,16 @@ def test_console_scripts_point_at_the_entry_points():
         assert callable(getattr(importlib.import_module(module), func))
 
 
-@pytest.mark.slow  # launches both CLIs
-def test_both_clis_help_lists_the_config_fields():
-    for script in ("afqmc/train.py", "tune/search.py"):
-        proc = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0 and "--learning_rate float (default 2e-05)" in proc.stdout, script
+def test_both_clis_help_lists_the_config_fields(capsys):
+    # In this process: both scripts run as files in the slow tests (tune/search.py in every search,
+    # afqmc/train.py in tests/test_train.py); a process each here only re-imported torch.
+    import afqmc.train
+    import tune.search
+
+    for main in (afqmc.train.main, tune.search.main):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--help"])
+        assert exit_.value.code == 0 and "--learning_rate float (default 2e-05)" in capsys.readouterr().out, main
 
 
 def test_overrides_fix_a_searched_field(tmp_path):
@@ -331,7 +337,7 @@ def test_demo_search_runs_every_trial_once_and_asha_stops_some(demo_search):
     exp_dir, space = demo_search["exp_dir"], demo_search["space"]
     trials = _trials_csv(exp_dir)
     assert len(trials) == 8 and len({t["trial_id"] for t in trials}) == 8
-    assert sorted(int(t["trial"]) for t in trials) == list(range(1, 9))
+    assert sorted(int(t["trial"]) for t in trials) == list(range(8))  # the study's numbers
     assert all(t["state"] in DONE_STATES for t in trials)
     stopped = [t for t in trials if t["state"] == "stopped early"]
     assert stopped, "ASHA stopped no trial"
@@ -419,7 +425,7 @@ def test_demo_search_contains_the_baseline_and_reports_the_true_best(demo_search
     exp_dir, space = demo_search["exp_dir"], demo_search["space"]
     trials = {t["trial_id"]: t for t in _trials_csv(exp_dir)}
     baseline = [t for t in trials.values() if t["baseline"] == "1"]
-    assert len(baseline) == 1 and baseline[0]["trial"] == "1"
+    assert len(baseline) == 1 and baseline[0]["trial"] == "0"
     params = json.loads((exp_dir / f"trial_{baseline[0]['trial_id']}" / "params.json").read_text())
     assert params == space.baseline()
 
@@ -500,7 +506,8 @@ def test_a_study_trial_the_driver_never_handed_to_ray_is_adopted_not_left_runnin
     import optuna
 
     from tune import internals
-    from tune.trial import RAY_TRIAL_ID, StudySearch, TrialSeededTPE
+    from tune.folder import RAY_TRIAL_ID
+    from tune.searcher import StudySearch, TrialSeededTPE
 
     space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0), "y": optuna.distributions.FloatDistribution(0.0, 1.0)}
 
@@ -533,7 +540,7 @@ def _resume_and_count(resume_arg: str, exp_dir: Path, num_samples: int):
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-3000:]
     trials = _trials_csv(exp_dir)
     assert len(trials) == num_samples and len({t["trial_id"] for t in trials}) == num_samples
-    assert sorted(int(t["trial"]) for t in trials) == list(range(1, num_samples + 1))
+    assert sorted(int(t["trial"]) for t in trials) == list(range(num_samples))
     assert all(t["state"] in DONE_STATES for t in trials)
     return second, trials
 
@@ -600,7 +607,7 @@ def test_interrupted_search_resumes_and_accounts_for_every_trial_once(tmp_path):
     assert sorted(t.state for t in study.trials) == sorted(finished[t["state"]] for t in trials)
 
 
-# Runs the search with the given arguments; on a search of _fault_space, trial 1 (the baseline) is good
+# Runs the search with the given arguments; on a search of _fault_space, trial 0 (the baseline) is good
 # and every trial with learning rate 1e4 diverges to a NaN loss within a few updates.
 def _fault_space(tmp_path: Path, num_samples: int) -> Path:
     path = _test_space(tmp_path, ROOT / "afqmc/demo_data/train.jsonl", num_samples=num_samples, max_steps=30)
@@ -635,14 +642,14 @@ def test_search_survives_a_nan_trial_and_a_killed_worker(tmp_path):
     out, worker_pid = [], None
     for line in proc.stdout:
         out.append(line)
-        if worker_pid is None and re.search(r"trial 1 eval 2/", line):
+        if worker_pid is None and re.search(r"trial 0 eval 2/", line):
             rows = _rows(_trial_dir_of(exp_dir, space.baseline()))
             worker_pid = rows[-1]["pid"]
             os.kill(worker_pid, signal.SIGKILL)  # the trial's worker process, not the search
     proc.wait(timeout=300)
     first = "".join(out)
     assert proc.returncode == 0 and worker_pid, first[-4000:]  # some trials failed, not all: exit 0
-    assert re.search(r"trial 1 lost its worker .*retrying from its last checkpoint", first), first[-4000:]
+    assert re.search(r"trial 0 lost its worker .*retrying from its last checkpoint", first), first[-4000:]
     trials = _trials_csv(exp_dir)
     assert len(trials) == num_samples and all(t["state"] in DONE_STATES for t in trials)
 
@@ -680,24 +687,52 @@ def test_search_survives_a_nan_trial_and_a_killed_worker(tmp_path):
                if t.state == optuna.trial.TrialState.FAIL)
 
 
-@pytest.mark.slow
-def test_held_out_labels_are_never_read_for_a_choice(tmp_path):
-    """Two searches that differ only in the labels of their held-out test file (all flipped in the
-    second): the winner, every val number and every threshold are the same; only the test scores
-    differ. FIFO, and every trial sampled by TPE's seeded start, so that both run the same trials."""
+@pytest.fixture(scope="module")
+def label_searches(tmp_path_factory):
+    """Two searches started together on one machine (each its own local Ray) that differ only in the
+    labels of their held-out test file (all flipped in "flipped"); FIFO, and every trial sampled by
+    TPE's seeded start, so that both run the same trials. While "plain" runs, a third search with
+    its name is started (it must refuse). Two tests read them."""
+    tmp_path = tmp_path_factory.mktemp("labels")
     rows = [json.loads(line) for line in DEMO_TRAIN.read_text(encoding="utf-8").splitlines()[1000:1300]]
-    outcomes = {}
+    space, results = _test_space(tmp_path, DEMO_TRAIN, num_samples=2, max_steps=10), tmp_path / "results"
+    procs = {}
     for name, flip in (("plain", False), ("flipped", True)):
         test_file = tmp_path / f"test_{name}.jsonl"
         test_file.write_text("".join(json.dumps({**r, "label": 1 - r["label"] if flip else r["label"]},
                                                 ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        space = _test_space(tmp_path, DEMO_TRAIN, num_samples=2, max_steps=10)
-        proc = subprocess.run([sys.executable, "tune/search.py", "--space", str(space), "--name", name,
-                               "--scheduler", "fifo", "--results_dir", str(tmp_path / "results"),
-                               "--test_file", str(test_file), "--test_ratio", "0"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        exp_dir = tmp_path / "results" / name
+        procs[name] = subprocess.Popen([sys.executable, "tune/search.py", "--space", str(space), "--name", name,
+                                        "--scheduler", "fifo", "--results_dir", str(results), "--test_file",
+                                        str(test_file), "--test_ratio", "0"], cwd=ROOT, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out = {name: [] for name in procs}
+    for line in procs["plain"].stdout:  # until "plain" has made its folder (and holds its lock) and starts Ray
+        out["plain"].append(line)
+        if (results / "plain" / "search.json").is_file():
+            break
+    kept = ("search.json", "space.yaml", ".search.lock")  # what a second driver could overwrite
+    before = {f: ((results / "plain" / f).read_bytes(), (results / "plain" / f).stat().st_mtime_ns) for f in kept}
+    started = time.perf_counter()
+    third = subprocess.run([sys.executable, "tune/search.py", "--space", str(space), "--name", "plain",
+                            "--results_dir", str(results)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    third_seconds, plain_ran_on = time.perf_counter() - started, procs["plain"].poll() is None
+    after = {f: ((results / "plain" / f).read_bytes(), (results / "plain" / f).stat().st_mtime_ns) for f in kept}
+    for name, proc in procs.items():
+        rest, _ = proc.communicate(timeout=600)
+        out[name] = "".join(out[name]) + rest
+    return {"results": results, "procs": procs, "out": out, "third": third, "third_seconds": third_seconds,
+            "plain_ran_on": plain_ran_on, "before": before, "after": after, "num_samples": 2}
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("label_searches")  # one pair of searches for these tests (the fixture is per worker)
+def test_held_out_labels_are_never_read_for_a_choice(label_searches):
+    """The two searches of `label_searches`: the winner, every val number and every threshold are
+    the same; only the test scores differ."""
+    outcomes = {}
+    for name in ("plain", "flipped"):
+        assert label_searches["procs"][name].returncode == 0, label_searches["out"][name][-4000:]
+        exp_dir = label_searches["results"] / name
         outcomes[name] = {"summary": json.loads((exp_dir / "summary.json").read_text()),
                           "trials": _trials_csv(exp_dir),
                           "best_model": json.loads((exp_dir / "best_model" / "metrics.json").read_text())}
@@ -813,50 +848,33 @@ def test_a_running_search_of_the_same_name_is_refused_at_once(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_two_searches_at_once_finish_apart_and_a_third_of_the_same_name_is_refused(tmp_path):
-    """Two searches with different names started together on one machine (each its own local Ray)
-    both finish with complete, separate results; a third, started with the name of one of them
-    while it runs, refuses at once and touches nothing of it."""
+@pytest.mark.xdist_group("label_searches")  # one pair of searches for these tests (the fixture is per worker)
+def test_two_searches_at_once_finish_apart_and_a_third_of_the_same_name_is_refused(label_searches):
+    """The two searches of `label_searches`, started together with different names (each its own
+    local Ray), both finish with complete, separate results; the third, started with the name of
+    one of them while it ran, refused at once and touched nothing of it."""
     import optuna
 
-    num_samples, results = 2, tmp_path / "results"
-    space = _test_space(tmp_path, DEMO_TRAIN, num_samples=num_samples, max_steps=10)
-    # "one" runs more trials, so that it still runs when the third starts.
-    longer = {"one": ["--num_samples", "6"], "two": []}
-    procs = {name: subprocess.Popen([sys.executable, "tune/search.py", "--space", str(space), "--name", name,
-                                     "--results_dir", str(results), *longer[name]], cwd=ROOT, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
-             for name in ("one", "two")}
-    out = {name: [] for name in procs}
-    for line in procs["one"].stdout:  # until "one" has made its folder (and holds its lock) and starts Ray
-        out["one"].append(line)
-        if (results / "one" / "search.json").is_file():
-            break
-    kept = ("search.json", "space.yaml", ".search.lock")  # what a second driver could overwrite
-    before = {f: ((results / "one" / f).read_bytes(), (results / "one" / f).stat().st_mtime_ns) for f in kept}
-    assert before[".search.lock"][0].decode().strip() == str(procs["one"].pid)
-    started = time.perf_counter()
-    third = subprocess.run([sys.executable, "tune/search.py", "--space", str(space), "--name", "one",
-                            "--results_dir", str(results)], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert third.returncode == 2 and (procs["one"].poll() is None or "is running now" in third.stderr), \
+    results, procs, third = label_searches["results"], label_searches["procs"], label_searches["third"]
+    before, after = label_searches["before"], label_searches["after"]
+    assert before[".search.lock"][0].decode().strip() == str(procs["plain"].pid)
+    assert third.returncode == 2 and (label_searches["plain_ran_on"] or "is running now" in third.stderr), \
         "the first search ended before the third started: make it longer"
     assert third.returncode == 2 and "a search of this name is running now (driver pid" in third.stderr, third.stderr
-    assert time.perf_counter() - started < 30  # at once: before tokenizing anything or starting Ray
+    assert label_searches["third_seconds"] < 30  # at once: before tokenizing anything or starting Ray
     for f, (content, mtime) in before.items():  # the third touched nothing of the first
-        assert (results / "one" / f).read_bytes() == content and (results / "one" / f).stat().st_mtime_ns == mtime, f
-    for name, proc in procs.items():
-        rest, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, ("".join(out[name]) + rest)[-4000:]
+        assert after[f] == (content, mtime), f
     ids = {}
-    for name in procs:  # each complete, and its own
+    for name, proc in procs.items():  # each complete, and its own
+        assert proc.returncode == 0, label_searches["out"][name][-4000:]
         trials = _trials_csv(results / name)
-        assert len(trials) == (6 if name == "one" else num_samples) and all(t["state"] in DONE_STATES for t in trials)
+        assert len(trials) == label_searches["num_samples"] and all(t["state"] in DONE_STATES for t in trials)
         ids[name] = {t["trial_id"] for t in trials}
         assert {p.name for p in (results / name).glob("trial_*")} == {f"trial_{i}" for i in ids[name]}
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{results / name / 'optuna.db'}")
         assert len(study.trials) == len(trials) and all(t.state.is_finished() for t in study.trials)
         assert (results / name / "best_model" / "model.safetensors").is_file()
-    assert not ids["one"] & ids["two"]
+    assert not ids["plain"] & ids["flipped"]
 
 
 @pytest.mark.slow

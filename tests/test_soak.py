@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from tune.results import DONE_STATES
+from tune.folder import DONE_STATES
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import soak  # noqa: E402

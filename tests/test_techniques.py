@@ -362,16 +362,17 @@ def test_resume_with_every_technique_on_matches_an_uninterrupted_run(tmp_path):
 def test_the_techniques_change_the_run_and_the_saved_model_is_the_average(tmp_path):
     """Each technique on alone changes the training losses; EMA's saved model is the average's
     weights, and a model saved with average_pair_orders predicts the mean of both orders."""
+    short = dict(max_steps=4, eval_steps=4)
     data = prepare_data(off_cfg(tmp_path))
     base = []
-    train(off_cfg(tmp_path, output_dir=str(tmp_path / "base")), report=lambda m, c: base.append(m), data=data,
+    train(off_cfg(tmp_path, output_dir=str(tmp_path / "base"), **short), report=lambda m, c: base.append(m), data=data,
           progress=False)
     for name, value in ALL_ON.items():
         if name == "average_pair_orders":
             continue
         seen = []
-        train(off_cfg(tmp_path, output_dir=str(tmp_path / name), **{name: value}), report=lambda m, c: seen.append(m),
-              data=data, progress=False)
+        train(off_cfg(tmp_path, output_dir=str(tmp_path / name), **short, **{name: value}),
+              report=lambda m, c: seen.append(m), data=data, progress=False)
         changed = seen[-1]["val/loss"] != base[-1]["val/loss"] or seen[-1]["train/loss"] != base[-1]["train/loss"]
         assert changed, name
     from safetensors.torch import load_file
@@ -418,12 +419,12 @@ def test_the_afqmc_spaces_search_every_technique_with_off_as_a_value(name):
     on a parameter whose switch is off, and the baseline is the space without the techniques."""
     from conftest import ROOT
     from tune.folder import LABEL, SHORT
-    from tune.space import load_space
+    from tune.space import load_space, trial_config
 
     space = load_space(ROOT / "search_spaces" / f"{name}.yaml")
     for field, off in OFF.items():
         param = space.params[field]
         assert param.type == "choice" and param.values[0] == off == param.baseline, field
         assert len(param.values) >= 2 and field in SHORT and field in LABEL
-    baseline = space.trial_config(space.baseline())
+    baseline = trial_config(space.base, space.baseline())
     assert all(getattr(baseline, f) == v for f, v in OFF.items())

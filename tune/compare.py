@@ -26,7 +26,7 @@ import pandas as pd
 
 import json
 
-from tune.folder import COMPARISON_MD, PRIMARY, SHORT, SUMMARY, SearchState
+from tune.folder import COMPARISON_MD, PRIMARY, SHORT, SUMMARY, SearchState, TrialState
 from tune.reports import (METRICS, STATES, leaderboard_rows, markdown_table, param_names, ranked, regenerate,
                           trials_frame)
 from tune.results import collect_trials
@@ -37,10 +37,11 @@ SORT_ALIASES = {**{header.lower(): key for key, header, _ in METRICS},
                 "test": "test/f1_macro", "test_f1": "test/f1_macro", "f1@thr*": "val/f1_macro_at_best_threshold",
                 "thr*": "val/best_threshold", "accuracy": "val/accuracy", "min": "wall_time_s",
                 "time": "wall_time_s", "wall_time": "wall_time_s"}
-STATE_ALIASES = {"finished": "finished", "completed": "finished", "complete": "finished",
-                 "stopped": "stopped early", "stopped early": "stopped early", "stopped_early": "stopped early",
-                 "asha": "stopped early", "failed": "failed", "error": "failed", "unfinished": "unfinished",
-                 "running": "unfinished", "interrupted": "unfinished"}
+STATE_ALIASES = {"finished": TrialState.FINISHED, "completed": TrialState.FINISHED, "complete": TrialState.FINISHED,
+                 "stopped": TrialState.STOPPED, "stopped early": TrialState.STOPPED,
+                 "stopped_early": TrialState.STOPPED, "asha": TrialState.STOPPED, "failed": TrialState.FAILED,
+                 "error": TrialState.FAILED, "unfinished": TrialState.UNFINISHED, "running": TrialState.UNFINISHED,
+                 "interrupted": TrialState.UNFINISHED}
 
 
 def load_searches(experiment_dirs: list[str | Path]) -> tuple[pd.DataFrame, list[str], list[dict]]:

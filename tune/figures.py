@@ -13,16 +13,16 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from tune.folder import LABEL, PRIMARY
+from tune.folder import LABEL, PRIMARY, TrialState
 from tune.results import TrialRecord
 
 # How each state is drawn in the learning curves and the parameter plots.
-STYLE = {"finished": dict(linestyle="-", marker="o", alpha=0.9),
-         "stopped early": dict(linestyle="--", marker="x", alpha=0.6),
-         "failed": dict(linestyle=":", marker="v", alpha=0.6),
-         "unfinished": dict(linestyle="-.", marker=".", alpha=0.6)}
-STATE_LABEL = {"finished": "finished", "stopped early": "stopped early by ASHA", "failed": "failed",
-               "unfinished": "unfinished (running or interrupted)"}
+STYLE = {TrialState.FINISHED: dict(linestyle="-", marker="o", alpha=0.9),
+         TrialState.STOPPED: dict(linestyle="--", marker="x", alpha=0.6),
+         TrialState.FAILED: dict(linestyle=":", marker="v", alpha=0.6),
+         TrialState.UNFINISHED: dict(linestyle="-.", marker=".", alpha=0.6)}
+STATE_LABEL = {TrialState.FINISHED: "finished", TrialState.STOPPED: "stopped early by ASHA",
+               TrialState.FAILED: "failed", TrialState.UNFINISHED: "unfinished (running or interrupted)"}
 DPI = 110
 # Trial colours: tab10 and then tab20's light shades, without the greys (grey marks ASHA-stopped trials).
 _TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
@@ -46,19 +46,21 @@ def learning_curves(trials: list[TrialRecord], path: str | Path, metric: str = P
         values = [r[metric] for r in t.history]
         if not steps:
             continue
-        style = dict(STYLE.get(t.state, STYLE["unfinished"]))
+        style = dict(STYLE.get(t.state, STYLE[TrialState.UNFINISHED]))
         color = "black" if t.is_baseline else colors[t.number]
-        if t.state == "stopped early":
+        if t.state == TrialState.STOPPED:
             color = "0.55" if not t.is_baseline else color
         width = 3.0 if t is best else 1.4
-        ax.plot(steps, values, color=color, linewidth=width, markersize=5 if t.state != "stopped early" else 7,
+        ax.plot(steps, values, color=color, linewidth=width, markersize=5 if t.state != TrialState.STOPPED else 7,
                 zorder=3 if t is best else 2, **style)
         tag = f"{t.number}" + (" base" if t.is_baseline else "") + (" best" if t is best else "")
         ax.annotate(tag, (steps[-1], values[-1]), xytext=(4, 0), textcoords="offset points", fontsize=8,
                     color=color, va="center")
-    handles = [Line2D([], [], color="C0" if s == "finished" else "0.55", label=STATE_LABEL[s], **STYLE[s])
+    handles = [Line2D([], [], color="C0" if s == TrialState.FINISHED else "0.55", label=STATE_LABEL[s], **STYLE[s])
                for s in STYLE if any(t.state == s for t in trials)]
-    handles.append(Line2D([], [], color="black", label="baseline (trial 1)"))
+    baseline = next((t for t in trials if t.is_baseline), None)
+    if baseline is not None:
+        handles.append(Line2D([], [], color="black", label=f"baseline (trial {baseline.number})"))
     if best is not None:
         handles.append(Line2D([], [], color="0.3", linewidth=3, label=f"best: trial {best.number} ({best.best_value:.4f})"))
     ax.legend(handles=handles, loc="lower right", fontsize=8)
@@ -91,8 +93,8 @@ def params_vs_metric(trials: list[TrialRecord], params: list[str], log_params: s
             values = [cats.index(str(v)) for v in values]
             ax.set_xticks(range(len(cats)), cats)
         for t, x in zip(scored, values):
-            style = STYLE.get(t.state, STYLE["unfinished"])
-            color = "black" if t.is_baseline else ("C3" if t is best else ("0.55" if t.state == "stopped early" else "C0"))
+            style = STYLE.get(t.state, STYLE[TrialState.UNFINISHED])
+            color = "black" if t.is_baseline else ("C3" if t is best else ("0.55" if t.state == TrialState.STOPPED else "C0"))
             ax.scatter([x], [t.best_value], marker="*" if t is best else style["marker"], color=color,
                        s=120 if t is best else 40, alpha=style["alpha"], zorder=3)
             ax.annotate(str(t.number), (x, t.best_value), xytext=(3, 3), textcoords="offset points", fontsize=7)

@@ -9,6 +9,7 @@ with one loader and one error for a folder that is not a search. docs/ARCHITECTU
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from afqmc.checkpoint import write_text_atomic
+from afqmc.config import PRIMARY, SELECTION_METRICS
 
 # --- file names in results/NAME/ -----------------------------------------------------------------
 SEARCH_JSON = "search.json"  # SearchState: how the search was started
@@ -33,11 +35,48 @@ RESEED_JSON, RESEED_MD = "reseed.json", "reseed.md"
 COMPARISON_MD = "comparison.md"
 TRAIN_RUNS = "train_runs"  # Ray Train's copy of multi-worker trials' checkpoints, while they run
 LOGS = "logs"  # ray.log (Ray's own messages) and trial_<id>.log (each trial's output), unless --verbose
+TRIAL_PREFIX = "trial_"  # trial_<Ray trial id>/: one folder per trial (params.json, result.json, checkpoint_*/)
+
+
+def trial_dirname(trial) -> str:
+    """`trial_<id>` for a Ray trial, instead of Ray's default name, which lists every parameter and the date."""
+    return f"{TRIAL_PREFIX}{trial.trial_id}"
+
 
 # --- metric names in the trials' reports ---------------------------------------------------------
-PRIMARY = "val/f1_macro"  # the default ranking metric (search.metric): F1-macro at the trial's threshold
+# PRIMARY (afqmc.config): the default ranking metric (search.metric), F1-macro at the trial's threshold.
 FAILED = "failed"  # the key of a trial's last report when it failed on its own (NaN loss): the reason
 TEST_F1 = "test/f1_macro"  # the held-out F1 of a scored model, in trials.csv
+RAY_TRIAL_ID = "ray_trial_id"  # user attribute of each trial in optuna.db: the Ray trial it belongs to
+TRAIN_GROUP = "train_placement_group"  # in a multi-worker trial's reports: its Ray Train workers' placement group
+
+
+def failure_report(reason: str, last: dict[str, Any]) -> dict[str, Any]:
+    """The last report of a trial that failed on its own: the reason under FAILED, where it was
+    (`last`: its last report before), and NaN for every selection metric and its best so far, which
+    ASHA and the searcher need in every report and neither counts."""
+    from afqmc.metrics import best_key  # here: afqmc.metrics imports sklearn, which reading a folder does not need
+
+    nan = {key: math.nan for metric in SELECTION_METRICS for key in (metric, best_key(metric))}
+    return {"evals": last.get("evals", 0), "step": last.get("step", 0), **nan, FAILED: str(reason)}
+
+
+def failure_reason(report: dict[str, Any] | None) -> str | None:
+    """Why a trial failed on its own, from its last report (`failure_report`); None if it did not."""
+    reason = (report or {}).get(FAILED)
+    return str(reason) if reason else None
+
+
+class TrialState(enum.StrEnum):
+    """A trial's state in trials.csv (`state`), summary.json, the live view and the trackers."""
+
+    FINISHED = "finished"  # ran its course: the search's budget, its own schedule or its patience
+    STOPPED = "stopped early"  # by ASHA
+    FAILED = "failed"  # on its own (its last report says why) or its worker kept dying (error.txt)
+    UNFINISHED = "unfinished"  # running, or the search was interrupted
+
+
+DONE_STATES = (TrialState.FINISHED, TrialState.STOPPED, TrialState.FAILED)
 
 # --- parameters in tables ------------------------------------------------------------------------
 # Short names for table headers (trials.csv keeps the TrainConfig field names).

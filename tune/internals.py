@@ -16,6 +16,8 @@ in the quick test tier, so that an upgrade fails loudly in CI rather than in a u
 | `ray.util.placement_group.PlacementGroup(PlacementGroupID.from_hex(...))` | Ray | rebuilding a handle from the id a Train worker reported, to remove that group when Tune stops the trial |
 | `ray.init(_node_ip_address=...)` | Ray | the only way to make a local node take 127.0.0.1 as its address (with the switch below) |
 | `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` (environment) | Ray | read at import: makes Ray on Linux bind its node to 127.0.0.1 as it does on macOS, not to every interface |
+| `experiment_state-*.json` (file names) | Ray Tune | Ray's snapshots of an experiment: whether a search got as far as Ray's first save (`ray_saved_state`), besides `Tuner.can_restore` which only sees `tuner.pkl` |
+| `Trial.experiment_tag` (its format) | Ray Tune | its head `3_...` is Ray's counter of the suggestions (from 1), the only order Ray keeps of the trials it created; the search's trial number is the study's, which counts the same suggestions from 0 (`suggestion_index`) |
 | the logger `ray._private.authentication.authentication_token_setup` | Ray | it prints a notice that token authentication is on (Ray's default for a local cluster) at every start, on the console whatever the handlers; raised to ERROR unless `--verbose` |
 
 The Optuna study itself is reached through its public API: the search passes its storage in and
@@ -28,6 +30,22 @@ from typing import Any
 
 TESTED = {"ray": "2.60", "optuna": "5.0"}  # major.minor of the versions these were checked with
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+EXPERIMENT_STATE_GLOB = "experiment_state-*.json"  # Ray Tune's snapshots of the experiment, in its folder
+
+
+def ray_saved_state(experiment_dir) -> bool:
+    """Whether Ray saved a search's state (its Tuner and a snapshot of the experiment) to restore from."""
+    from pathlib import Path
+
+    from ray import tune
+
+    return tune.Tuner.can_restore(str(experiment_dir)) and any(Path(experiment_dir).glob(EXPERIMENT_STATE_GLOB))
+
+
+def suggestion_index(trial) -> int:
+    """0, 1, ... in the order the searcher suggested the Ray trials (their ids are random): Ray's
+    counter, which heads the experiment tag (`3_class_weights=2.31,...`) and counts from 1."""
+    return int(trial.experiment_tag.split("_", 1)[0]) - 1
 
 
 TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
@@ -82,7 +100,7 @@ def close(searcher, trial_id: str) -> None:
 
 def torch_trainer_without_placement_group_cleaner():
     """Ray Train's TorchTrainer without its placement-group cleaner (see the table above). The search
-    removes a stopped trial's worker group itself (tune.trial.ReleaseTrainWorkers); a run that ends
+    removes a stopped trial's worker group itself (tune.callbacks.ReleaseTrainWorkers); a run that ends
     normally removes it as usual."""
     from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback

@@ -15,19 +15,16 @@ state) and the Optuna study (optuna.db), trains nothing, and writes:
     plots/*.png         learning curves, parameters against the ranking metric, parameter importance,
                         the best trial's confusion matrix and threshold curve
 
-tune/search.py calls it at the end of every search, an interrupted one included. The held-out test
-set is scored once per model (test_scores.json keeps the figures).
-
-The threshold curve needs the best model's val probabilities: the first time, the val split is
-rebuilt from the best model's train_config.yaml (the same load, split and seed as the search) and
-predicted with the exported model; the probabilities are kept in best_val_predictions.json, so later
-rebuilds need neither the data nor the model.
+tune/search.py calls it at the end of every search, an interrupted one included. The models are
+scored by tune/scoring.py (the held-out test figures of the best and the baseline trial, the best
+model's val probabilities for the threshold curve), once each: later rebuilds need neither the data
+nor the models. best_model/ and best_config.yaml are tune/export.py's. What cannot be made (an
+unreadable space copy, a plot that fails) is a note in trials.md and summary.json, never a lost table.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import math
 import warnings
@@ -39,11 +36,15 @@ import numpy as np
 import pandas as pd
 
 from afqmc.checkpoint import write_text_atomic
-from tune.folder import (BEST_CONFIG, BEST_MODEL, PLOTS, PRIMARY, SHORT, SPACE_COPY, STUDY_DB, SUMMARY, TEST_F1,
-                         TEST_SCORES, TRIALS_CSV, TRIALS_MD, VAL_PREDICTIONS, SearchState, fmt_param)
-from tune.results import TrialRecord, best_trial, collect_trials, export_best
+from afqmc.config import PRIMARY, ConfigError, TrainConfig
+from tune.export import card_with_test, export_best
+from tune.folder import (BEST_CONFIG, BEST_MODEL, PLOTS, SHORT, SPACE_COPY, STUDY_DB, SUMMARY, TEST_F1, TRIALS_CSV,
+                         TRIALS_MD, SearchState, TrialState, fmt_param)
+from tune.results import TrialRecord, best_trial, collect_trials, load_study
+from tune.scoring import held_out_test, val_predictions
+from tune.space import SearchSpace, folder_space, search_base
 
-STATES = ("finished", "stopped early", "failed", "unfinished")
+STATES = tuple(TrialState)  # finished, stopped early, failed, unfinished
 # The trial's metrics in the tables: its best evaluation's val figures (CSV name, Markdown header,
 # format), in this order after the ranking metric; then the held-out test F1 (best and baseline only).
 METRICS = [(PRIMARY, "val F1", "{:.4f}"), ("val/f1_macro_tuned", "F1 tuned", "{:.4f}"),
@@ -152,8 +153,8 @@ def fmt_gain(value: Any) -> str:
     return "-" if value is None or value is pd.NA or not math.isfinite(float(value)) else f"{float(value):+.4f}"
 
 
-STATE_LABEL = {"finished": "finished", "stopped early": "stopped (ASHA)", "failed": "failed",
-               "unfinished": "unfinished"}
+STATE_LABEL = {TrialState.FINISHED: "finished", TrialState.STOPPED: "stopped (ASHA)", TrialState.FAILED: "failed",
+               TrialState.UNFINISHED: "unfinished"}
 
 
 def metric_columns(frame: pd.DataFrame, metric: str, params: list[str]) -> list[tuple[str, str, str]]:
@@ -206,7 +207,7 @@ def trials_markdown(name: str, frame: pd.DataFrame, params: list[str], summary: 
            f"{settings.get('reduction_factor')})" if summary.get("scheduler") == "asha" else "FIFO")
     lines.append(f"{summary['trials']} of {summary['num_samples']} trials, up to {settings.get('max_evals', '?')} "
                  f"evaluations each, {how}, TPE seed {settings.get('seed', '?')} on the best {metric}: " +
-                 ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "unfinished") + ".")
+                 ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != TrialState.UNFINISHED) + ".")
     used = f"{budget['evals']} of {budget['max_evals_total']} evaluations ({budget['evals_fraction']:.0%})" \
         if budget.get("max_evals_total") else f"{budget['evals']} evaluations"
     lines.append(f"Budget used: {used}, {budget['optimizer_steps']:,} optimizer steps, "
@@ -243,7 +244,7 @@ def trials_markdown(name: str, frame: pd.DataFrame, params: list[str], summary: 
                      f"{imp.get('basis', 'trials')}): " +
                      ", ".join(f"{SHORT.get(k, k)} {v:.2f}" for k, v in imp["values"].items()) + ".")
         lines.append("")
-    failed = frame[frame["state"] == "failed"]
+    failed = frame[frame["state"] == TrialState.FAILED]
     if len(failed):
         lines.append("Failed trials:")
         lines += [f"- trial {r['trial']}: {r['reason']}" for r in failed.to_dict("records")]
@@ -251,25 +252,12 @@ def trials_markdown(name: str, frame: pd.DataFrame, params: list[str], summary: 
     if summary.get("plots"):
         lines.append("Plots: " + ", ".join(f"[{Path(p).stem}]({p})" for p in summary["plots"]) + ".")
         lines.append("")
+    if summary.get("notes"):  # what could not be made, and why
+        lines += ["Notes:", *(f"- {note}" for note in summary["notes"]), ""]
     return "\n".join(lines)
 
 
 # --- the Optuna study ----------------------------------------------------------------------------
-
-
-def load_study(experiment_dir: Path):
-    """The search's Optuna study from optuna.db (its only study; the folder may have been renamed)."""
-    import optuna
-
-    db = experiment_dir / STUDY_DB
-    if not db.is_file():
-        return None
-    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
-    names = optuna.get_all_study_names(storage)
-    if not names:
-        return None
-    name = experiment_dir.name if experiment_dir.name in names else names[0]
-    return optuna.load_study(study_name=name, storage=storage)
 
 
 def param_importances(experiment_dir: Path, seed: int = 0) -> dict[str, Any]:
@@ -302,109 +290,7 @@ def param_importances(experiment_dir: Path, seed: int = 0) -> dict[str, Any]:
         return {"method": "fANOVA", "values": {}, "trials": 0, "error": f"{type(exc).__name__}: {exc}"}
 
 
-# --- the best trial's val predictions (threshold curve) ------------------------------------------
-
-
-def best_val_predictions(experiment_dir: Path, best: TrialRecord, metric: str = PRIMARY) -> dict[str, Any]:
-    """Labels and P(label = 1) of the best model on the search's val split (cached in the folder)."""
-    cache = experiment_dir / VAL_PREDICTIONS
-    if cache.is_file():
-        cached = json.loads(cache.read_text(encoding="utf-8"))
-        if cached.get("trial_id") == best.trial_id and cached.get("best_evals") == best.best_evals:
-            return cached
-    from afqmc.config import load_config
-    from afqmc.data import load_splits
-    from afqmc.metrics import evaluation_metrics
-
-    model_dir = Path(best.best_checkpoint) / "model"
-    cfg = load_config(model_dir / "train_config.yaml")
-    val = load_splits(cfg).val  # the same load and split as the search's, from the trial's own (absolute) paths
-    probs, threshold = _predict(model_dir, val)
-    recomputed = evaluation_metrics(val.labels, probs, cfg.threshold, seed=cfg.seed)[metric]
-    out = {"trial_id": best.trial_id, "trial": best.number, "best_evals": best.best_evals,
-           "threshold": threshold, "metric": metric, "stored_value": best.best_value, "recomputed_value": recomputed,
-           "source": f"{val.source} (val_ratio {cfg.val_ratio}, test_ratio {cfg.test_ratio}, seed {cfg.seed}, "
-                     f"max_train_samples {cfg.max_train_samples}) predicted with {model_dir}",
-           "labels": [int(y) for y in val.labels], "probs": [round(float(p), 7) for p in probs]}
-    write_text_atomic(cache, json.dumps(out) + "\n")
-    return out
-
-
-def _predict(model_dir: Path, pairs) -> tuple[list[float], float]:
-    """P(label = 1) of a saved model on `pairs`, and its saved threshold."""
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    from afqmc.predict import load_saved_model, predict_probs, saved_threshold
-
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the search's output
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer, cfg = load_saved_model(model_dir, device)
-    return (predict_probs(model, tokenizer, pairs, cfg.max_length, cfg.eval_batch_size, device),
-            saved_threshold(model, cfg, model_dir))
-
-
 # --- the held-out test set -------------------------------------------------------------------------
-
-
-def held_out_test(experiment_dir: Path, state: SearchState, best: TrialRecord | None,
-                  baseline: TrialRecord | None, test_pairs=None) -> dict[str, Any] | None:
-    """The best and the baseline trial's kept models, each scored once on the held-out test pairs
-    (the space's test_ratio split or labelled test_file) at its saved threshold; None without a test set.
-    `test_pairs`: those pairs as the search's driver loaded them (else they are read again).
-
-    Nothing here chooses: the models and thresholds were chosen on val before. The scores are kept
-    in test_scores.json (by trial, evaluation and a fingerprint of the test pairs), so rebuilding
-    the reports does not score a model again.
-    """
-    base = search_config(experiment_dir, state)
-    if base is None or not (base.test_ratio or base.test_file):
-        return None
-    from afqmc.data import DataError, load_splits
-    from afqmc.predict import labelled_metrics
-
-    cache_file = experiment_dir / TEST_SCORES
-    cache = json.loads(cache_file.read_text(encoding="utf-8")) if cache_file.is_file() else {}
-    try:
-        test = test_pairs if test_pairs is not None else load_splits(base).test
-    except (DataError, OSError) as exc:  # the data has moved: the figures already scored still stand
-        if not cache:
-            raise
-        test, note = None, f"test data not readable ({exc}); figures from {TEST_SCORES}"
-    else:
-        if test is None:  # an unlabelled test_file: predicted by best_config.yaml's retraining, not scored
-            return None
-        note = None
-        fingerprint = hashlib.sha256(json.dumps([test.text1, test.text2, test.labels], ensure_ascii=False)
-                                     .encode("utf-8")).hexdigest()[:16]
-        if cache.get("fingerprint") != fingerprint:  # new, or the test data changed: score again
-            cache = {"source": test.source, "pairs": len(test), "label_counts": test.label_counts(),
-                     "fingerprint": fingerprint, "scores": {}}
-    models: dict[str, Any] = {}
-    for role, trial in (("best", best), ("baseline", baseline)):
-        key = f"{trial.trial_id}:{trial.best_evals}" if trial is not None and trial.best_checkpoint else None
-        if key is not None and key not in cache["scores"] and test is not None:
-            probs, threshold = _predict(Path(trial.best_checkpoint) / "model", test)
-            cache["scores"][key] = labelled_metrics(test.labels, probs, threshold)
-        models[role] = None if key not in cache["scores"] else {
-            "trial": trial.number, "trial_id": trial.trial_id, "state": trial.state, "evals": trial.evals,
-            "best_evals": trial.best_evals, "metrics": cache["scores"][key]}
-    if test is not None:
-        write_text_atomic(cache_file, json.dumps(cache, indent=2) + "\n")
-    b, a = models["best"], models["baseline"]
-    if b is not None and (experiment_dir / BEST_MODEL).is_dir():  # the exported model's card gets its test figures
-        _card_with_test(experiment_dir / BEST_MODEL, {**b["metrics"], "source": cache["source"]})
-    return {"source": cache["source"], "pairs": cache["pairs"], "label_counts": cache["label_counts"],
-            "fingerprint": cache["fingerprint"], "models": models, "note": note,
-            "gain_f1_macro": b["metrics"]["f1_macro"] - a["metrics"]["f1_macro"] if b and a else None}
-
-
-def _card_with_test(model_dir: Path, test: dict[str, Any]) -> None:
-    from afqmc.card import write_model_card
-    from afqmc.config import load_config
-
-    val = json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))
-    write_model_card(model_dir, load_config(model_dir / "train_config.yaml"), val, test)
 
 
 def test_lines(test: dict[str, Any] | None) -> list[str]:
@@ -419,7 +305,7 @@ def test_lines(test: dict[str, Any] | None) -> list[str]:
             lines.append(f"{role}: no kept model to score")
             continue
         x = m["metrics"]
-        cut = f"; stopped by ASHA after {m['evals']} evaluations" if m["state"] == "stopped early" else ""
+        cut = f"; stopped by ASHA after {m['evals']} evaluations" if m["state"] == TrialState.STOPPED else ""
         lines.append(f"{role} (trial {m['trial']}{cut}): test F1-macro {x['f1_macro']:.4f}, accuracy "
                      f"{x['accuracy']:.4f}, AUC {x['auc']:.4f}, at its threshold {x['threshold']:.4f}")
     if test.get("note"):
@@ -449,21 +335,18 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
     metric = state.metric
     notes: list[str] = []
     files: list[Path] = []
+    space = _space(experiment_dir, state, notes)
+    base = None if space is None else search_base(space, state.cwd)
 
     best = best_trial(trials)
-    baseline = next((t for t in trials if t.is_baseline), None)
     if best is not None:
-        base = search_config(experiment_dir, state)
         export_best(trials, experiment_dir, test_file if test_file is not None else (base.test_file if base else None),
                     metric=metric)
         files += [experiment_dir / BEST_CONFIG, experiment_dir / BEST_MODEL]
     else:
         notes.append(f"no trial has a checkpoint with a val {metric} yet: no {BEST_CONFIG}")
-    try:
-        test = held_out_test(experiment_dir, state, best, baseline, test_pairs)
-    except Exception as exc:  # the tables must not depend on it
-        test = None
-        notes.append(f"held-out test not scored: {type(exc).__name__}: {exc}")
+    test = _held_out_test(experiment_dir, base, best, next((t for t in trials if t.is_baseline), None), test_pairs,
+                          notes)
 
     frame = trials_frame(trials, state, test)
     params = param_names(trials, state)
@@ -477,7 +360,7 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
     summary["test"] = test
 
     if plots:
-        made = _draw_plots(experiment_dir, state, trials, params, best, importance, summary, notes)
+        made = _draw_plots(experiment_dir, state, space, trials, params, best, importance, summary, notes)
         summary["plots"] = [str(p.relative_to(experiment_dir)) for p in made]
         files += made
     else:  # tables only: the plots already there stay listed
@@ -491,8 +374,25 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
     return Reports(experiment_dir, frame, summary, best, files, notes)
 
 
-def _draw_plots(experiment_dir: Path, state: SearchState, trials: list[TrialRecord], params: list[str],
-                best: TrialRecord | None, importance: dict[str, Any], summary: dict[str, Any],
+def _held_out_test(experiment_dir: Path, base: TrainConfig | None, best: TrialRecord | None,
+                   baseline: TrialRecord | None, test_pairs, notes: list[str]) -> dict[str, Any] | None:
+    """The held-out test figures of the best and the baseline trial (tune.scoring), and the exported
+    model's card with the best's; a failure is a note (the tables must not depend on it)."""
+    if base is None:  # the note on the space copy says why
+        return None
+    try:
+        test = held_out_test(experiment_dir, base, {"best": best, "baseline": baseline}, test_pairs)
+    except Exception as exc:  # noqa: BLE001 -- any failure to score: the tables are still written, with the reason
+        notes.append(f"held-out test not scored: {type(exc).__name__}: {exc}")
+        return None
+    scored = (test or {}).get("models", {}).get("best")
+    if scored is not None and (experiment_dir / BEST_MODEL).is_dir():  # the exported model's card gets its figures
+        card_with_test(experiment_dir / BEST_MODEL, {**scored["metrics"], "source": test["source"]})
+    return test
+
+
+def _draw_plots(experiment_dir: Path, state: SearchState, space: SearchSpace | None, trials: list[TrialRecord],
+                params: list[str], best: TrialRecord | None, importance: dict[str, Any], summary: dict[str, Any],
                 notes: list[str]) -> list[Path]:
     """Every plot that can be drawn (a failing one is a note, never a lost table); returns the files.
     Also checks the best model against its stored val value (summary["threshold_curve"])."""
@@ -502,7 +402,7 @@ def _draw_plots(experiment_dir: Path, state: SearchState, trials: list[TrialReco
     plot_dir = experiment_dir / PLOTS
     plot_dir.mkdir(exist_ok=True)
     jobs = [("learning_curves.png", lambda p: figures.learning_curves(trials, p, metric)),
-            ("params_vs_f1.png", lambda p: figures.params_vs_metric(trials, params, *_scales(experiment_dir, state),
+            ("params_vs_f1.png", lambda p: figures.params_vs_metric(trials, params, *_scales(space),
                                                                     path=p, metric=metric))]
     if importance.get("values"):
         jobs.append(("importance.png", lambda p: figures.importance(importance["values"], importance["method"],
@@ -510,7 +410,7 @@ def _draw_plots(experiment_dir: Path, state: SearchState, trials: list[TrialReco
     if best is not None:
         preds = None
         try:
-            preds = best_val_predictions(experiment_dir, best, metric)
+            preds = val_predictions(experiment_dir, best, metric)
             summary["threshold_curve"] = {k: preds[k] for k in ("trial", "threshold", "metric", "stored_value",
                                                                  "recomputed_value", "source")}
             if abs(preds["recomputed_value"] - best.best_value) > 1e-4:
@@ -581,28 +481,20 @@ def _summary(experiment_dir: Path, trials: list[TrialRecord], frame: pd.DataFram
     }
 
 
-def _space(experiment_dir: Path, state: SearchState):
-    from tune.space import load_space
-
+def _space(experiment_dir: Path, state: SearchState, notes: list[str]) -> SearchSpace | None:
+    """The search's space from its folder; None, with a note of what is skipped, when it cannot be read."""
     try:
-        return load_space(experiment_dir / SPACE_COPY, state.overrides, state.num_samples or None)
-    except Exception:
+        return folder_space(experiment_dir, state)
+    except (ConfigError, OSError) as exc:  # SpaceError is a ConfigError; a missing copy an OSError or ConfigError
+        notes.append(f"{SPACE_COPY} not readable ({exc}): no held-out test scores, best_config.yaml without the "
+                     f"space's test_file, and the parameter plots without the space's ranges and log scales "
+                     f"(learning_rate is drawn on a log scale)")
         return None
 
 
-def search_config(experiment_dir: Path, state: SearchState):
-    """The search's fixed TrainConfig (its space and command-line overrides) with absolute paths,
-    as its driver used it; None when the space copy cannot be read."""
-    from afqmc.config import absolute_paths
-
-    space = _space(experiment_dir, state)
-    return None if space is None else absolute_paths(space.base, state.cwd)
-
-
-def _scales(experiment_dir: Path, state: SearchState) -> tuple[set[str], dict[str, tuple[float, float]]]:
-    """The parameters searched on a log scale, and the range of each numeric one (from space.yaml)."""
-    space = _space(experiment_dir, state)
-    if space is None:
+def _scales(space: SearchSpace | None) -> tuple[set[str], dict[str, tuple[float, float]]]:
+    """The parameters searched on a log scale, and the range of each numeric one (from the space)."""
+    if space is None:  # the usual log-scale parameter; the note says the space was not read
         return {"learning_rate"}, {}
     logs = {n for n, p in space.params.items() if p.type == "loguniform" or p.log}
     return logs, {n: (p.low, p.high) for n, p in space.params.items() if p.type != "choice"}

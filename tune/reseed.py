@@ -27,21 +27,20 @@ from typing import Any
 
 import numpy as np
 
-from afqmc.config import DATA_FIELDS, TrainConfig, absolute_paths, from_dict, load_config, read_yaml_mapping
-from tune.folder import BEST_CONFIG, RESEED_JSON, RESEED_MD, SPACE_COPY, SearchState, format_params
-from tune.reports import markdown_table, search_config
+from afqmc.checkpoint import CONFIG_NAME
+from afqmc.config import DATA_FIELDS, ConfigError, TrainConfig, from_dict, load_config, read_yaml_mapping
+from tune import space
+from tune.folder import BEST_CONFIG, RESEED_JSON, RESEED_MD, SearchState, format_params
+from tune.reports import markdown_table
 from tune.results import TrialRecord, best_trial, collect_trials
+from tune.scoring import kept_config, kept_model
 
 
 def trial_config(experiment_dir: Path, trial: TrialRecord, state: SearchState) -> TrainConfig:
-    """The trial's resolved TrainConfig: from its checkpoint, or rebuilt from the space (a trial without one)."""
-    if trial.best_checkpoint and (Path(trial.best_checkpoint) / "model" / "train_config.yaml").is_file():
-        return load_config(Path(trial.best_checkpoint) / "model" / "train_config.yaml")
-    from tune.space import load_space
-
-    space = load_space(experiment_dir / SPACE_COPY, state.overrides, state.num_samples or None)
-    cfg = from_dict(trial.params, source=f"trial {trial.number}", base=space.base)
-    return absolute_paths(cfg, state.cwd).replace(test_file=None)
+    """The trial's resolved TrainConfig: its kept model's, or rebuilt from the space (a trial without one)."""
+    if trial.best_checkpoint and (kept_model(trial) / CONFIG_NAME).is_file():
+        return kept_config(trial)
+    return space.trial_config(space.folder_config(experiment_dir, state), trial.params, source=f"trial {trial.number}")
 
 
 def budget_steps(trial: TrialRecord, max_evals: int | None) -> int:
@@ -66,12 +65,12 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
     trials = collect_trials(experiment_dir)
     best = best_trial(trials)
     baseline = next((t for t in trials if t.is_baseline), None)
-    if best is None:
-        raise ValueError(f"{experiment_dir}: no trial has a result yet")
-    if baseline is None:
-        raise ValueError(f"{experiment_dir}: the baseline trial is not in the search yet")
+    if best is None or baseline is None:
+        raise ValueError(f"{experiment_dir}: " + ("no trial has a result yet" if best is None else
+                                                  "the baseline trial is not in the search yet"))
 
-    configs = {"best": best_config(experiment_dir, best, state), "baseline": trial_config(experiment_dir, baseline, state)}
+    configs = {"best": best_config(experiment_dir, best, state),
+               "baseline": trial_config(experiment_dir, baseline, state)}
     baseline_label = _label(baseline)
     if against is not None:
         configs["baseline"], baseline_label = _against(against, configs["baseline"])
@@ -81,7 +80,7 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
     own_seed = configs["best"].seed
     seeds = seeds or [own_seed + i for i in range(1, k + 1)]
     metric = state.metric
-    search = search_config(experiment_dir, state) or configs["best"]
+    search = _search_config(experiment_dir, state, configs["best"], log)
     data = prepare_data(search, log=log)  # the search's split (its seed) and held-out test set, tokenized once
     max_evals = state.settings.get("max_evals")
 
@@ -113,6 +112,17 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
     (experiment_dir / RESEED_MD).write_text(text, encoding="utf-8")
     log("\n" + text)
     return report
+
+
+def _search_config(experiment_dir: Path, state: SearchState, best: TrainConfig, log) -> TrainConfig:
+    """The search's fixed config from its folder; the best trial's (the same data fields) when the
+    space copy cannot be read, and a note that says so."""
+    try:
+        return space.folder_config(experiment_dir, state)
+    except (ConfigError, OSError) as exc:
+        log(f"note: the search's space copy is not readable ({exc}); its data settings are taken from the best "
+            f"trial's config")
+        return best
 
 
 def _label(trial: TrialRecord) -> dict[str, Any]:

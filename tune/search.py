@@ -20,59 +20,28 @@ if __package__ in (None, ""):
     # Run as a script: sys.path[0] is tune/ itself; make the repository's packages importable instead.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import os
-
-# Before Ray is imported: no usage-stats prompt or upload; and no warning each time Ray snapshots
-# the experiment state, which it does after every kept checkpoint (that is what makes resume exact).
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# Tune's own progress output (a configuration box, a TensorBoard hint into a temporary folder) stays
-# off: LiveView prints the search (Tune's older reporter respects verbose=0, the new one does not).
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-
-
-def _address_arg(argv: list[str]) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg.startswith("--address="):
-            return arg.split("=", 1)[1]
-        if arg == "--address" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
-
-
-if (_address_arg(sys.argv[1:]) or "127.0.0.1").split(":")[0] in ("127.0.0.1", "localhost"):
-    # The local Ray binds every process to loopback only. On Linux Ray would take the machine's
-    # network address as the node's (even when given 127.0.0.1) and listen on all interfaces;
-    # this switch, read when Ray is imported, makes it use 127.0.0.1 as it does on macOS. The
-    # same holds to attach to a loopback-only cluster (--address 127.0.0.1:PORT).
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # listed in tune/internals.py
-
 import argparse
 import dataclasses
 import datetime
 import logging
+import os
 import shutil
 import time
 import warnings
 from dataclasses import asdict
 from typing import Any
 
-import optuna
-import ray
-from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-from afqmc.config import ConfigError, TrainConfig, absolute_paths, fields_help, parse_overrides
+# Nothing here imports Ray at import time: main() sets the environment Ray reads when it is
+# imported (ray_environment) first. The functions that use Ray import it.
+from afqmc.config import ConfigError, TrainConfig, fields_help, parse_overrides
 from afqmc.data import DataError
 from afqmc.train import TaskData, prepare_data
 from tune import internals
 from tune.reports import test_lines, write_reports
-from tune.results import DONE_STATES, collect_trials, searcher_metric
-from tune.space import SearchSpace, load_space
-from tune.terminal import LiveView, print_leaderboard
-from tune.folder import (BEST_CONFIG, BEST_MODEL, LOGS, PLOTS, SPACE_COPY, STUDY_DB, TRAIN_RUNS, TRIALS_CSV,
-                         TRIALS_MD, NotASearchError, SearchState)
-from tune.trial import KeepBestCheckpoint, ReleaseTrainWorkers, StudySearch, TrialSeededTPE, run_trial, trial_dirname
+from tune.results import collect_trials, searcher_metric
+from tune.space import SearchSpace, folder_space, load_space, search_base
+from tune.folder import (BEST_CONFIG, BEST_MODEL, DONE_STATES, LOGS, PLOTS, SPACE_COPY, STUDY_DB, TRAIN_RUNS,
+                         TRIALS_CSV, TRIALS_MD, NotASearchError, SearchState, TrialState, trial_dirname)
 
 RESULTS_DIR = "results"
 SPACES_DIR = Path(__file__).resolve().parent / "spaces"  # the shipped spaces (package data; search_spaces/ links here)
@@ -82,15 +51,14 @@ DRIVER_MEMORY = 256 * 2**20  # bytes reserved for the driver of a multi-worker t
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = _parse_args(argv)
+    ray_environment(args.address)
     try:
         exp_dir, state, space = _start_or_resume(args, overrides)
-        # The exported best model comes from the trial checkpoints, so every trial saves its best.
-        base = absolute_paths(space.base, state.cwd).replace(save_best_model=True)
+        base = search_base(space, state.cwd)  # each trial's config is tune.space.trial_config(base, sampled)
         print(_describe(space, state.scheduler, exp_dir, resuming=bool(args.resume)))
         # The only tokenization of the whole search; it also reads a labelled test_file (or splits
         # off test_ratio), so that bad test data stops the search before it trains.
         data = prepare_data(base)
-        base = base.replace(test_file=None)  # trials do not predict (best_config.yaml keeps test_file)
     except (ConfigError, DataError, OSError) as exc:  # OSError: e.g. a hub model without internet
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -102,12 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    import ray
+    from ray import tune
+
     _init_ray(args.address, exp_dir, args.verbose)
     try:
         resources = _trial_resources(space)
         trainable = _trainable(data, base, resources, space.settings.workers_per_trial, exp_dir,
                                log_dir=None if args.verbose else str(exp_dir / LOGS))
-        if args.resume and _ray_saved_state(exp_dir):
+        if args.resume and internals.ray_saved_state(exp_dir):
             print(f"resuming {_rel(exp_dir)}: finished trials are kept, unfinished ones continue from "
                   f"their last checkpoint")
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
@@ -133,15 +104,32 @@ def main(argv: list[str] | None = None) -> int:
 # --- building the search -------------------------------------------------------------------------
 
 
+def ray_environment(address: str | None) -> None:
+    """What Ray reads from the environment when it is imported: set before the first import."""
+    # No usage-stats prompt or upload; and no warning each time Ray snapshots the experiment state,
+    # which it does after every kept checkpoint (that is what makes resume exact).
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's own progress output (a configuration box, a TensorBoard hint into a temporary folder) stays
+    # off: LiveView prints the search (Tune's older reporter respects verbose=0, the new one does not).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if (address or "127.0.0.1").split(":")[0] in ("127.0.0.1", "localhost"):
+        # The local Ray binds every process to loopback only. On Linux Ray would take the machine's
+        # network address as the node's (even when given 127.0.0.1) and listen on all interfaces;
+        # this switch, read when Ray is imported, makes it use 127.0.0.1 as it does on macOS. The
+        # same holds to attach to a loopback-only cluster (--address 127.0.0.1:PORT).
+        os.environ.setdefault(internals.LOOPBACK_SWITCH, "0")
+
+
 def _start_or_resume(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Path, SearchState, SearchSpace]:
     """The experiment folder, its SearchState and the space: checked, nothing written yet."""
     if args.resume:
         exp_dir = Path(args.resume).resolve()
         state = _load_state(exp_dir)
         _refuse_if_running(exp_dir)
-        if _ray_saved_state(exp_dir) or (exp_dir / STUDY_DB).exists():  # else: killed before either was made
+        if internals.ray_saved_state(exp_dir) or (exp_dir / STUDY_DB).exists():  # else: killed before either
             _check_study(exp_dir)
-        space = load_space(exp_dir / SPACE_COPY, state.overrides, state.num_samples)
+        space = folder_space(exp_dir, state)
         space.settings.workers_per_trial = state.workers_per_trial
         return exp_dir, state, space
     space = load_space(args.space, overrides, args.num_samples)
@@ -163,7 +151,14 @@ def _start_or_resume(args: argparse.Namespace, overrides: dict[str, Any]) -> tup
     return exp_dir, state, space
 
 
-def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable, resources) -> tune.Tuner:
+def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable, resources):
+    """The Tuner of a new search: StudySearch (TPE) on search.metric, ASHA (or FIFO), the callbacks."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from tune.callbacks import KeepBestCheckpoint, ReleaseTrainWorkers
+    from tune.terminal import LiveView
+
     settings, scheduler_name = space.settings, state.scheduler
     callbacks = [LiveView(settings.max_evals, settings.metric, settings.asha_metric, num_samples=settings.num_samples),
                  KeepBestCheckpoint(settings.metric), ReleaseTrainWorkers()]
@@ -172,20 +167,7 @@ def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable,
 
         callbacks.append(MLflowTrials(state.tracking_uri or default_tracking_uri(exp_dir), exp_dir.name,
                                       settings.max_evals))
-    # The study lives in the experiment folder; the driver is its only writer (SQLite is fine).
-    storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / STUDY_DB}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = TrialSeededTPE(multivariate=True, seed=settings.seed, n_startup_trials=settings.n_startup_trials)
-    # Every search contains the baseline it must beat; a study that has it already (a search killed
-    # before Ray's first snapshot) has it WAITING or RUNNING, and StudySearch takes it from there.
-    started = optuna.get_all_study_names(storage)
-    searcher = StudySearch(
-        space=space.distributions(), metric=searcher_metric(settings.metric), mode="max",
-        points_to_evaluate=None if exp_dir.name in started else [space.baseline()],
-        sampler=sampler, study_name=exp_dir.name, storage=storage,
-        eval_metric=settings.metric, max_evals=settings.max_evals,
-    )
+    searcher = _searcher(space, exp_dir)
     if scheduler_name == "asha":
         # ASHA compares trials at its rungs by asha_metric at that evaluation.
         scheduler = ASHAScheduler(time_attr="evals", metric=settings.asha_metric, mode="max", max_t=settings.max_evals,
@@ -216,8 +198,35 @@ def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable,
     )
 
 
+def _searcher(space: SearchSpace, exp_dir: Path):
+    """StudySearch with TrialSeededTPE on the study in the experiment folder (optuna.db)."""
+    import optuna
+
+    from tune.searcher import StudySearch, TrialSeededTPE
+
+    settings = space.settings
+    # The study lives in the experiment folder; the driver is its only writer (SQLite is fine).
+    storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / STUDY_DB}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = TrialSeededTPE(multivariate=True, seed=settings.seed, n_startup_trials=settings.n_startup_trials)
+    # Every search contains the baseline it must beat; a study that has it already (a search killed
+    # before Ray's first snapshot) has it WAITING or RUNNING, and StudySearch takes it from there.
+    started = optuna.get_all_study_names(storage)
+    return StudySearch(
+        space=space.distributions(), metric=searcher_metric(settings.metric), mode="max",
+        points_to_evaluate=None if exp_dir.name in started else [space.baseline()],
+        sampler=sampler, study_name=exp_dir.name, storage=storage,
+        eval_metric=settings.metric, max_evals=settings.max_evals,
+    )
+
+
 def _trainable(data: TaskData, base: TrainConfig, resources: dict[str, float], workers: int, exp_dir: Path,
                log_dir: str | None = None):
+    from ray import tune
+
+    from tune.trial import run_trial
+
     # with_parameters puts `data` into the object store once; every trial reads that one copy. The
     # held-out test pairs stay in this driver: no trial can read their labels.
     data = dataclasses.replace(data, test=None)
@@ -231,6 +240,8 @@ def _trainable(data: TaskData, base: TrainConfig, resources: dict[str, float], w
 
 def _trial_resources(space: SearchSpace) -> dict[str, float]:
     """CPUs and GPUs of one trial's process, or of each of its workers."""
+    import ray
+
     settings = space.settings
     gpus = settings.gpus_per_trial
     if gpus and not ray.cluster_resources().get("GPU"):
@@ -242,6 +253,8 @@ def _trial_resources(space: SearchSpace) -> dict[str, float]:
 def _max_concurrent(settings, resources: dict[str, float]) -> int:
     """As many trials as the cluster's CPUs and GPUs hold at once (all workers of each), unless the
     space says fewer. With Train workers this also keeps trials from waiting on each other's CPUs."""
+    import ray
+
     if settings.max_concurrent_trials:
         return settings.max_concurrent_trials
     total = ray.cluster_resources()
@@ -256,6 +269,9 @@ def _init_ray(address: str | None, exp_dir: Path, verbose: bool) -> None:
     """Start (or attach to) Ray. Unless `verbose`, Ray's own messages go to logs/ray.log in the
     results folder and the trials' output to logs/trial_<id>.log (run_trial), not to the terminal:
     there, the live view's lines stay readable."""
+    import optuna
+    import ray
+
     logs = exp_dir / LOGS
     logs.mkdir(exist_ok=True)
     handler = None
@@ -283,6 +299,8 @@ def _init_ray(address: str | None, exp_dir: Path, verbose: bool) -> None:
 
 
 def _finish(exp_dir: Path, space: SearchSpace, elapsed: float, test_pairs=None) -> int:
+    from tune.terminal import print_leaderboard
+
     trials = collect_trials(exp_dir)
     done = [t for t in trials if t.state in DONE_STATES]
     print_leaderboard(trials, list(space.params), max_rows=10, metric=space.settings.metric)
@@ -306,7 +324,7 @@ def _finish(exp_dir: Path, space: SearchSpace, elapsed: float, test_pairs=None) 
         print(line)
     print(f"Optuna study: optuna-dashboard sqlite:///{_rel(exp_dir / STUDY_DB)}")
     print(f"tables: {_rel(exp_dir / TRIALS_MD)}, {_rel(exp_dir / TRIALS_CSV)}; plots: {_rel(exp_dir / PLOTS)}/")
-    failed = [t for t in trials if t.state == "failed"]
+    failed = [t for t in trials if t.state == TrialState.FAILED]
     if failed:
         print(f"{len(failed)} failed trial(s):" + "".join(f"\n  trial {t.number}: {t.reason}" for t in failed))
     if len(done) < space.settings.num_samples:
@@ -450,11 +468,6 @@ def _create_experiment(exp_dir: Path, space_file: Path, state: SearchState):
                           f"trained") from None
 
 
-def _ray_saved_state(exp_dir: Path) -> bool:
-    """Whether Ray saved this search's state (its Tuner and a snapshot of the experiment) to restore from."""
-    return tune.Tuner.can_restore(str(exp_dir)) and any(exp_dir.glob("experiment_state-*.json"))
-
-
 def _check_study(exp_dir: Path) -> None:
     """On --resume: the Optuna study must be readable and writable before anything runs."""
     import sqlite3
@@ -470,6 +483,8 @@ def _check_study(exp_dir: Path) -> None:
             con.rollback()
         finally:
             con.close()
+        import optuna
+
         names = optuna.get_all_study_names(optuna.storages.RDBStorage(f"sqlite:///{db}"))
     except Exception as exc:  # sqlite3.DatabaseError, OperationalError, Optuna's errors
         raise ConfigError(f"{db}: cannot use the search's Optuna study ({type(exc).__name__}: {exc}); it is "

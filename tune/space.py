@@ -29,8 +29,9 @@ from typing import Any
 import optuna
 import yaml
 
-from afqmc.config import (DATA_FIELDS, FIELDS, ConfigError, TrainConfig, coerce_value, from_dict, normalize_metric,
-                          parse_number, read_yaml_mapping)
+from afqmc.config import (DATA_FIELDS, FIELDS, ConfigError, TrainConfig, absolute_paths, coerce_value, from_dict,
+                          normalize_metric, parse_number, read_yaml_mapping)
+from tune.folder import SPACE_COPY, SearchState
 
 TYPES = ("loguniform", "uniform", "int", "choice")
 DIST_KEYS = {"type", "low", "high", "values", "baseline", "log"}
@@ -116,8 +117,32 @@ class SearchSpace:
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         return {name: p.distribution() for name, p in self.params.items()}
 
-    def trial_config(self, sampled: dict[str, Any], source: str = "trial") -> TrainConfig:
-        return from_dict(sampled, source=source, base=self.base)
+
+# --- a trial's TrainConfig: the one way it is built (the driver, the trials, reports, reseed) ----
+
+
+def search_base(space: SearchSpace, cwd: str) -> TrainConfig:
+    """The search's fixed TrainConfig (the space's fixed fields and the command-line overrides),
+    its relative paths resolved from `cwd`, where the search was started."""
+    return absolute_paths(space.base, cwd)
+
+
+def trial_config(base: TrainConfig, sampled: dict[str, Any], source: str = "trial") -> TrainConfig:
+    """A trial's TrainConfig: the search's `base` (search_base) with the sampled values. Every trial
+    keeps its best model (the export copies one) and predicts no test_file (the driver keeps the
+    held-out pairs; best_config.yaml gets the space's test_file back)."""
+    return from_dict(sampled, source=source, base=base).replace(save_best_model=True, test_file=None)
+
+
+def folder_space(experiment_dir: str | Path, state: SearchState) -> SearchSpace:
+    """The space of a search from its folder: the copy of the space file it started with
+    (SPACE_COPY) and its command-line overrides (search.json)."""
+    return load_space(Path(experiment_dir) / SPACE_COPY, state.overrides, state.num_samples or None)
+
+
+def folder_config(experiment_dir: str | Path, state: SearchState) -> TrainConfig:
+    """The search's fixed TrainConfig (search_base) rebuilt from its folder, as its driver used it."""
+    return search_base(folder_space(experiment_dir, state), state.cwd)
 
 
 # --- loading -------------------------------------------------------------------------------------

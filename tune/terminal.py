@@ -9,7 +9,8 @@ from typing import Any
 from ray import tune
 
 from afqmc.metrics import best_key
-from tune.folder import FAILED, PRIMARY, SHORT, fmt_param, format_params
+from afqmc.config import PRIMARY
+from tune.folder import SHORT, TrialState, failure_reason, fmt_param, format_params
 from tune.results import TrialRecord, trial_number, trial_state
 
 
@@ -72,12 +73,12 @@ class LiveView(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._trials = trials
-        tag = " (baseline)" if trial_number(trial) == 1 else ""
+        tag = " (baseline)" if trial_number(trial) == 0 else ""  # the searcher suggests the baseline first
         self._print(f"trial {trial_number(trial)} started{tag}: {format_params(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._trials = trials
-        if self.metric not in result or result.get(FAILED):  # a failure is printed when the trial ends
+        if self.metric not in result or failure_reason(result):  # a failure is printed when the trial ends
             return
         asha = f", {self.asha_metric} {result.get(self.asha_metric, math.nan):.4f}" if self.asha_metric else ""
         self._print(f"trial {trial_number(trial)} eval {result.get('evals')}/{self.max_evals}: {self.metric} "
@@ -88,12 +89,13 @@ class LiveView(tune.Callback):
         self._trials = trials
         last = trial.last_result or {}
         state = trial_state("TERMINATED", last, self.max_evals)
-        if state == "failed":
-            self._print(f"trial {trial_number(trial)} FAILED after {last.get('evals', 0)} evals: {last[FAILED]}",
+        if state == TrialState.FAILED:
+            reason = failure_reason(last)
+            self._print(f"trial {trial_number(trial)} FAILED after {last.get('evals', 0)} evals: {reason}",
                         ended=trial)
             self._status(trials, ended=(trial, "TERMINATED"))
             return
-        how = "stopped early by ASHA" if state == "stopped early" else "finished"
+        how = "stopped early by ASHA" if state == TrialState.STOPPED else "finished"
         self._print(f"trial {trial_number(trial)} {how} after {last.get('evals', 0)} evals: best {self.metric} "
                     f"{last.get(self.best, math.nan):.4f}", ended=trial)
         self._status(trials, ended=(trial, "TERMINATED"))
@@ -118,8 +120,8 @@ class LiveView(tune.Callback):
             status[ended[0].trial_id] = ended[1]
         states = [trial_state(status[t.trial_id], t.last_result, self.max_evals) for t in trials]
         running = sum(status[t.trial_id] == "RUNNING" for t in trials)
-        counts = (f"{running} running, {states.count('finished')} finished, "
-                  f"{states.count('stopped early')} stopped early, {states.count('failed')} failed")
+        counts = (f"{running} running, {states.count(TrialState.FINISHED)} finished, "
+                  f"{states.count(TrialState.STOPPED)} stopped early, {states.count(TrialState.FAILED)} failed")
         scored = [t for t in trials if _finite((t.last_result or {}).get(self.best))]
         if scored:
             best = max(scored, key=lambda t: (t.last_result[self.best], -trial_number(t)))

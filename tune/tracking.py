@@ -16,7 +16,7 @@ from typing import Any
 
 from ray import tune
 
-from tune.folder import FAILED
+from tune.folder import TrialState, failure_reason
 from tune.results import trial_number, trial_state
 
 # The report keys logged as metrics: the evaluation's figures and where the trial is.
@@ -59,7 +59,7 @@ class MLflowTrials(tune.Callback):
                 number = trial_number(trial)
                 run = client.create_run(self._experiment_id, run_name=f"trial {number}",
                                         tags={"trial_id": trial.trial_id, "trial": str(number),
-                                              "baseline": str(number == 1).lower()})
+                                              "baseline": str(number == 0).lower()})
                 from mlflow.entities import Param
 
                 client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in trial.config.items()])
@@ -83,12 +83,12 @@ class MLflowTrials(tune.Callback):
         self._end(trial, trial_state("TERMINATED", trial.last_result, self.max_evals))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "failed")
+        self._end(trial, TrialState.FAILED)
 
     def _end(self, trial, state: str) -> None:
         run_id = self._run(trial)
-        reason = (trial.last_result or {}).get(FAILED) or ""
+        reason = failure_reason(trial.last_result) or ""
         self.client.set_tag(run_id, "state", state)
         if reason:
             self.client.set_tag(run_id, "reason", str(reason)[:5000])
-        self.client.set_terminated(run_id, "FAILED" if state == "failed" else "FINISHED")
+        self.client.set_terminated(run_id, "FAILED" if state == TrialState.FAILED else "FINISHED")

@@ -1,14 +1,15 @@
 """The Ray Tune trainable: one trial is one call of `afqmc.train.train` with sampled hyperparameters.
 
-It lives in its own module (not in search.py, which runs as `__main__`) so Ray pickles it by
-reference and the workers import it, like any library function.
+Everything here runs in a trial's process (or its Ray Train workers), never in the driver: the
+driver's searcher is tune/searcher.py, its callbacks tune/callbacks.py. It lives in its own module
+(not in search.py, which runs as `__main__`) so Ray pickles it by reference and the workers import
+it, like any library function.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import shutil
 import tempfile
 import threading
@@ -16,24 +17,22 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-import optuna
 import ray
 import torch
 from ray import tune
-from ray.tune.search.optuna import OptunaSearch
 
-from afqmc.config import SELECTION_METRICS, TrainConfig, from_dict
-from afqmc.metrics import best_key
+from afqmc.config import TrainConfig, from_dict
 from afqmc.train import TaskData, TrainingError, train, train_with_oom_retry
 from tune import internals
-from tune.folder import FAILED, TRAIN_RUNS
-from tune.results import keep_best_checkpoint, ran_its_course
+from tune.folder import TRAIN_GROUP, failure_report
+from tune.space import trial_config
 
 
 def run_trial(config: dict[str, Any], data: TaskData, base: dict[str, Any], workers: int = 1,
               worker_resources: dict[str, float] | None = None, train_storage: str | None = None,
               log_dir: str | None = None) -> None:
-    """Train with `base` (the fixed fields) updated by `config` (the sampled ones).
+    """Train with `base` (the search's fixed fields, tune.space.search_base) updated by `config` (the
+    sampled ones): tune.space.trial_config.
 
     `data` arrives through Ray's object store (`tune.with_parameters`): the driver tokenized it
     once, so a trial never reads or tokenizes the data files. With `workers` > 1 the trial is a
@@ -62,7 +61,7 @@ def trial_output(log_dir: str | None, name: str) -> Iterator[None]:
 def _run_trial(config: dict[str, Any], data: TaskData, base: dict[str, Any], workers: int,
                worker_resources: dict[str, float] | None, train_storage: str | None, trial_id: str,
                log_dir: str | None) -> None:
-    cfg = from_dict({**base, **config}, source=f"trial {trial_id}")
+    cfg = trial_config(from_dict(base, source=f"trial {trial_id}"), config, source=f"trial {trial_id}")
     logging.getLogger("ray").setLevel(logging.WARNING)  # not one "Checkpoint successfully created" per eval
     # `node_id` says which Ray node ran the trial (on a cluster). train() reports its own schedule
     # (planned_evals), which tells a trial that ran its course from one that ASHA stopped.
@@ -114,15 +113,12 @@ def _train_or_fail(cfg: TrainConfig, data: TaskData, checkpoint, report, report_
             with checkpoint.as_directory() as resume_dir:
                 train_fn(run_cfg, report_and_note, data=data, resume_from=resume_dir, progress=False)
     except TrainingError as exc:
-        nan = {key: math.nan for metric in SELECTION_METRICS for key in (metric, best_key(metric))}
-        report_failure({"evals": last.get("evals", 0), "step": last.get("step", 0), **nan, FAILED: str(exc)})
+        report_failure(failure_report(str(exc), last))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
 # --- a trial across several workers (Ray Train) ------------------------------------------------
-
-TRAIN_GROUP = "train_placement_group"
 
 
 def _run_workers(cfg: TrainConfig, data: TaskData, workers: int, per_worker: dict[str, float],
@@ -235,155 +231,3 @@ def _worker_loop(config: dict[str, Any]) -> None:
         _train_or_fail(cfg, ray.get(config["data"]), ray_train.get_checkpoint(), report,
                        lambda failure: ray_train.report({**failure, **extra}), train,
                        prefix=f"{config['trial_id']}-{ctx.get_world_rank()}")
-
-
-def trial_dirname(trial) -> str:
-    """`trial_<id>` instead of Ray's default name, which lists every parameter and the date."""
-    return f"trial_{trial.trial_id}"
-
-
-class TrialSeededTPE(optuna.samplers.TPESampler):
-    """Optuna's TPE, its random draws for each trial seeded with the search's seed and the trial's
-    number: a trial's parameters depend on its number and on the trials finished before it, not on
-    how many draws the sampler made before. A driver killed and resumed restores the sampler Ray
-    saved last, which may be some draws behind; the trials it suggests next are the same as in an
-    uninterrupted search (exactly for the seeded random start-up trials)."""
-
-    def __init__(self, *, seed: int | None = None, **kwargs: Any):
-        super().__init__(seed=seed, **kwargs)
-        self.search_seed = seed
-
-    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if self.search_seed is not None:
-            internals.seed_tpe(self, [self.search_seed, trial.number])
-        super().before_trial(study, trial)
-
-
-RAY_TRIAL_ID = "ray_trial_id"  # user attribute of each Optuna trial: the Ray trial it belongs to
-
-
-class StudySearch(OptunaSearch):
-    """Ray's OptunaSearch, so that the study says what happened to each trial:
-
-    - every evaluation's value of the ranking metric (`eval_metric`, at that evaluation, not the
-      best so far) is the trial's intermediate value at step `evals`: optuna-dashboard draws the
-      learning curves;
-    - a trial that ASHA stopped is PRUNED (Optuna takes its last intermediate value as its value),
-      not COMPLETE with a truncated value; one that ran its course is COMPLETE with its best value
-      (`metric`, the searcher's);
-    - a trial that failed on its own (its last report names the reason) is FAIL with that reason,
-      rather than a NaN value that Optuna refuses (which would leave the trial RUNNING forever);
-    - after the driver was killed, the study (written at once) can be ahead of Ray's last snapshot
-      of the experiment (taken every 10 s or so). A trial the study already holds as finished may
-      run again on resume: its new reports leave the study's record as it is, instead of stopping
-      the search. A trial the study holds as RUNNING that the snapshot never saw (suggested just
-      before the kill) is given, with its parameters, to the next trial Ray asks for, instead of a
-      new one: the study never keeps a trial RUNNING forever, nor more trials than the search.
-    Each Optuna trial records the Ray trial it belongs to (user attribute `ray_trial_id`).
-    """
-
-    def __init__(self, *args: Any, study_name: str, storage: optuna.storages.BaseStorage, eval_metric: str,
-                 max_evals: int, **kwargs: Any):
-        super().__init__(*args, study_name=study_name, storage=storage, **kwargs)
-        self.study_name, self.storage = study_name, storage
-        self.eval_metric, self.max_evals = eval_metric, max_evals
-
-    @property
-    def study(self) -> optuna.Study:
-        """The search's study, through Optuna's public API on the storage the search passed in; loaded
-        once (loading it again for every report re-read every trial: the driver's time per trial
-        doubled over a 200-trial search, benchmarks/soak.py). Its storage cache re-reads unfinished
-        trials, so what OptunaSearch writes through its own handle is seen."""
-        if getattr(self, "_study", None) is None:
-            self._study = optuna.load_study(study_name=self.study_name, storage=self.storage)
-        return self._study
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        orphan = None if internals.optuna_trial(self, trial_id) else self._orphan()
-        if orphan is not None:
-            internals.adopt(self, trial_id, optuna.Trial(self.study, internals.storage_trial_id(orphan)))
-        params = super().suggest(trial_id)
-        trial = internals.optuna_trial(self, trial_id)
-        if trial is not None:
-            trial.set_user_attr(RAY_TRIAL_ID, trial_id)
-        return params
-
-    def _orphan(self) -> optuna.trial.FrozenTrial | None:
-        """The first trial the study holds as RUNNING that no Ray trial of this searcher owns."""
-        owned = {t.number for t in internals.known_trials(self)}
-        running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        return next((t for t in running if t.number not in owned), None)
-
-    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        trial = internals.optuna_trial(self, trial_id)
-        if trial is None or internals.is_closed(self, trial_id) or self._finished_in_study(trial):
-            return
-        value = result.get(self.eval_metric)
-        if isinstance(value, (int, float)) and math.isfinite(value) and "evals" in result:
-            trial.report(float(value), int(result["evals"]))
-
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        trial = internals.optuna_trial(self, trial_id)
-        if trial is not None and self._finished_in_study(trial):
-            internals.close(self, trial_id)
-            return
-        if result and trial is not None:
-            # Ray passes the report that ended the trial (ASHA's cut, the budget) here, not to on_trial_result.
-            self.on_trial_result(trial_id, result)
-        if result and result.get(FAILED):
-            if trial is not None:
-                trial.set_user_attr(FAILED, str(result[FAILED]))
-            result, error = None, True
-        if result and not error and trial is not None and not ran_its_course(result, self.max_evals):
-            self.study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
-            internals.close(self, trial_id)
-            return
-        super().on_trial_complete(trial_id, result, error)
-
-    def _finished_in_study(self, trial: optuna.Trial) -> bool:
-        frozen = next((t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number), None)
-        return frozen is not None and frozen.state.is_finished()
-
-
-class ReleaseTrainWorkers(tune.Callback):
-    """When a multi-worker trial ends, remove its Ray Train workers' placement group (named in its
-    reports), which would otherwise hold their CPUs and GPUs after Tune stopped the trial, and what
-    its Train run left in the experiment's train_runs/."""
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._release(trial)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._release(trial)
-
-    @staticmethod
-    def _release(trial) -> None:
-        group = (trial.last_result or {}).get(TRAIN_GROUP)
-        if not group:
-            return
-        try:
-            internals.remove_placement_group(group)
-        except Exception:  # noqa: BLE001 -- already removed by Ray Train when its run ended normally
-            pass
-        runs = Path(trial.path).parent / TRAIN_RUNS
-        for run in runs.glob(f"{trial.trial_id}-*"):
-            shutil.rmtree(run, ignore_errors=True)
-        if runs.is_dir() and not any(runs.iterdir()):
-            runs.rmdir()
-
-
-class KeepBestCheckpoint(tune.Callback):
-    """When a trial ends, delete its checkpoints but the best one.
-
-    While a trial runs, Ray keeps its best checkpoint and its latest (to resume it); once it has
-    ended (finished, stopped by ASHA, or failed) the latest is of no use.
-    """
-
-    def __init__(self, metric: str):
-        self.metric = metric
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        keep_best_checkpoint(trial.path, self.metric)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        keep_best_checkpoint(trial.path, self.metric)
