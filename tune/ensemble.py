@@ -49,6 +49,7 @@ Entry points for the search's end (tune/search.py, compare.py --ensemble K):
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -323,3 +324,104 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+# --- the search's ensemble (the end of a search, compare.py --ensemble K) ---------------------------
+
+
+def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test_pairs=None) -> dict[str, Any] | None:
+    """The ensemble of a search's kept models: every finished and ASHA-stopped trial's kept model is
+    scored on val once (tune.scoring.model_probs, cached), at most `k` are chosen on val
+    (`select_ensemble`), the members and the best trial are scored once on the held-out test pairs
+    and judged (`judge_on_test`), and the ensemble is exported to results/NAME/ensemble/ (its members
+    copied; nothing is copied again when the folder already holds this choice).
+
+    `base`: the search's fixed config (tune.space.search_base: its split); `best`: the search's best
+    trial, the single model the ensemble must beat. Returns the summary's `ensemble` entry, or None
+    when `k` is 0 or fewer than two models were kept. Nothing here reads test labels before the
+    choice is made: selection gets val only."""
+    from afqmc.data import load_splits
+    from tune.folder import ENSEMBLE, TrialState
+    from tune.scoring import kept_model, model_probs
+
+    kept = sorted((t for t in trials if t.state in (TrialState.FINISHED, TrialState.STOPPED) and t.best_checkpoint),
+                  key=lambda t: t.number)  # ties in the selection go to the lower trial number
+    if k <= 0 or best is None or len(kept) < 2:
+        return None
+    name = {t.trial_id: f"trial {t.number}" for t in [*kept, best]}
+    splits = load_splits(base)
+    val = model_probs(experiment_dir, kept, splits.val, "val")
+    choice = select_ensemble({name[t.trial_id]: np.asarray(val["probs"][t.trial_id]) for t in kept},
+                             splits.val.labels, k=k, seed=base.seed)
+    by_name = {name[t.trial_id]: t for t in kept}
+    test_set = test_pairs if test_pairs is not None else splits.test
+    judged = None
+    if test_set is not None and test_set.labels is not None:
+        scored = [by_name[m] for m in choice.members] + ([] if name[best.trial_id] in choice.members else [best])
+        test = model_probs(experiment_dir, scored, test_set, "test")
+        judged = judge_on_test(choice, {name[t.trial_id]: np.asarray(test["probs"][t.trial_id]) for t in scored},
+                               test_set.labels, single=name[best.trial_id], single_threshold=test["threshold"][best.trial_id],
+                               seed=base.seed)
+    cost = ensemble_cost(choice, {name[t.trial_id]: val["seconds_per_pair"][t.trial_id] for t in kept},
+                         single=name[best.trial_id]) if best.trial_id in val["seconds_per_pair"] else None
+    target = Path(experiment_dir) / ENSEMBLE
+    figures = {"test": judged, "cost": cost, "search": Path(experiment_dir).name, "candidates": [name[t.trial_id] for t in kept]}
+    if not _holds(target, choice, figures):
+        export_ensemble(choice, {m: kept_model(by_name[m]) for m in choice.members}, target, figures)
+    return _summary_entry(choice, by_name, best, judged, cost, target)
+
+
+def _holds(target: Path, choice: EnsembleChoice, figures: dict[str, Any]) -> bool:
+    """The folder already holds this choice and these figures (a rebuilt report copies nothing)."""
+    from afqmc.ensemble import ENSEMBLE_JSON
+
+    path = target / ENSEMBLE_JSON
+    if not path.is_file():
+        return False
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    return ([m.get("name") for m in spec.get("members", [])] == list(choice.members)
+            and [m.get("weight") for m in spec.get("members", [])] == list(choice.weights)
+            and spec.get("threshold") == choice.threshold and spec.get("test") == _plain(figures["test"]))
+
+
+def _summary_entry(choice: EnsembleChoice, by_name: dict, best, judged: dict[str, Any] | None, cost, target: Path
+                   ) -> dict[str, Any]:
+    """What summary.json, trials.md, the end-of-search printout and compare.py say of the ensemble."""
+    from afqmc.ensemble import count_parameters
+
+    members = [{"trial": by_name[m].number, "trial_id": by_name[m].trial_id, "weight": w, "count": c}
+               for m, w, c in zip(choice.members, choice.weights, choice.counts)]
+    params = sum(count_parameters(p) for p in sorted((target / "members").iterdir()) if p.is_dir()) \
+        if (target / "members").is_dir() else None
+    keep = ("f1_macro", "accuracy", "auc", "threshold", "num_samples")
+    test = None if judged is None else {
+        "ensemble": {k: judged["ensemble"][k] for k in keep},
+        "single_best": {"trial": best.number, **{k: judged["single_best"][k] for k in keep}},
+        "gain_f1_macro": judged["gain_f1_macro"], "gain_ci95": judged["gain_ci95"],
+        "gain_resamples": judged["gain_resamples"]}
+    return _plain({"folder": str(target), "k": choice.k, "metric": choice.metric, "members": members,
+                   "threshold": choice.threshold, "val": {k: v for k, v in choice.val.items() if k != "cross_fitted_members"},
+                   "single_val": choice.single_val, "test": test,
+                   "cost": {**(cost or {}), "members": len(members), "parameters": params}})
+
+
+def ensemble_lines(ens: dict[str, Any] | None) -> list[str]:
+    """The ensemble in words: trials.md's header, the end of a search, compare.py."""
+    if not ens:
+        return []
+    members = ", ".join(f"trial {m['trial']} x{m['count']}" for m in ens["members"])
+    val = ens["val"]
+    lines = [f"ensemble ({ens['folder'].rsplit('/', 1)[-1]}/): {members} (greedy selection on val {ens['metric']}, at "
+             f"most {ens['k']}); val F1-macro {val['f1_macro_cross_fitted']:.4f} cross-fitted "
+             f"({val['f1_macro_in_sample']:.4f} in-sample: the selection graded itself), threshold {ens['threshold']:.4f}"]
+    test = ens.get("test")
+    if test:
+        low, high = test["gain_ci95"]
+        lines.append(f"ensemble on held-out test: F1-macro {test['ensemble']['f1_macro']:.4f} against the single best "
+                     f"{test['single_best']['f1_macro']:.4f} (trial {test['single_best']['trial']}): gain "
+                     f"{test['gain_f1_macro']:+.4f}, paired bootstrap 95% interval [{low:+.4f}, {high:+.4f}]")
+    cost = ens.get("cost") or {}
+    if cost.get("time_ratio") is not None:
+        lines.append(f"ensemble cost: {cost['members']} models, {cost['parameters'] or 0:,} parameters, "
+                     f"{cost['time_ratio']:.1f}x one model's prediction time")
+    return lines
