@@ -5,7 +5,9 @@
     cat pairs.jsonl | python -m afqmc.predict --checkpoint DIR --data -      # JSON lines in and out
 
 Each output line is the input pair with `prob` (P(label = 1)) and `pred` (the label at the model's
-saved decision threshold, or --threshold). A labelled input file also gets `<output stem>.metrics.json`.
+saved decision threshold, or --threshold). An ensemble folder (results/NAME/ensemble, afqmc/ensemble.py)
+predicts the weighted mean of its members' P(same), at the ensemble's threshold. A labelled input file
+also gets `<output stem>.metrics.json`.
 """
 
 from __future__ import annotations
@@ -14,25 +16,24 @@ import argparse
 import json
 import sys
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from afqmc.checkpoint import (PAIR_ORDERS_ATTR, THRESHOLD_ATTR, CheckpointError, load_model_config, resolve_directory,
-                              write_json)
+from afqmc.checkpoint import PAIR_ORDERS_ATTR, THRESHOLD_ATTR, CheckpointError, load_model_config, write_json
 from afqmc.config import ConfigError, TrainConfig
 from afqmc.data import DataError, PairData, PairDataset, collate, encode, load_pairs, parse_pairs
+from afqmc.ensemble import is_ensemble, load_ensemble, model_directory
 from afqmc.metrics import classification_metrics, ranking_metrics, tune_threshold
 from afqmc.techniques import swapped
 
 
 def load_saved_model(checkpoint: str | Path, device: str | torch.device = "cpu"):
     """Model, tokenizer and TrainConfig from a saved model dir (or a training checkpoint holding one)."""
-    path = resolve_directory(checkpoint)
-    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
-        path = path / "model"  # a training checkpoint: the model of that evaluation
+    path = model_directory(checkpoint)  # a training checkpoint: the model of that evaluation
     cfg = load_model_config(path)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
@@ -79,15 +80,36 @@ def labelled_metrics(labels, probs, threshold: float) -> dict[str, Any]:
     return {**classification_metrics(labels, probs, threshold, prefix=""), **ranking_metrics(labels, probs, prefix="")}
 
 
-def predict_saved(checkpoint: str | Path, pairs, device: str | torch.device = "cpu") -> tuple[list[float], float]:
-    """P(label = 1) of the saved model on `pairs`, and its saved threshold."""
+@dataclass
+class Predictor:
+    """What predicting needs of a saved model or an ensemble folder (afqmc/ensemble.py): P(same) of
+    pairs, the saved decision threshold (raises when there is none), and the data reading option."""
+
+    probs: Callable[[PairData], list[float]]
+    saved_threshold: Callable[[], float]
+    skip_empty: bool
+
+
+def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu") -> Predictor:
+    """A saved model, or an ensemble (a folder with ensemble.json: its members' weighted mean P(same))."""
+    if is_ensemble(checkpoint):
+        ens = load_ensemble(checkpoint, device)
+        return Predictor(lambda pairs: ens.predict_probs(pairs, device), lambda: ens.threshold, ens.skip_empty)
     model, tokenizer, cfg = load_saved_model(checkpoint, device)
-    threshold = saved_threshold(model, cfg, checkpoint)
-    return predict_probs(model, tokenizer, pairs, cfg.max_length, cfg.eval_batch_size, device), threshold
+    return Predictor(lambda pairs: predict_probs(model, tokenizer, pairs, cfg.max_length, cfg.eval_batch_size, device),
+                     lambda: saved_threshold(model, cfg, checkpoint), cfg.skip_empty)
+
+
+def predict_saved(checkpoint: str | Path, pairs: PairData, device: str | torch.device = "cpu"
+                  ) -> tuple[list[float], float]:
+    """P(same) of `pairs` by a saved model or an ensemble folder, and its saved threshold."""
+    predictor = load_predictor(checkpoint, device)
+    return predictor.probs(pairs), predictor.saved_threshold()
 
 
 def score_pairs(checkpoint: str | Path, pairs: PairData, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """The saved model's metrics on labelled `pairs`, at its saved threshold (nothing is chosen here)."""
+    """The saved model's (or ensemble's) metrics on labelled `pairs`, at its saved threshold (nothing
+    is chosen here)."""
     probs, threshold = predict_saved(checkpoint, pairs, device)
     return labelled_metrics(pairs.labels, probs, threshold)
 
@@ -96,22 +118,21 @@ def predict_file(checkpoint: str | Path, data_file: str | Path, output: str | Pa
                  device: str | torch.device = "cpu", threshold: float | None = None) -> dict[str, Any]:
     """Write predictions for `data_file`; returns the metrics when it has labels, else {}.
     `threshold` replaces the model's saved one."""
-    model, tokenizer, cfg = load_saved_model(checkpoint, device)
-    pairs = load_pairs(data_file, require_labels=False, skip_empty=cfg.skip_empty)
+    predictor = load_predictor(checkpoint, device)
+    pairs = load_pairs(data_file, require_labels=False, skip_empty=predictor.skip_empty)
     output = Path(output) if output else Path(data_file).with_suffix(".predictions.jsonl")
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("w", encoding="utf-8") as fh:
-        metrics = _predict_pairs(model, tokenizer, cfg, pairs, fh, device, threshold, checkpoint)
+        metrics = _predict_pairs(predictor, pairs, fh, threshold)
     if metrics:
         write_json(output.with_name(output.name.removesuffix(".jsonl") + ".metrics.json"), metrics)
     return metrics
 
 
-def _predict_pairs(model, tokenizer, cfg: TrainConfig, pairs: PairData, out: TextIO, device,
-                   threshold: float | None, where) -> dict[str, Any]:
+def _predict_pairs(predictor: Predictor, pairs: PairData, out: TextIO, threshold: float | None) -> dict[str, Any]:
     """Predictions of `pairs` as JSON lines to `out`; the metrics when the pairs have labels, else {}."""
-    threshold = saved_threshold(model, cfg, where) if threshold is None else threshold
-    probs = predict_probs(model, tokenizer, pairs, cfg.max_length, cfg.eval_batch_size, device)
+    threshold = predictor.saved_threshold() if threshold is None else threshold
+    probs = predictor.probs(pairs)
     for i, p in enumerate(probs):
         row = {"text1": pairs.text1[i], "text2": pairs.text2[i], "prob": round(p, 6), "pred": int(p >= threshold)}
         if pairs.labels is not None:
@@ -132,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                "  python -m afqmc.predict --checkpoint results/run/best_model --data pairs.jsonl\n"
                "  python -m afqmc.predict --checkpoint results/run/best_model --text1 花呗怎么还款 --text2 花呗如何还钱\n"
                "  cat pairs.jsonl | python -m afqmc.predict --checkpoint results/run/best_model --data - > preds.jsonl")
-    parser.add_argument("--checkpoint", required=True, help="a saved model directory (e.g. results/run/best_model)")
+    parser.add_argument("--checkpoint", required=True, help="a saved model directory (e.g. results/run/best_model), "
+                                                            "or an ensemble folder (results/NAME/ensemble)")
     parser.add_argument("--data", help="JSON-lines pairs, labelled or not; '-' reads standard input and writes the "
                                        "predictions to standard output (metrics of labelled pairs to standard error)")
     parser.add_argument("--text1", help="with --text2: predict one pair and print it as JSON")
@@ -154,13 +176,13 @@ def main(argv: list[str] | None = None) -> int:
             out = args.output or Path(args.data).with_suffix(".predictions.jsonl")
             print(f"predictions written to {out}")
         else:
-            model, tokenizer, cfg = load_saved_model(args.checkpoint, device)
+            predictor = load_predictor(args.checkpoint, device)
             if args.text1 is not None:
                 pairs = PairData([args.text1], [args.text2], None, "command line")
             else:
-                pairs = parse_pairs(sys.stdin, "<stdin>", require_labels=False, skip_empty=cfg.skip_empty)
+                pairs = parse_pairs(sys.stdin, "<stdin>", require_labels=False, skip_empty=predictor.skip_empty)
             with (open(args.output, "w", encoding="utf-8") if args.output else nullcontext(sys.stdout)) as out:
-                metrics = _predict_pairs(model, tokenizer, cfg, pairs, out, device, args.threshold, args.checkpoint)
+                metrics = _predict_pairs(predictor, pairs, out, args.threshold)
     except (CheckpointError, ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -504,6 +504,52 @@ def test_demo_search_trials_run_the_techniques_they_sample(demo_search):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("demo_search")  # one search for these tests (the fixture is per worker)
+def test_demo_search_builds_its_ensemble_and_a_killed_build_resumes(demo_search, tmp_path, monkeypatch):
+    """After the search: ensemble/ holds the members chosen on val, summary.json, trials.md and the
+    printout say what it is and how it did on test, and afqmc.predict predicts with it. A driver
+    killed while the ensemble is built (here: an interrupt while its folder is written) leaves no
+    half folder; the next report (a resume's end, or --regenerate) finishes it without predicting
+    again what was already predicted."""
+    from afqmc.ensemble import read_spec
+    from afqmc.predict import main as predict_main
+    from tune import ensemble, scoring
+    from tune.reports import write_reports
+
+    exp_dir = demo_search["exp_dir"]
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    ens = summary["ensemble"]
+    spec = read_spec(exp_dir / "ensemble")
+    assert [m["name"] for m in spec["members"]] == [f"trial {m['trial']}" for m in ens["members"]]
+    assert 1 <= len(ens["members"]) <= 5 and sum(m["weight"] for m in ens["members"]) == pytest.approx(1.0)
+    assert ens["val"]["f1_macro_cross_fitted"] <= ens["val"]["f1_macro_in_sample"] + 1e-12
+    assert ens["test"]["single_best"]["trial"] == summary["best"]["trial"]
+    low, high = ens["test"]["gain_ci95"]
+    assert low <= ens["test"]["gain_f1_macro"] <= high
+    assert "ensemble on held-out test" in (exp_dir / "trials.md").read_text() and "ensemble (" in demo_search["stdout"]
+    assert predict_main(["--checkpoint", str(exp_dir / "ensemble"), "--text1", "花呗怎么还款", "--text2", "花呗如何还钱"]) == 0
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exp_dir, copy, ignore=shutil.ignore_patterns("ensemble", "model_probs.json"))
+    real_export, predicted = ensemble.export_ensemble, []
+    monkeypatch.setattr(scoring, "predict", lambda d, p, real=scoring.predict: predicted.append(d) or real(d, p))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # what a SIGINT to the driver raises; a SIGKILL stops it at the same point
+
+    monkeypatch.setattr(ensemble, "export_ensemble", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_reports(copy, plots=False, log=lambda *_: None)
+    assert not (copy / "ensemble").exists() and (copy / "model_probs.json").is_file()
+    first = len(predicted)
+    monkeypatch.setattr(ensemble, "export_ensemble", real_export)
+    again = write_reports(copy, plots=False, log=lambda *_: None).summary["ensemble"]
+    assert len(predicted) == first  # every kept model was scored once, before the interruption
+    assert again["members"] == ens["members"] and again["threshold"] == ens["threshold"]
+    assert read_spec(copy / "ensemble")["threshold"] == spec["threshold"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("demo_search")  # one search for these tests (the fixture is per worker)
 def test_demo_search_best_model_reloads_and_reproduces_its_val_metrics(demo_search, tmp_path):
     exp_dir = demo_search["exp_dir"]
     metrics = json.loads((exp_dir / "best_model" / "metrics.json").read_text())
@@ -781,6 +827,12 @@ def test_held_out_labels_are_never_read_for_a_choice(label_searches):
     assert tests[0]["num_samples"] == tests[1]["num_samples"] == 300
     assert tests[0]["f1_macro"] != tests[1]["f1_macro"]  # the test labels do count where they should
     assert tests[0]["auc"] == pytest.approx(1 - tests[1]["auc"], abs=1e-9)  # flipped labels mirror the AUC
+    # The ensemble: the same members, weights, threshold and val figures; only its test figures differ.
+    ensembles = [o["summary"]["ensemble"] for o in (plain, flipped)]
+    for key in ("members", "threshold", "val", "single_val", "k", "metric"):
+        assert ensembles[0][key] == ensembles[1][key], key
+    assert ensembles[0]["test"]["ensemble"]["num_samples"] == 300
+    assert ensembles[0]["test"]["ensemble"]["auc"] == pytest.approx(1 - ensembles[1]["test"]["ensemble"]["auc"], abs=1e-9)
 
 
 # --- an unusable results folder or study: a clear error naming the path, before anything runs ------

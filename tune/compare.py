@@ -3,6 +3,7 @@
     python tune/compare.py results/A [results/B ...] [--top N] [--status finished,stopped]
         [--sort COLUMN] [--ascending] [--output comparison.md]
     python tune/compare.py --regenerate results/NAME [...]     # trials.csv/.md, summary.json, plots/ again
+    python tune/compare.py --ensemble K results/NAME           # the same, with the ensemble of at most K kept models
     python tune/compare.py --reseed K results/NAME [--max_steps N] [--seeds 1,2,3]
 
 The comparison is read from each experiment folder (Ray's results and state), not from trials.csv,
@@ -27,6 +28,7 @@ import pandas as pd
 import json
 
 from tune.folder import COMPARISON_MD, PRIMARY, SHORT, SUMMARY, SearchState, TrialState
+from tune.ensemble import ensemble_lines
 from tune.reports import (METRICS, STATES, leaderboard_rows, markdown_table, param_names, ranked, regenerate,
                           trials_frame)
 from tune.results import collect_trials
@@ -56,7 +58,8 @@ def load_searches(experiment_dirs: list[str | Path]) -> tuple[pd.DataFrame, list
         state = SearchState.load(exp)
         trials = collect_trials(exp)
         summary_file = exp / SUMMARY
-        test = json.loads(summary_file.read_text(encoding="utf-8")).get("test") if summary_file.is_file() else None
+        summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
+        test = summary.get("test")
         frame = trials_frame(trials, state, test)
         frame.insert(0, "search", name)
         frames.append(frame)
@@ -67,7 +70,8 @@ def load_searches(experiment_dirs: list[str | Path]) -> tuple[pd.DataFrame, list
         info.append({"search": name, "path": str(exp), "trials": len(frame), "metric": metric,
                      "num_samples": state.num_samples, "counts": counts,
                      "best": frame[metric].max() if frame[metric].notna().any() else None,
-                     "baseline": base[metric].iloc[0] if len(base) else None, "test": test})
+                     "baseline": base[metric].iloc[0] if len(base) else None, "test": test,
+                     "ensemble": summary.get("ensemble")})
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return frame, params, info
 
@@ -123,6 +127,7 @@ def describe_searches(info: list[dict]) -> list[str]:
         test = f"; held-out test F1-macro: {', '.join(tested)}" if tested else "; no held-out test score"
         lines.append(f"{s['search']}: {s['trials']} of {s['num_samples']} trials ({counts or 'none yet'}); {best}{base}"
                      f" (val: optimistic){test} ({s['path']})")
+        lines += [f"  {line}" for line in ensemble_lines(s.get("ensemble"))]
     return lines
 
 
@@ -195,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="rebuild trials.csv, trials.md, summary.json, best_config.yaml and plots/ of each "
                              "search from its folder alone (nothing is trained)")
     parser.add_argument("--no_plots", action="store_true", help="with --regenerate: tables only")
+    parser.add_argument("--ensemble", type=int, metavar="K",
+                        help="rebuild the reports with the ensemble of at most K kept models chosen on val (ensemble/; "
+                             "0: none; default: the space's search.ensemble_size, 5)")
     parser.add_argument("--reseed", type=int, metavar="K", help="retrain the best and the baseline config with K "
                                                                 "seeds; report mean and std of val F1-macro")
     parser.add_argument("--seeds", help="with --reseed: the seeds, comma-separated (default: K seeds after the "
@@ -218,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
             reseed(args.experiments[0], args.reseed, seeds=seeds, max_steps=args.max_steps, against=args.against)
             return 0
-        if args.regenerate:
-            regenerate(args.experiments, plots=not args.no_plots)
+        if args.regenerate or args.ensemble is not None:
+            regenerate(args.experiments, plots=not args.no_plots, ensemble_size=args.ensemble)
             return 0
         compare(args.experiments, sort=args.sort, ascending=args.ascending, top=args.top, status=args.status,
                 output=args.output)

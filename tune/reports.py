@@ -37,12 +37,13 @@ import pandas as pd
 
 from afqmc.checkpoint import write_text_atomic
 from afqmc.config import PRIMARY, ConfigError, TrainConfig
+from tune.ensemble import ensemble_lines, search_ensemble
 from tune.export import card_with_test, export_best
 from tune.folder import (BEST_CONFIG, BEST_MODEL, PLOTS, SHORT, SPACE_COPY, STUDY_DB, SUMMARY, TEST_F1, TRIALS_CSV,
                          TRIALS_MD, SearchState, TrialState, fmt_param)
 from tune.results import TrialRecord, best_trial, collect_trials, load_study
 from tune.scoring import held_out_test, val_predictions
-from tune.space import SearchSpace, folder_space, search_base
+from tune.space import SearchSettings, SearchSpace, folder_space, search_base
 
 STATES = tuple(TrialState)  # finished, stopped early, failed, unfinished
 # The trial's metrics in the tables: its best evaluation's val figures (CSV name, Markdown header,
@@ -230,6 +231,7 @@ def trials_markdown(name: str, frame: pd.DataFrame, params: list[str], summary: 
                   "optimistic. **Held-out test numbers** come from pairs that no choice has seen, each model scored "
                   "once at its saved threshold:", ""]
     lines += [f"- {line}" for line in test_lines(summary.get("test"))]
+    lines += [f"- {line}" for line in ensemble_lines(summary.get("ensemble"))]
     ranked_by = "" if metric == PRIMARY else f"{METRIC_TITLES.get(metric, metric)}: the trial's best value; "
     lines += ["", f"Each trial is shown at its best evaluation by {metric} (val). {ranked_by}gain: over the baseline, "
                   "in that metric; val F1: F1-macro at the trial's threshold thr (when it is tuned: "
@@ -320,9 +322,11 @@ def test_lines(test: dict[str, Any] | None) -> list[str]:
 
 
 def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None = None,
-                  test_file: str | None = None, plots: bool = True, log=print, test_pairs=None) -> Reports:
-    """Write trials.csv, trials.md, summary.json, best_config.yaml (+ best_model/) and plots/, and
-    score the best and the baseline trial on the held-out test set.
+                  test_file: str | None = None, plots: bool = True, log=print, test_pairs=None,
+                  ensemble_size: int | None = None) -> Reports:
+    """Write trials.csv, trials.md, summary.json, best_config.yaml (+ best_model/) and plots/, score
+    the best and the baseline trial on the held-out test set, and build the ensemble of the kept
+    models (ensemble/: `ensemble_size` members at most, by default the space's search.ensemble_size).
 
     Reads only the experiment folder (and, once, the val and test data); works on a finished,
     interrupted or running search. `test_file` goes into best_config.yaml; by default the space's own.
@@ -358,6 +362,8 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
         notes.append(f"parameter importance: {importance['error']}")
     summary = _summary(experiment_dir, trials, frame, state, best, importance)
     summary["test"] = test
+    k = settings.get("ensemble_size", SearchSettings.ensemble_size) if ensemble_size is None else ensemble_size
+    summary["ensemble"] = _ensemble(experiment_dir, base, trials, best, k, test_pairs, notes)
 
     if plots:
         made = _draw_plots(experiment_dir, state, space, trials, params, best, importance, summary, notes)
@@ -389,6 +395,19 @@ def _held_out_test(experiment_dir: Path, base: TrainConfig | None, best: TrialRe
     if scored is not None and (experiment_dir / BEST_MODEL).is_dir():  # the exported model's card gets its figures
         card_with_test(experiment_dir / BEST_MODEL, {**scored["metrics"], "source": test["source"]})
     return test
+
+
+def _ensemble(experiment_dir: Path, base: TrainConfig | None, trials: list[TrialRecord], best: TrialRecord | None,
+              k: int, test_pairs, notes: list[str]) -> dict[str, Any] | None:
+    """The ensemble of the kept models (tune.ensemble.search_ensemble); a failure is a note, as the
+    held-out test scores' (the tables must not depend on it)."""
+    if base is None or not k:  # no space copy (its note says why), or --ensemble 0 / ensemble_size: 0
+        return None
+    try:
+        return search_ensemble(experiment_dir, base, trials, best, k, test_pairs)
+    except Exception as exc:  # noqa: BLE001 -- any failure to build it: the tables are still written, with the reason
+        notes.append(f"ensemble not built: {type(exc).__name__}: {exc}")
+        return None
 
 
 def _draw_plots(experiment_dir: Path, state: SearchState, space: SearchSpace | None, trials: list[TrialRecord],
@@ -523,8 +542,11 @@ def _clean(value: Any) -> Any:
     return str(value)
 
 
-def regenerate(experiments: list[str | Path], plots: bool = True, print_fn=print) -> None:
-    """Rebuild the reports of each search from its folder alone (`compare.py --regenerate`)."""
+def regenerate(experiments: list[str | Path], plots: bool = True, print_fn=print, ensemble_size: int | None = None) -> None:
+    """Rebuild the reports of each search from its folder alone (`compare.py --regenerate`; with
+    `ensemble_size`, `--ensemble K`: the ensemble of at most K kept models, 0 for none)."""
     for exp in experiments:
-        reports = write_reports(exp, plots=plots)
+        reports = write_reports(exp, plots=plots, ensemble_size=ensemble_size)
+        for line in ensemble_lines(reports.summary.get("ensemble")):
+            print_fn(line)
         print_fn(f"{exp}: wrote " + ", ".join(str(p.relative_to(reports.experiment_dir)) for p in reports.files))

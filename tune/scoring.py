@@ -4,7 +4,8 @@ The one place where the tune side predicts with a model. The reports (the thresh
 held-out test figures), the export (the model card's test figures), reseed and the ensemble call
 it; the predictions and figures are afqmc.predict's (`predict_saved`, `labelled_metrics`), the
 ones a single run and `python -m afqmc.predict` give. Each figure is computed once and kept in the
-search folder (best_val_predictions.json, test_scores.json): rebuilding the reports predicts nothing.
+search folder (best_val_predictions.json, test_scores.json, model_probs.json): rebuilding the
+reports predicts nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from afqmc.checkpoint import CONFIG_NAME, write_text_atomic
 from afqmc.config import PRIMARY, TrainConfig, load_config
-from tune.folder import TEST_SCORES, VAL_PREDICTIONS
+from tune.folder import MODEL_PROBS, TEST_SCORES, VAL_PREDICTIONS
 from tune.results import TrialRecord, checkpoint_model
 
 
@@ -118,3 +119,32 @@ def held_out_test(experiment_dir: Path, base: TrainConfig, trials: dict[str, Tri
     return {"source": cache["source"], "pairs": cache["pairs"], "label_counts": cache["label_counts"],
             "fingerprint": cache["fingerprint"], "models": models, "note": note,
             "gain_f1_macro": b["metrics"]["f1_macro"] - a["metrics"]["f1_macro"] if b and a else None}
+
+
+def model_probs(experiment_dir: Path, trials: list[TrialRecord], pairs, split: str) -> dict[str, Any]:
+    """P(same) of each trial's kept model on `pairs` (the search's val split, or its held-out test
+    pairs: `split` names which), and the seconds each took per pair: each model predicts each split
+    once, kept in model_probs.json (by split, a fingerprint of the pairs, the trial and its kept
+    evaluation). Returns {"probs": {trial_id: [...]}, "seconds_per_pair": {...}, "threshold": {...}}
+    (threshold: each model's saved decision threshold)."""
+    import time
+
+    cache_file = experiment_dir / MODEL_PROBS
+    cache = json.loads(cache_file.read_text(encoding="utf-8")) if cache_file.is_file() else {}
+    entry = cache.get(split, {})
+    if entry.get("fingerprint") != fingerprint(pairs):  # new, or other pairs: predict again
+        entry = {"fingerprint": fingerprint(pairs), "pairs": len(pairs), "models": {}}
+    out: dict[str, Any] = {"probs": {}, "seconds_per_pair": {}, "threshold": {}}
+    for trial in trials:
+        key = f"{trial.trial_id}:{trial.best_evals}"
+        if key not in entry["models"]:
+            started = time.perf_counter()
+            probs, threshold = predict(kept_model(trial), pairs)
+            entry["models"][key] = {"probs": [round(float(p), 7) for p in probs], "threshold": threshold,
+                                    "seconds_per_pair": (time.perf_counter() - started) / max(1, len(pairs))}
+            cache[split] = entry
+            write_text_atomic(cache_file, json.dumps(cache) + "\n")  # a killed driver keeps what it predicted
+        out["probs"][trial.trial_id] = entry["models"][key]["probs"]
+        for field in ("seconds_per_pair", "threshold"):
+            out[field][trial.trial_id] = entry["models"][key][field]
+    return out

@@ -37,6 +37,7 @@ from afqmc.config import ConfigError, TrainConfig, fields_help, parse_overrides
 from afqmc.data import DataError
 from afqmc.train import TaskData, prepare_data
 from tune import internals
+from tune.ensemble import ensemble_lines
 from tune.reports import test_lines, write_reports
 from tune.results import collect_trials, searcher_metric
 from tune.space import SearchSpace, folder_space, load_space, search_base
@@ -320,7 +321,7 @@ def _finish(exp_dir: Path, space: SearchSpace, elapsed: float, test_pairs=None) 
     if best is not None:
         print(f"best trial {best.number}: {metric} {best.best_value:.4f} (val chose it: optimistic); model in "
               f"{_rel(exp_dir / BEST_MODEL)}, config in {_rel(exp_dir / BEST_CONFIG)}")
-    for line in test_lines(reports.summary.get("test")):
+    for line in test_lines(reports.summary.get("test")) + ensemble_lines(reports.summary.get("ensemble")):
         print(line)
     print(f"Optuna study: optuna-dashboard sqlite:///{_rel(exp_dir / STUDY_DB)}")
     print(f"tables: {_rel(exp_dir / TRIALS_MD)}, {_rel(exp_dir / TRIALS_CSV)}; plots: {_rel(exp_dir / PLOTS)}/")

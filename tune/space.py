@@ -75,6 +75,9 @@ class SearchSettings:
     # Trackers of the search besides Tune's TensorBoard files (always written): [mlflow] logs one
     # MLflow run per trial (tune/tracking.py).
     loggers: list[str] = field(default_factory=list)
+    # After the search, the ensemble of at most this many kept models (greedy selection on val log
+    # loss, tune/ensemble.py) in results/NAME/ensemble/; 0 = none.
+    ensemble_size: int = 5
 
 
 @dataclass
@@ -225,7 +228,7 @@ def _parse_settings(search: dict[str, Any], where) -> SearchSettings:
             raise SpaceError(f"{src}: unknown key 'search.{key}' (known: {', '.join(sorted(known))})", key)
         if key in ("num_samples", "max_evals", "grace_period", "workers_per_trial"):
             value = _check_int(key, value, 1, src)
-        elif key in ("seed", "n_startup_trials", "max_failures"):
+        elif key in ("seed", "n_startup_trials", "max_failures", "ensemble_size"):
             value = _check_int(key, value, 0, src)
         elif key == "max_concurrent_trials":
             value = None if value is None else _check_int(key, value, 1, src)
