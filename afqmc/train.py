@@ -61,6 +61,9 @@ class TaskData:
     # The labelled held-out pairs, scored once by the best model at the end; nothing that trains or
     # chooses reads them (a search keeps them in its driver: trials get TaskData without them).
     test: PairData | None = None
+    # The val pairs as text (a search's driver scores kept models on them: the ensemble; trials get
+    # TaskData without them, they train on the tokenized `val`).
+    val_pairs: PairData | None = None
 
 
 @dataclass
@@ -106,7 +109,7 @@ def prepare_data(cfg: TrainConfig, log: Callable[[str], None] = print) -> TaskDa
     log(f"data: {info['train_pairs']} train pairs {info['train_label_counts']}, {info['val_pairs']} val pairs "
         f"{info['val_label_counts']}, {info['pairs_in_train_and_val']} val pairs also in train{held_out}, "
         f"{info['skipped_empty']} empty skipped, [UNK] rate {info['unk_rate']:.2%}")
-    return TaskData(tokenizer, train_enc, val_enc, info, test)
+    return TaskData(tokenizer, train_enc, val_enc, info, test, val_pairs)
 
 
 # What `accelerate launch` (its flags or `accelerate config`'s file) tells the process it starts.

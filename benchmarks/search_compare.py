@@ -75,8 +75,12 @@ def hf_search(space_path: Path, b: dict[str, Any], backend: str, workdir: Path, 
     hf_logging.set_verbosity_error()  # one "no field class_weights in TrainingArguments" per trial otherwise
     space = load_space(space_path)
     cfg, settings = space.base, space.settings
-    params = {**su.searched_params(space_path), "threshold": su.SEARCHED_THRESHOLD}
-    baseline = {**space.baseline(), "threshold": su.SEARCHED_THRESHOLD["baseline"]}
+    # The peer searches the space's ranges (learning rate, class weights, dropout, warmup); the
+    # fine-tuning techniques (choices) are ours alone: Trainer has no FGM, R-Drop, EMA, ... to switch on.
+    params = {**{k: v for k, v in su.searched_params(space_path).items() if v["type"] in ("uniform", "loguniform")},
+              "threshold": su.SEARCHED_THRESHOLD}
+    baseline = {**{k: space.baseline()[k] for k in params if k in space.params},
+                "threshold": su.SEARCHED_THRESHOLD["baseline"]}
     started = time.perf_counter()
     data = prepare_data(cfg)  # the same split as ours: train, val, and the held-out test pairs
     current: dict[str, Any] = {"number": -1, **baseline}  # the running trial's sampled values

@@ -329,7 +329,8 @@ def _plain(value: Any) -> Any:
 # --- the search's ensemble (the end of a search, compare.py --ensemble K) ---------------------------
 
 
-def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test_pairs=None) -> dict[str, Any] | None:
+def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test_pairs=None, val_pairs=None
+                    ) -> dict[str, Any] | None:
     """The ensemble of a search's kept models: every finished and ASHA-stopped trial's kept model is
     scored on val once (tune.scoring.model_probs, cached), at most `k` are chosen on val
     (`select_ensemble`), the members and the best trial are scored once on the held-out test pairs
@@ -337,7 +338,8 @@ def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test
     copied; nothing is copied again when the folder already holds this choice).
 
     `base`: the search's fixed config (tune.space.search_base: its split); `best`: the search's best
-    trial, the single model the ensemble must beat. Returns the summary's `ensemble` entry, or None
+    trial, the single model the ensemble must beat; `test_pairs`, `val_pairs`: those splits when the
+    caller (the search's driver) holds them, else they are read again. Returns the summary's `ensemble` entry, or None
     when `k` is 0 or fewer than two models were kept. Nothing here reads test labels before the
     choice is made: selection gets val only."""
     from afqmc.data import load_splits
@@ -349,12 +351,14 @@ def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test
     if k <= 0 or best is None or len(kept) < 2:
         return None
     name = {t.trial_id: f"trial {t.number}" for t in [*kept, best]}
-    splits = load_splits(base)
-    val = model_probs(experiment_dir, kept, splits.val, "val")
+    need_test = test_pairs is None and bool(base.test_ratio or base.test_file)
+    splits = load_splits(base) if val_pairs is None or need_test else None
+    val_set = val_pairs if val_pairs is not None else splits.val
+    val = model_probs(experiment_dir, kept, val_set, "val")
     choice = select_ensemble({name[t.trial_id]: np.asarray(val["probs"][t.trial_id]) for t in kept},
-                             splits.val.labels, k=k, seed=base.seed)
+                             val_set.labels, k=k, seed=base.seed)
     by_name = {name[t.trial_id]: t for t in kept}
-    test_set = test_pairs if test_pairs is not None else splits.test
+    test_set = test_pairs if test_pairs is not None else (splits.test if splits else None)
     judged = None
     if test_set is not None and test_set.labels is not None:
         scored = [by_name[m] for m in choice.members] + ([] if name[best.trial_id] in choice.members else [best])

@@ -323,14 +323,15 @@ def test_lines(test: dict[str, Any] | None) -> list[str]:
 
 def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None = None,
                   test_file: str | None = None, plots: bool = True, log=print, test_pairs=None,
-                  ensemble_size: int | None = None) -> Reports:
+                  ensemble_size: int | None = None, val_pairs=None) -> Reports:
     """Write trials.csv, trials.md, summary.json, best_config.yaml (+ best_model/) and plots/, score
     the best and the baseline trial on the held-out test set, and build the ensemble of the kept
     models (ensemble/: `ensemble_size` members at most, by default the space's search.ensemble_size).
 
     Reads only the experiment folder (and, once, the val and test data); works on a finished,
     interrupted or running search. `test_file` goes into best_config.yaml; by default the space's own.
-    `test_pairs`: the held-out test pairs, when the caller (the search's driver) holds them already.
+    `test_pairs`, `val_pairs`: the held-out test and the val pairs, when the caller (the search's
+    driver) holds them already.
     """
     experiment_dir = Path(experiment_dir).resolve()
     state = SearchState.load(experiment_dir)
@@ -363,7 +364,7 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
     summary = _summary(experiment_dir, trials, frame, state, best, importance)
     summary["test"] = test
     k = settings.get("ensemble_size", SearchSettings.ensemble_size) if ensemble_size is None else ensemble_size
-    summary["ensemble"] = _ensemble(experiment_dir, base, trials, best, k, test_pairs, notes)
+    summary["ensemble"] = _ensemble(experiment_dir, base, trials, best, k, test_pairs, val_pairs, notes)
 
     if plots:
         made = _draw_plots(experiment_dir, state, space, trials, params, best, importance, summary, notes)
@@ -398,13 +399,13 @@ def _held_out_test(experiment_dir: Path, base: TrainConfig | None, best: TrialRe
 
 
 def _ensemble(experiment_dir: Path, base: TrainConfig | None, trials: list[TrialRecord], best: TrialRecord | None,
-              k: int, test_pairs, notes: list[str]) -> dict[str, Any] | None:
+              k: int, test_pairs, val_pairs, notes: list[str]) -> dict[str, Any] | None:
     """The ensemble of the kept models (tune.ensemble.search_ensemble); a failure is a note, as the
     held-out test scores' (the tables must not depend on it)."""
     if base is None or not k:  # no space copy (its note says why), or --ensemble 0 / ensemble_size: 0
         return None
     try:
-        return search_ensemble(experiment_dir, base, trials, best, k, test_pairs)
+        return search_ensemble(experiment_dir, base, trials, best, k, test_pairs, val_pairs)
     except Exception as exc:  # noqa: BLE001 -- any failure to build it: the tables are still written, with the reason
         notes.append(f"ensemble not built: {type(exc).__name__}: {exc}")
         return None

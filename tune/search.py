@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.time() - started
     finally:
         ray.shutdown()
-    code = _finish(exp_dir, space, elapsed, data.test)
+    code = _finish(exp_dir, space, elapsed, data.test, data.val_pairs)
     lock.close()
     return code
 
@@ -230,7 +230,7 @@ def _trainable(data: TaskData, base: TrainConfig, resources: dict[str, float], w
 
     # with_parameters puts `data` into the object store once; every trial reads that one copy. The
     # held-out test pairs stay in this driver: no trial can read their labels.
-    data = dataclasses.replace(data, test=None)
+    data = dataclasses.replace(data, test=None, val_pairs=None)
     trainable = tune.with_parameters(run_trial, data=data, base=base.to_dict(), workers=workers,
                                      worker_resources={"CPU": resources["cpu"], "GPU": resources["gpu"]},
                                      train_storage=str(exp_dir / TRAIN_RUNS), log_dir=log_dir)
@@ -299,7 +299,7 @@ def _init_ray(address: str | None, exp_dir: Path, verbose: bool) -> None:
 # --- after the search ----------------------------------------------------------------------------
 
 
-def _finish(exp_dir: Path, space: SearchSpace, elapsed: float, test_pairs=None) -> int:
+def _finish(exp_dir: Path, space: SearchSpace, elapsed: float, test_pairs=None, val_pairs=None) -> int:
     from tune.terminal import print_leaderboard
 
     trials = collect_trials(exp_dir)
@@ -308,7 +308,7 @@ def _finish(exp_dir: Path, space: SearchSpace, elapsed: float, test_pairs=None) 
     # trials.csv, trials.md, summary.json, best_config.yaml, best_model/ and plots/ (also after an
     # interrupt), and the held-out test scores of the best and the baseline trial;
     # `python tune/compare.py --regenerate results/NAME` rebuilds them from the folder alone.
-    reports = write_reports(exp_dir, trials, test_pairs=test_pairs)
+    reports = write_reports(exp_dir, trials, test_pairs=test_pairs, val_pairs=val_pairs)
     best, metric = reports.best, space.settings.metric
     counts = {s: sum(t.state == s for t in trials) for s in DONE_STATES}
     print(f"{len(done)} of {space.settings.num_samples} trials done ({elapsed / 60:.1f} min in this run): "
