@@ -426,6 +426,7 @@ def ensemble_lines(ens: dict[str, Any] | None) -> list[str]:
                      f"{test['gain_f1_macro']:+.4f}, paired bootstrap 95% interval [{low:+.4f}, {high:+.4f}]")
     cost = ens.get("cost") or {}
     if cost.get("time_ratio") is not None:
-        lines.append(f"ensemble cost: {cost['members']} models, {cost['parameters'] or 0:,} parameters, "
+        n = cost["members"]
+        lines.append(f"ensemble cost: {n} model{'s' if n != 1 else ''}, {cost['parameters'] or 0:,} parameters, "
                      f"{cost['time_ratio']:.1f}x one model's prediction time")
     return lines
