@@ -562,6 +562,31 @@ def test_reseed_reports_mean_and_std_of_best_and_baseline(search, capsys):
 
 
 @pytest.mark.slow
+def test_reseed_ensemble_against_the_single_best(search):
+    """Each seed retrains every member config and the single best's; the ensemble's threshold is
+    tuned on its val mixture (val chooses) and the mixture is scored once on held-out test."""
+    import torch
+
+    exp_dir = search["exp_dir"]
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert compare_cli.main(["--reseed_ensemble", "2", "--max_steps", "6", str(exp_dir)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads((exp_dir / "reseed_ensemble.json").read_text())
+    assert report["seeds"] == [43, 44] and report["members"] == summary["ensemble"]["members"]
+    assert report["single_best"] == summary["best"]["trial"] and len(report["runs"]) == 2
+    for who, key in (("ensemble_test", "ensemble_test"), ("single_test", "single_test")):
+        values = [r[key] for r in report["runs"]]
+        assert all(0 < v <= 1 for v in values) and report[who]["values"] == values
+        assert report[who]["mean"] == pytest.approx(np.mean(values))
+    assert report["verdict"]["gain"] == pytest.approx(report["ensemble_test"]["mean"] - report["single_test"]["mean"])
+    assert all(0 < r["ensemble_threshold"] < 1 for r in report["runs"])
+
+
+@pytest.mark.slow
 def test_reseed_when_the_baseline_is_the_winner(search, tmp_path):
     """A search whose best trial is its baseline: reseeding trains that config only and says there is
     no gain to test (the folder is the module's search with search.json naming the winner as baseline)."""

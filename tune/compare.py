@@ -4,6 +4,7 @@
         [--sort COLUMN] [--ascending] [--output comparison.md]
     python tune/compare.py --regenerate results/NAME [...]     # trials.csv/.md, summary.json, plots/ again
     python tune/compare.py --ensemble K results/NAME           # the same, with the ensemble of at most K kept models
+    python tune/compare.py --reseed_ensemble K results/NAME    # the ensemble against the single best over K seeds
     python tune/compare.py --reseed K results/NAME [--max_steps N] [--seeds 1,2,3]
 
 The comparison is read from each experiment folder (Ray's results and state), not from trials.csv,
@@ -200,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="rebuild trials.csv, trials.md, summary.json, best_config.yaml and plots/ of each "
                              "search from its folder alone (nothing is trained)")
     parser.add_argument("--no_plots", action="store_true", help="with --regenerate: tables only")
+    parser.add_argument("--reseed_ensemble", type=int, metavar="K",
+                        help="retrain the ensemble's member configs and the single best's with K new seeds: held-out "
+                             "test F1 of the ensemble (threshold tuned on val per seed) against the single best's")
     parser.add_argument("--ensemble", type=int, metavar="K",
                         help="rebuild the reports with the ensemble of at most K kept models chosen on val (ensemble/; "
                              "0: none; default: the space's search.ensemble_size, 5)")
@@ -225,6 +229,14 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--reseed needs K >= 2 (a standard deviation needs two runs)")
             seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
             reseed(args.experiments[0], args.reseed, seeds=seeds, max_steps=args.max_steps, against=args.against)
+            return 0
+        if args.reseed_ensemble is not None:
+            from tune.reseed import reseed_ensemble
+
+            if len(args.experiments) != 1 or args.reseed_ensemble < 2:
+                parser.error("--reseed_ensemble takes one search folder and K >= 2")
+            seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+            reseed_ensemble(args.experiments[0], args.reseed_ensemble, seeds=seeds, max_steps=args.max_steps)
             return 0
         if args.regenerate or args.ensemble is not None:
             regenerate(args.experiments, plots=not args.no_plots, ensemble_size=args.ensemble)

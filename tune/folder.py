@@ -34,6 +34,7 @@ TEST_SCORES = "test_scores.json"  # the held-out test figures of each scored mod
 ENSEMBLE = "ensemble"  # the ensemble of the kept models (tune/ensemble.py; afqmc/ensemble.py reads it)
 MODEL_PROBS = "model_probs.json"  # each kept model's val (and, for the ensemble's members, test) P(same)
 RESEED_JSON, RESEED_MD = "reseed.json", "reseed.md"
+RESEED_ENSEMBLE_JSON = "reseed_ensemble.json"  # the ensemble against the single best over new seeds
 COMPARISON_MD = "comparison.md"
 TRAIN_RUNS = "train_runs"  # Ray Train's copy of multi-worker trials' checkpoints, while they run
 LOGS = "logs"  # ray.log (Ray's own messages) and trial_<id>.log (each trial's output), unless --verbose

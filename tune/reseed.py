@@ -30,7 +30,7 @@ import numpy as np
 from afqmc.checkpoint import CONFIG_NAME
 from afqmc.config import DATA_FIELDS, ConfigError, TrainConfig, from_dict, load_config, read_yaml_mapping
 from tune import space
-from tune.folder import BEST_CONFIG, RESEED_JSON, RESEED_MD, SearchState, format_params
+from tune.folder import BEST_CONFIG, RESEED_ENSEMBLE_JSON, RESEED_JSON, RESEED_MD, SUMMARY, SearchState, format_params
 from tune.reports import markdown_table
 from tune.results import TrialRecord, best_trial, collect_trials
 from tune.scoring import kept_config, kept_model
@@ -240,3 +240,81 @@ def reseed_markdown(report: dict[str, Any]) -> str:
             lines.append(f"{title}: {v['verdict']}.")
         lines.append("")
     return "\n".join(lines)
+
+
+# --- the ensemble over seeds ------------------------------------------------------------------------
+
+
+def reseed_ensemble(experiment_dir: str | Path, k: int, seeds: list[int] | None = None,
+                    max_steps: int | None = None, log=print) -> dict[str, Any]:
+    """The search's ensemble (summary.json `ensemble`) retrained on `k` new seeds: per seed, every
+    member's config is trained again (each choosing its checkpoint on val, as a trial), the members'
+    val P(same) are mixed with the ensemble's weights and its threshold is tuned on that val mixture
+    (val chooses), and the mixture is scored once on the held-out test set. The single best trial's
+    config is trained on the same seeds. Reports both test F1-macro means and stds and Welch's p
+    (reseed_ensemble.json in the search folder)."""
+    from afqmc.metrics import classification_metrics, tune_threshold
+    from afqmc.train import prepare_data
+
+    experiment_dir = Path(experiment_dir).resolve()
+    state = SearchState.load(experiment_dir)
+    summary = json.loads((experiment_dir / SUMMARY).read_text(encoding="utf-8")) if (experiment_dir / SUMMARY).is_file() else {}
+    ens = summary.get("ensemble")
+    if not ens:
+        raise ValueError(f"{experiment_dir}: no ensemble in {SUMMARY} (build one: python tune/compare.py --ensemble 5 "
+                         f"{experiment_dir})")
+    trials = {t.number: t for t in collect_trials(experiment_dir)}
+    best = best_trial(list(trials.values()))
+    members = [(trials[m["trial"]], m["weight"]) for m in ens["members"]]
+    search = _search_config(experiment_dir, state, trial_config(experiment_dir, best, state), log)
+    data = prepare_data(search, log=log)
+    if data.test is None:
+        raise ValueError(f"{experiment_dir}: the search has no held-out test set to judge the ensemble on")
+    seeds = seeds or [search.seed + i for i in range(1, k + 1)]
+    metric, max_evals = state.metric, state.settings.get("max_evals")
+    runs = []
+    for seed in seeds:
+        mixed = {"val": 0.0, "test": 0.0}
+        for trial, weight in members:
+            cfg = trial_config(experiment_dir, trial, state).replace(
+                seed=seed, max_steps=max_steps or budget_steps(trial, max_evals), metric_for_best_model=metric)
+            probs = _member_probs(cfg, data, f"member trial {trial.number}", log)
+            for split in mixed:
+                mixed[split] = mixed[split] + weight * np.asarray(probs[split])
+        threshold, _ = tune_threshold(data.val_pairs.labels, mixed["val"])
+        test = classification_metrics(data.test.labels, mixed["test"], threshold, prefix="")["f1_macro"]
+        single = _run_seed(trial_config(experiment_dir, best, state).replace(
+            seed=seed, max_steps=max_steps or budget_steps(best, max_evals), metric_for_best_model=metric),
+            data, f"single best (trial {best.number})", log)
+        runs.append({"seed": seed, "ensemble_test": float(test), "ensemble_threshold": threshold,
+                     "single_test": single["test"]})
+        log(f"seed {seed}: ensemble held-out test F1-macro {test:.4f}, single best {single['test']:.4f}")
+    results = {"best": {"test": _stats([r["ensemble_test"] for r in runs])},
+               "baseline": {"test": _stats([r["single_test"] for r in runs])}}
+    verdict = _verdict(results, "test", same=len(members) == 1 and members[0][0].number == best.number)
+    report = {"search": experiment_dir.name, "seeds": seeds, "members": ens["members"], "single_best": best.number,
+              "ensemble_test": results["best"]["test"], "single_test": results["baseline"]["test"],
+              "verdict": {**verdict, "verdict": verdict["verdict"].replace("the baseline", "the single best")},
+              "runs": runs}
+    (experiment_dir / RESEED_ENSEMBLE_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    e, b = report["ensemble_test"], report["single_test"]
+    log(f"ensemble of {len(members)} over {len(seeds)} seeds: held-out test F1-macro {e['mean']:.4f} +- "
+        f"{e['std'] or 0:.4f}; single best {b['mean']:.4f} +- {b['std'] or 0:.4f}: {report['verdict']['verdict']}")
+    return report
+
+
+def _member_probs(cfg: TrainConfig, data, name: str, log) -> dict[str, list[float]]:
+    """One retraining of an ensemble member in a scratch folder: its kept model's P(same) on the
+    val and the held-out test pairs (the kept checkpoint chosen on val, as a trial's)."""
+    from afqmc.predict import predict_saved
+    from afqmc.train import train
+
+    out = tempfile.mkdtemp(prefix=f"reseed-member-{cfg.seed}-")
+    try:
+        summary = train(cfg.replace(output_dir=out, test_file=None, save_best_model=True), data=data, progress=False)
+        model = Path(out) / "best_model"
+        probs = {"val": predict_saved(model, data.val_pairs)[0], "test": predict_saved(model, data.test)[0]}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    log(f"{name} seed {cfg.seed}: best {cfg.metric_for_best_model} {summary['best'][cfg.metric_for_best_model]:.4f}")
+    return probs
