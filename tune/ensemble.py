@@ -14,24 +14,25 @@ The algorithm (`greedy_selection`):
 - stop after `k` selections or when no addition strictly improves the metric. Ties go to the
   candidate listed first (the caller's order), so the choice is deterministic.
 
-The selection metric is val LOG LOSS, not ROC-AUC:
+The selection metric ("The selection metric"): a search selects on val ROC-AUC
+(search.ensemble_metric, default auc); `metric="log_loss"` is the other choice, and the default of
+the functions here when called directly. Two measurements disagree, for a reason that decides it:
 
-- AUC is rank-only and piecewise constant in the weights: many mixtures tie exactly, and a step
-  that changes a handful of pair orders decides the next member, which makes the greedy walk noisy
-  on a few thousand val pairs. Log loss is smooth in the weights, and strictly proper: it rewards
-  a mixture for being right with confidence where its members disagree, which is what averaging buys;
-- log loss also grades calibration, which the tuned threshold does not need. But the mixture is a
-  mean of probabilities, not of ranks, so a member's scale already matters to where the mixture
-  puts each pair: a member that is badly scaled (squashed or extreme) pulls the mean's ranking off
-  as well, and log loss sees that where AUC may not;
-- measured (benchmarks/ensemble_metric.py: pools of 12 character TF-IDF pair models, logistic
-  regression balanced or not and naive Bayes, each fit on a random half of AFQMC train; 3200 val and
-  3200 held-out test pairs; k = 5; 3 pools): held-out test F1-macro gain over the single best model
-  +0.0158 with log loss (+0.0186, +0.0130, +0.0159) against +0.0097 with AUC (+0.0058, +0.0123,
-  +0.0111): log loss ahead in every pool. AUC's ensembles had the higher val F1, in-sample (0.619
-  against 0.612 on average) and even cross-fitted (0.611 against 0.607), and the lower test F1
-  (0.587 against 0.593): rank-only selection fits val's pair orders. A small, lexical pool: the
-  direction, not the size, is what carries over. `metric="auc"` stays available for comparisons.
+- on pools of 12 character TF-IDF pair models (benchmarks/ensemble_metric.py: logistic regression
+  balanced or not and naive Bayes, each fit on a random half of AFQMC train; 3,200 val and 3,200
+  held-out test pairs; k = 5; 3 pools), log loss gave the larger held-out test gain over the single
+  best (+0.0158 on average against +0.0097 with AUC): log loss is smooth in the weights and rewards
+  being right with confidence where members disagree, while AUC is piecewise constant and fits
+  val's pair orders;
+- on a real search of this product (the CPU space with the techniques, 16 trials of the tiny
+  stand-in; benchmarks/README.md), log loss chose a single trial that ASHA had cut after 100
+  updates, whose near-constant P(same) of 0.33 sat closest to the class prior: its log loss was the
+  lowest of all (0.619), its AUC 0.511, and on held-out test the "ensemble" lost 0.036 F1-macro to
+  the best trial (paired bootstrap interval [-0.059, -0.013]). AUC chose the best-ranking trials
+  (trial 0 and trial 15, 1:4). The search's candidates are trained with different class weights
+  and focal gammas, which move their probabilities on purpose; log loss then measures calibration,
+  which the tuned threshold makes irrelevant, more than ranking, which it cannot fix. The TF-IDF
+  pool had no such spread of calibrations. So the search selects on AUC.
 
 The val figure an ensemble reports is cross-fitted (`cross_fitted_selection`): members, weights and
 threshold chosen on one half of val (afqmc.metrics.halves, the trials' own split), F1-macro scored
@@ -329,8 +330,8 @@ def _plain(value: Any) -> Any:
 # --- the search's ensemble (the end of a search, compare.py --ensemble K) ---------------------------
 
 
-def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test_pairs=None, val_pairs=None
-                    ) -> dict[str, Any] | None:
+def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test_pairs=None, val_pairs=None,
+                    metric: str = "auc") -> dict[str, Any] | None:
     """The ensemble of a search's kept models: every finished and ASHA-stopped trial's kept model is
     scored on val once (tune.scoring.model_probs, cached), at most `k` are chosen on val
     (`select_ensemble`), the members and the best trial are scored once on the held-out test pairs
@@ -338,7 +339,8 @@ def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test
     copied; nothing is copied again when the folder already holds this choice).
 
     `base`: the search's fixed config (tune.space.search_base: its split); `best`: the search's best
-    trial, the single model the ensemble must beat; `test_pairs`, `val_pairs`: those splits when the
+    trial, the single model the ensemble must beat; `metric`: the selection's (search.ensemble_metric,
+    AUC by default: see "The selection metric" above); `test_pairs`, `val_pairs`: those splits when the
     caller (the search's driver) holds them, else they are read again. Returns the summary's `ensemble` entry, or None
     when `k` is 0 or fewer than two models were kept. Nothing here reads test labels before the
     choice is made: selection gets val only."""
@@ -356,7 +358,7 @@ def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test
     val_set = val_pairs if val_pairs is not None else splits.val
     val = model_probs(experiment_dir, kept, val_set, "val")
     choice = select_ensemble({name[t.trial_id]: np.asarray(val["probs"][t.trial_id]) for t in kept},
-                             val_set.labels, k=k, seed=base.seed)
+                             val_set.labels, k=k, seed=base.seed, metric=metric)
     by_name = {name[t.trial_id]: t for t in kept}
     test_set = test_pairs if test_pairs is not None else (splits.test if splits else None)
     judged = None

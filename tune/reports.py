@@ -364,7 +364,8 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
     summary = _summary(experiment_dir, trials, frame, state, best, importance)
     summary["test"] = test
     k = settings.get("ensemble_size", SearchSettings.ensemble_size) if ensemble_size is None else ensemble_size
-    summary["ensemble"] = _ensemble(experiment_dir, base, trials, best, k, test_pairs, val_pairs, notes)
+    summary["ensemble"] = _ensemble(experiment_dir, base, trials, best, k, test_pairs, val_pairs, notes,
+                                    settings.get("ensemble_metric", SearchSettings.ensemble_metric))
 
     if plots:
         made = _draw_plots(experiment_dir, state, space, trials, params, best, importance, summary, notes)
@@ -399,13 +400,13 @@ def _held_out_test(experiment_dir: Path, base: TrainConfig | None, best: TrialRe
 
 
 def _ensemble(experiment_dir: Path, base: TrainConfig | None, trials: list[TrialRecord], best: TrialRecord | None,
-              k: int, test_pairs, val_pairs, notes: list[str]) -> dict[str, Any] | None:
+              k: int, test_pairs, val_pairs, notes: list[str], metric: str) -> dict[str, Any] | None:
     """The ensemble of the kept models (tune.ensemble.search_ensemble); a failure is a note, as the
     held-out test scores' (the tables must not depend on it)."""
     if base is None or not k:  # no space copy (its note says why), or --ensemble 0 / ensemble_size: 0
         return None
     try:
-        return search_ensemble(experiment_dir, base, trials, best, k, test_pairs, val_pairs)
+        return search_ensemble(experiment_dir, base, trials, best, k, test_pairs, val_pairs, metric)
     except Exception as exc:  # noqa: BLE001 -- any failure to build it: the tables are still written, with the reason
         notes.append(f"ensemble not built: {type(exc).__name__}: {exc}")
         return None

@@ -42,6 +42,7 @@ RUN_FIELDS = {"output_dir", "save_best_model", "test_file", "eval_steps", "metri
 # like their final val F1-macro (tuned threshold, cross-fitted) on the CPU space (benchmarks/README.md).
 DEFAULT_ASHA_METRIC = "val/auc"
 LOGGERS = ("mlflow",)  # search.loggers
+ENSEMBLE_METRICS = ("auc", "log_loss")  # search.ensemble_metric (tune/ensemble.py METRICS)
 
 
 class SpaceError(ConfigError):
@@ -78,6 +79,10 @@ class SearchSettings:
     # After the search, the ensemble of at most this many kept models (greedy selection on val log
     # loss, tune/ensemble.py) in results/NAME/ensemble/; 0 = none.
     ensemble_size: int = 5
+    # What the greedy selection maximises on val: auc (the default: class weights and the focal loss,
+    # both searched, shift a model's probabilities, and log loss then rewards calibration over
+    # ranking: measured on the CPU space, benchmarks/README.md) or log_loss.
+    ensemble_metric: str = "auc"
 
 
 @dataclass
@@ -232,6 +237,10 @@ def _parse_settings(search: dict[str, Any], where) -> SearchSettings:
             value = _check_int(key, value, 0, src)
         elif key == "max_concurrent_trials":
             value = None if value is None else _check_int(key, value, 1, src)
+        elif key == "ensemble_metric":
+            if value not in ENSEMBLE_METRICS:
+                raise SpaceError(f"{src}: 'search.ensemble_metric' must be one of {', '.join(ENSEMBLE_METRICS)} "
+                                 f"(got {value!r})", key)
         elif key in ("metric", "asha_metric"):
             value = normalize_metric(value, f"search.{key}", src)
         elif key == "loggers":
