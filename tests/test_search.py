@@ -139,6 +139,8 @@ BAD_SPACES = [
     ("threshold: {type: uniform, low: 0.3, high: 0.7}\n", "grace_period: 0", "grace_period", ">= 1"),
     ("threshold: {type: uniform, low: 0.3, high: 0.7}\n", "loggers: [neptune]", "loggers", "mlflow"),
     ("report_to: tensorboard\nthreshold: {type: uniform, low: 0.3, high: 0.7}\n", None, "report_to", "search.loggers"),
+    ("threshold: {type: uniform, low: 0.3, high: 0.7}\n", "ensemble_metric: f1", "ensemble_metric", "auc, log_loss"),
+    ("threshold: {type: uniform, low: 0.3, high: 0.7}\n", "ensemble_size: -1", "ensemble_size", ">= 0"),
 ]
 
 
