@@ -139,15 +139,7 @@ class TrainConfig:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"{source}: field '{name}' {why} (got {getattr(self, name)!r})", name)
 
-        cw = self.class_weights
-        if isinstance(cw, (int, float)) and not isinstance(cw, bool):
-            self.class_weights = cw = [1.0, float(cw)]
-        if isinstance(cw, str) and cw != "balanced":
-            raise bad("class_weights", "must be [w0, w1], one number (w1 / w0), 'balanced' or null")
-        if isinstance(cw, list):
-            if len(cw) != 2 or not all(_is_number(w) and w > 0 for w in cw):
-                raise bad("class_weights", "must hold two numbers > 0")
-            self.class_weights = [float(w) for w in cw]
+        self._check_class_weights(bad)
 
         positive = {"learning_rate", "per_device_batch_size", "eval_batch_size", "max_length",
                     "gradient_accumulation_steps", "num_epochs", "tiny_hidden_size",
@@ -166,13 +158,7 @@ class TrainConfig:
         for name in ("dropout", "attention_dropout"):
             if getattr(self, name) is not None and not 0.0 <= getattr(self, name) < 1.0:
                 raise bad(name, "must be in [0, 1)")
-        for name in ("focal_gamma", "fgm_epsilon", "rdrop_alpha"):
-            if not getattr(self, name) >= 0:
-                raise bad(name, "must be >= 0 (0 = off)")
-        if not 0.0 < self.layerwise_lr_decay <= 1.0:
-            raise bad("layerwise_lr_decay", "must be in (0, 1] (1 = off)")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise bad("ema_decay", "must be in [0, 1) (0 = off)")
+        self._check_techniques(bad)
         if isinstance(self.threshold, str):
             if self.threshold != TUNED:
                 raise bad("threshold", f"must be a number in (0, 1) or '{TUNED}'")
@@ -205,6 +191,28 @@ class TrainConfig:
             raise bad("model_name_or_path", "must not be empty")
         if not self.train_file:
             raise bad("train_file", "must not be empty")
+
+    def _check_class_weights(self, bad) -> None:
+        """[w0, w1], one number r meaning [1, r], "balanced" or None; numbers become floats."""
+        cw = self.class_weights
+        if isinstance(cw, (int, float)) and not isinstance(cw, bool):
+            self.class_weights = cw = [1.0, float(cw)]
+        if isinstance(cw, str) and cw != "balanced":
+            raise bad("class_weights", "must be [w0, w1], one number (w1 / w0), 'balanced' or null")
+        if isinstance(cw, list):
+            if len(cw) != 2 or not all(_is_number(w) and w > 0 for w in cw):
+                raise bad("class_weights", "must hold two numbers > 0")
+            self.class_weights = [float(w) for w in cw]
+
+    def _check_techniques(self, bad) -> None:
+        """The techniques' strengths: each in its range, its "off" value included."""
+        for name in ("focal_gamma", "fgm_epsilon", "rdrop_alpha"):
+            if not getattr(self, name) >= 0:
+                raise bad(name, "must be >= 0 (0 = off)")
+        if not 0.0 < self.layerwise_lr_decay <= 1.0:
+            raise bad("layerwise_lr_decay", "must be in (0, 1] (1 = off)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise bad("ema_decay", "must be in [0, 1) (0 = off)")
 
     # --- conversions -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

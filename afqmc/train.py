@@ -297,12 +297,10 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * schedule.total_steps),
                                                 schedule.total_steps)
     accelerator.register_for_checkpointing(scheduler)  # before load_state, which restores it
-    ema = make_ema(accelerator.unwrap_model(model), cfg.ema_decay) if cfg.ema_decay else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
     weights = _class_weights(cfg, data.train.labels)
     if weights is not None:
         weights = weights.to(accelerator.device)
+    techniques = _setup_techniques(cfg, accelerator, model, weights)  # before load_state too: the EMA is restored
 
     state = TrainerState()
     if resume_from:
@@ -316,11 +314,8 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
         f"best model by {cfg.metric_for_best_model}")
     bar = tqdm(total=schedule.total_steps, initial=state.step,
                disable=not (progress and accelerator.is_main_process), desc="train", dynamic_ncols=True)
-    fgm = FGM(accelerator.unwrap_model(model).get_input_embeddings().weight, cfg.fgm_epsilon,
-              accelerator.num_processes, lambda t: accelerator.reduce(t, "sum")) if cfg.fgm_epsilon else None
     run = Run(cfg, accelerator, model, data, val_loader, val_swapped, weights, scheduler, schedule, report, bar,
-              objective=make_objective(cfg.focal_gamma, cfg.rdrop_alpha, weights),
-              adversarial=make_objective(cfg.focal_gamma, 0.0, weights), fgm=fgm, ema=ema)
+              **techniques)
     _loop(run, state, train_loader, optimizer)
     bar.close()
 
@@ -333,6 +328,18 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
         write_json(output_dir / "summary.json", summary)
     accelerator.end_training()
     return summary
+
+
+def _setup_techniques(cfg: TrainConfig, accelerator: Accelerator, model, weights) -> dict[str, Any]:
+    """The step's loss (focal, R-Drop), FGM's adversarial loss and the FGM itself, and the EMA of the
+    weights, registered for checkpointing (afqmc/techniques.py; each None or plain when off)."""
+    ema = make_ema(accelerator.unwrap_model(model), cfg.ema_decay) if cfg.ema_decay else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    fgm = FGM(accelerator.unwrap_model(model).get_input_embeddings().weight, cfg.fgm_epsilon,
+              accelerator.num_processes, lambda t: accelerator.reduce(t, "sum")) if cfg.fgm_epsilon else None
+    return {"objective": make_objective(cfg.focal_gamma, cfg.rdrop_alpha, weights),
+            "adversarial": make_objective(cfg.focal_gamma, 0.0, weights), "fgm": fgm, "ema": ema}
 
 
 def _setup_loaders(cfg: TrainConfig, data: TaskData) -> list[Any]:

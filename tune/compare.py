@@ -184,6 +184,23 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
+def _reseed(args, parser) -> None:
+    """--reseed K (the best and the baseline config) or --reseed_ensemble K (the ensemble's members
+    and the single best), on K seeds."""
+    from tune.reseed import reseed, reseed_ensemble
+
+    k = args.reseed if args.reseed is not None else args.reseed_ensemble
+    if len(args.experiments) != 1:
+        parser.error("--reseed and --reseed_ensemble take one search folder")
+    if k < 2 and not args.seeds:
+        parser.error("--reseed and --reseed_ensemble need K >= 2 (a standard deviation needs two runs)")
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    if args.reseed is not None:
+        reseed(args.experiments[0], k, seeds=seeds, max_steps=args.max_steps, against=args.against)
+    else:
+        reseed_ensemble(args.experiments[0], k, seeds=seeds, max_steps=args.max_steps)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Compare trials across searches (results/NAME folders), rebuild their tables and plots "
@@ -220,23 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.top is not None and args.top < 1:
         parser.error("--top must be >= 1")
     try:
-        if args.reseed is not None:
-            from tune.reseed import reseed
-
-            if len(args.experiments) != 1:
-                parser.error("--reseed takes one search folder")
-            if args.reseed < 2 and not args.seeds:
-                parser.error("--reseed needs K >= 2 (a standard deviation needs two runs)")
-            seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-            reseed(args.experiments[0], args.reseed, seeds=seeds, max_steps=args.max_steps, against=args.against)
-            return 0
-        if args.reseed_ensemble is not None:
-            from tune.reseed import reseed_ensemble
-
-            if len(args.experiments) != 1 or args.reseed_ensemble < 2:
-                parser.error("--reseed_ensemble takes one search folder and K >= 2")
-            seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-            reseed_ensemble(args.experiments[0], args.reseed_ensemble, seeds=seeds, max_steps=args.max_steps)
+        if args.reseed is not None or args.reseed_ensemble is not None:
+            _reseed(args, parser)
             return 0
         if args.regenerate or args.ensemble is not None:
             regenerate(args.experiments, plots=not args.no_plots, ensemble_size=args.ensemble)
