@@ -55,7 +55,16 @@ def load_tokenizer(cfg: TrainConfig, train_texts: Iterable[str] = ()) -> Any:
 
 
 def load_model(cfg: TrainConfig, tokenizer: Any) -> torch.nn.Module:
-    """A 2-label sequence classifier with the config's dropout on hidden and classifier layers."""
+    """A 2-label sequence classifier with the config's dropout on hidden and classifier layers, and
+    gradient checkpointing when the config asks for it."""
+    model = _build_model(cfg, tokenizer)
+    if cfg.gradient_checkpointing:  # non-reentrant: works under DDP, keeps the dropout RNG per segment
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def _build_model(cfg: TrainConfig, tokenizer: Any) -> torch.nn.Module:
+    """The tiny preset, randomly initialised from the seed, or a checkpoint with the config's dropout."""
     if cfg.model_name_or_path == TINY:
         config = BertConfig(
             vocab_size=len(tokenizer), hidden_size=cfg.tiny_hidden_size,

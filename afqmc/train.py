@@ -197,13 +197,13 @@ def _setup_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Op
     return torch.optim.AdamW(groups, lr=cfg.learning_rate)
 
 
-def _class_weights(cfg: TrainConfig, labels: list[int]) -> torch.Tensor | None:
+def _class_weights(cfg: TrainConfig, labels: list[int], device="cpu") -> torch.Tensor | None:
     if cfg.class_weights is None:
         return None
     if cfg.class_weights == "balanced":  # n / (2 n_c), sklearn's "balanced"
         counts = np.bincount(labels, minlength=2)
-        return torch.tensor(len(labels) / (2.0 * counts), dtype=torch.float32)
-    return torch.tensor(cfg.class_weights, dtype=torch.float32)
+        return torch.tensor(len(labels) / (2.0 * counts), dtype=torch.float32, device=device)
+    return torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -285,8 +285,6 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
     data = data or prepare_data(cfg, log)
 
     model = load_model(cfg, data.tokenizer)
-    if cfg.gradient_checkpointing:  # non-reentrant: works under DDP, keeps the dropout RNG per segment
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     loaders = _setup_loaders(cfg, data)
     optimizer = _setup_optimizer(cfg, model)
     model, optimizer, *loaders = accelerator.prepare(model, optimizer, *loaders)
@@ -297,9 +295,7 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * schedule.total_steps),
                                                 schedule.total_steps)
     accelerator.register_for_checkpointing(scheduler)  # before load_state, which restores it
-    weights = _class_weights(cfg, data.train.labels)
-    if weights is not None:
-        weights = weights.to(accelerator.device)
+    weights = _class_weights(cfg, data.train.labels, accelerator.device)
     techniques = _setup_techniques(cfg, accelerator, model, weights)  # before load_state too: the EMA is restored
 
     state = TrainerState()
