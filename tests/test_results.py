@@ -524,17 +524,23 @@ def test_compare_two_searches_and_a_running_one(search, tmp_path):
     assert len(body) == NUM_SAMPLES and sum("unfinished" in line for line in body) == NUM_SAMPLES
 
 
-@pytest.mark.slow
-def test_reseed_reports_mean_and_std_of_best_and_baseline(search, capsys):
+def compare_one_thread(argv: list[str]) -> int:
+    """compare.py's main with one torch thread, like a trial (two threads on a busy 2-core machine
+    are 3x slower), the test process's setting restored after."""
     import torch
 
-    exp_dir = search["exp_dir"]
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # like a trial; two threads on a busy 2-core machine are 3x slower
+    torch.set_num_threads(1)
     try:
-        assert compare_cli.main(["--reseed", "2", "--max_steps", "10", str(exp_dir)]) == 0
+        return compare_cli.main(argv)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_reseed_reports_mean_and_std_of_best_and_baseline(search, capsys):
+    exp_dir = search["exp_dir"]
+    assert compare_one_thread(["--reseed", "2", "--max_steps", "10", str(exp_dir)]) == 0
     out = capsys.readouterr().out
     report = json.loads((exp_dir / "reseed.json").read_text())
     summary = json.loads((exp_dir / "summary.json").read_text())
@@ -565,16 +571,9 @@ def test_reseed_reports_mean_and_std_of_best_and_baseline(search, capsys):
 def test_reseed_ensemble_against_the_single_best(search):
     """Each seed retrains every member config and the single best's; the ensemble's threshold is
     tuned on its val mixture (val chooses) and the mixture is scored once on held-out test."""
-    import torch
-
     exp_dir = search["exp_dir"]
     summary = json.loads((exp_dir / "summary.json").read_text())
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert compare_cli.main(["--reseed_ensemble", "2", "--max_steps", "6", str(exp_dir)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert compare_one_thread(["--reseed_ensemble", "2", "--max_steps", "6", str(exp_dir)]) == 0
     report = json.loads((exp_dir / "reseed_ensemble.json").read_text())
     assert report["seeds"] == [43, 44] and report["members"] == summary["ensemble"]["members"]
     assert report["single_best"] == summary["best"]["trial"] and len(report["runs"]) == 2
@@ -590,20 +589,13 @@ def test_reseed_ensemble_against_the_single_best(search):
 def test_reseed_when_the_baseline_is_the_winner(search, tmp_path):
     """A search whose best trial is its baseline: reseeding trains that config only and says there is
     no gain to test (the folder is the module's search with search.json naming the winner as baseline)."""
-    import torch
-
     copy = tmp_path / "baseline_wins"
     shutil.copytree(search["exp_dir"], copy)
     summary = json.loads((copy / "summary.json").read_text())
     state = SearchState.load(copy)
     state.baseline = summary["best"]["params"]
     state.save(copy)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert compare_cli.main(["--reseed", "2", "--max_steps", "5", str(copy)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert compare_one_thread(["--reseed", "2", "--max_steps", "5", str(copy)]) == 0
     report = json.loads((copy / "reseed.json").read_text())
     res = report["results"]
     assert res["best"]["trial"] == res["baseline"]["trial"] == summary["best"]["trial"]
@@ -615,18 +607,11 @@ def test_reseed_when_the_baseline_is_the_winner(search, tmp_path):
 
 @pytest.mark.slow
 def test_reseed_against_another_starting_point(search, tmp_path):
-    import torch
-
     against = tmp_path / "untuned.yaml"
     against.write_text("# a starting point not tuned on this data\nlearning_rate: 1.0e-4\nclass_weights: null\n")
     copy = tmp_path / "against"
     shutil.copytree(search["exp_dir"], copy)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert compare_cli.main(["--reseed", "2", "--max_steps", "5", "--against", str(against), str(copy)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert compare_one_thread(["--reseed", "2", "--max_steps", "5", "--against", str(against), str(copy)]) == 0
     report = json.loads((copy / "reseed.json").read_text())
     other = report["results"]["baseline"]
     assert report["against"] == str(against) and other["trial"] == "untuned.yaml"
