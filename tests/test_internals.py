@@ -76,3 +76,21 @@ def test_pyproject_pins_the_tested_range(name):
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     major, minor = internals.TESTED[name].split(".")
     assert f">={major}.{minor},<{major}.{int(minor) + 1}" in text
+
+
+def test_a_scheduler_reaches_the_controller_that_marks_trials_for_the_snapshot():
+    """tune.scheduler stops PAUSED trials through the wrapper Ray gives schedulers; the controller
+    behind it must still have the method that puts the trial's new status into Ray's snapshot."""
+    from ray.tune.execution.tune_controller import TrialRunnerWrapper, TuneController
+
+    assert callable(getattr(TuneController, "_mark_trial_to_checkpoint"))
+    assert callable(getattr(TuneController, "stop_trial"))
+    marked, stopped = [], []
+    controller = type("C", (), {"stop_trial": lambda self, t: stopped.append(t),
+                                "_mark_trial_to_checkpoint": lambda self, t: marked.append(t),
+                                "search_alg": None, "get_trials": None, "get_live_trials": None,
+                                "_set_trial_status": None, "pause_trial": None, "_schedule_trial_save": None})()
+    wrapper = TrialRunnerWrapper(controller, trial_executor=None,
+                                 runner_whitelist_attr={"stop_trial", "get_trials", "get_live_trials", "search_alg"})
+    internals.stop_paused_trial(wrapper, "t")
+    assert stopped == ["t"] and marked == ["t"]

@@ -23,6 +23,7 @@ from afqmc.config import PRIMARY, SELECTION_METRICS
 SEARCH_JSON = "search.json"  # SearchState: how the search was started
 SPACE_COPY = "space.yaml"  # the space file as it was when the search started
 STUDY_DB = "optuna.db"  # the Optuna study (SQLite), written by the driver only
+ASHA_RUNGS = "asha_rungs.json"  # tune/scheduler.py's rungs: each trial's value there, who went on, who failed
 TRIALS_CSV = "trials.csv"
 TRIALS_MD = "trials.md"
 SUMMARY = "summary.json"
@@ -50,6 +51,7 @@ def trial_dirname(trial) -> str:
 # PRIMARY (afqmc.config): the default ranking metric (search.metric), F1-macro at the trial's threshold.
 FAILED = "failed"  # the key of a trial's last report when it failed on its own (NaN loss): the reason
 TEST_F1 = "test/f1_macro"  # the held-out F1 of a scored model, in trials.csv
+PAUSED_AT = "paused_at_evals"  # user attribute of a trial waiting at an ASHA rung: the rung's evaluation (else None)
 RAY_TRIAL_ID = "ray_trial_id"  # user attribute of each trial in optuna.db: the Ray trial it belongs to
 TRAIN_GROUP = "train_placement_group"  # in a multi-worker trial's reports: its Ray Train workers' placement group
 

@@ -18,6 +18,7 @@ in the quick test tier, so that an upgrade fails loudly in CI rather than in a u
 | `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` (environment) | Ray | read at import: makes Ray on Linux bind its node to 127.0.0.1 as it does on macOS, not to every interface |
 | `experiment_state-*.json` (file names) | Ray Tune | Ray's snapshots of an experiment: whether a search got as far as Ray's first save (`ray_saved_state`), besides `Tuner.can_restore` which only sees `tuner.pkl` |
 | `Trial.experiment_tag` (its format) | Ray Tune | its head `3_...` is Ray's counter of the suggestions (from 1), the only order Ray keeps of the trials it created; the search's trial number is the study's, which counts the same suggestions from 0 (`suggestion_index`) |
+| `TuneController._mark_trial_to_checkpoint` (through the scheduler's `TrialRunnerWrapper._tune_controller`) | Ray Tune | `stop_trial` of a PAUSED trial (tune/scheduler.py stops those its rungs have no place for) returns before marking the trial for Ray's snapshot, which then keeps it PAUSED: the results would show it unfinished and a resume would run it again |
 | the logger `ray._private.authentication.authentication_token_setup` | Ray | it prints a notice that token authentication is on (Ray's default for a local cluster) at every start, on the console whatever the handlers; raised to ERROR unless `--verbose` |
 
 The Optuna study itself is reached through its public API: the search passes its storage in and
@@ -118,3 +119,13 @@ def remove_placement_group(hex_id: str) -> None:
     from ray.util.placement_group import PlacementGroup
 
     ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(hex_id)))
+
+
+def stop_paused_trial(tune_controller, trial) -> None:
+    """Ray's `stop_trial` of a PAUSED trial, and the trial's new status in Ray's next snapshot of the
+    experiment (see the table above). `tune_controller` is what a scheduler is given."""
+    tune_controller.stop_trial(trial)
+    controller = getattr(tune_controller, "_tune_controller", tune_controller)
+    mark = getattr(controller, "_mark_trial_to_checkpoint", None)
+    if mark is not None:  # not in tune.scheduler.replay's stand-in controller
+        mark(trial)

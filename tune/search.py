@@ -41,7 +41,7 @@ from tune.ensemble import ensemble_lines
 from tune.reports import test_lines, write_reports
 from tune.results import collect_trials, searcher_metric
 from tune.space import SearchSpace, folder_space, load_space, search_base
-from tune.folder import (BEST_CONFIG, BEST_MODEL, DONE_STATES, LOGS, PLOTS, SPACE_COPY, STUDY_DB, TRAIN_RUNS,
+from tune.folder import (ASHA_RUNGS, BEST_CONFIG, BEST_MODEL, DONE_STATES, LOGS, PLOTS, SPACE_COPY, STUDY_DB, TRAIN_RUNS,
                          TRIALS_CSV, TRIALS_MD, NotASearchError, SearchState, TrialState, trial_dirname)
 
 RESULTS_DIR = "results"
@@ -155,7 +155,7 @@ def _start_or_resume(args: argparse.Namespace, overrides: dict[str, Any]) -> tup
 def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable, resources):
     """The Tuner of a new search: StudySearch (TPE) on search.metric, ASHA (or FIFO), the callbacks."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
 
     from tune.callbacks import KeepBestCheckpoint, ReleaseTrainWorkers
     from tune.terminal import LiveView
@@ -168,19 +168,23 @@ def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable,
 
         callbacks.append(MLflowTrials(state.tracking_uri or default_tracking_uri(exp_dir), exp_dir.name,
                                       settings.max_evals))
-    searcher = _searcher(space, exp_dir)
+    from tune.scheduler import PauseAwareLimiter, PromotionASHA
+
+    concurrent = _max_concurrent(settings, resources)
+    # Ray's ConcurrencyLimiter, except that trials paused at a rung leave their slot to a new trial.
+    searcher = PauseAwareLimiter(_searcher(space, exp_dir), max_concurrent=concurrent)
     if scheduler_name == "asha":
-        # ASHA compares trials at its rungs by asha_metric at that evaluation.
-        scheduler = ASHAScheduler(time_attr="evals", metric=settings.asha_metric, mode="max", max_t=settings.max_evals,
-                                  grace_period=settings.grace_period,
-                                  reduction_factor=settings.reduction_factor)
+        # ASHA compares trials at its rungs by asha_metric at that evaluation; too few peers: the trial waits.
+        scheduler = PromotionASHA(time_attr="evals", metric=settings.asha_metric, mode="max", max_t=settings.max_evals,
+                                  grace_period=settings.grace_period, reduction_factor=settings.reduction_factor,
+                                  max_concurrent=concurrent, state_file=exp_dir / ASHA_RUNGS)
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
-            max_concurrent_trials=_max_concurrent(settings, resources), trial_dirname_creator=trial_dirname,
+            trial_dirname_creator=trial_dirname,
             # A new trial reuses a finished trial's worker: no torch import per trial. Not with Train
             # workers: a stopped trial's actor must go, and its Train run with it.
             reuse_actors=space.settings.workers_per_trial == 1,

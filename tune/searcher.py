@@ -15,7 +15,7 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from tune import internals
-from tune.folder import FAILED, RAY_TRIAL_ID, failure_reason
+from tune.folder import FAILED, PAUSED_AT, RAY_TRIAL_ID, failure_reason
 from tune.results import ran_its_course
 
 
@@ -114,6 +114,13 @@ class StudySearch(OptunaSearch):
             internals.close(self, trial_id)
             return
         super().on_trial_complete(trial_id, result, error)
+
+    def note_paused(self, trial_id: str, evals: int | None) -> None:
+        """The study's record of a trial that waits at an ASHA rung (tune/scheduler.py): RUNNING (Optuna
+        has no paused state) with `paused_at_evals` = the rung's evaluation; None once it goes on."""
+        trial = internals.optuna_trial(self, trial_id)
+        if trial is not None and not self._finished_in_study(trial):
+            trial.set_user_attr(PAUSED_AT, evals)
 
     def _finished_in_study(self, trial: optuna.Trial) -> bool:
         frozen = next((t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number), None)

@@ -1,0 +1,187 @@
+"""tune/scheduler.py: ASHA's promotion variant, decided on scripted results (no Ray)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+
+import pytest
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+
+from tune.scheduler import PauseAwareLimiter, PromotionASHA, ReplayController, Rungs, milestones, replay
+
+CONTINUE, PAUSE, STOP = TrialScheduler.CONTINUE, TrialScheduler.PAUSE, TrialScheduler.STOP
+
+
+def _script(num_samples: int, rf: float = 2, max_t: int = 4, grace: int = 1, concurrency: int = 1, state_file=None):
+    """A scheduler (rungs at 1 and 2 evaluations, half kept) and a controller of `num_samples` trials."""
+    scheduler = PromotionASHA("evals", "m", "max", max_t, grace, rf, concurrency, state_file=state_file)
+    ctrl = ReplayController(scheduler, [[0.0]] * num_samples)
+    return scheduler, ctrl
+
+
+def _arrive(scheduler, ctrl, trial, evals: int, value: float) -> str:
+    """The trial runs and reports `value` at `evals`; Ray then pauses or stops it as decided."""
+    trial.status = Trial.RUNNING
+    decision = scheduler.on_trial_result(ctrl, trial, {"evals": evals, "m": value})
+    if decision == PAUSE:
+        trial.status = Trial.PAUSED
+    elif decision == STOP:
+        ctrl.stop_trial(trial)
+    return decision
+
+
+def test_rungs_are_grace_times_powers_of_the_reduction_factor_below_max_t():
+    assert milestones(2, 4, 16) == [2, 8]
+    assert milestones(1, 3, 6) == [1, 3]
+    assert milestones(1, 2, 4) == [1, 2]
+    with pytest.raises(ValueError, match="reduction_factor"):
+        milestones(1, 1, 4)
+
+
+def test_a_rung_with_too_few_peers_waits_then_promotes_the_best_once_enough_arrived():
+    scheduler, ctrl = _script(num_samples=4)
+    a, b = ctrl.add([]), ctrl.add([])
+    assert _arrive(scheduler, ctrl, a, 1, 0.9) == PAUSE  # alone at its rung: floor(1/2) = 0 may go on
+    assert ctrl.search_alg.waiting == {"0"}  # its slot is free for a new trial
+    assert scheduler.choose_trial_to_run(ctrl) is b  # the pending one, not the waiting one
+    assert _arrive(scheduler, ctrl, b, 1, 0.5) == PAUSE  # two now: one may go on, and it is a (0.9)
+    assert ctrl.search_alg.waiting == {"1"}  # a may go on: it holds its slot
+    assert scheduler.choose_trial_to_run(ctrl) is a  # into the free slot, before any new trial
+    assert a.trial_id in scheduler.rungs.promoted[0] and scheduler.rungs.waiting_at("0") is None
+    assert scheduler.rungs.waiting_at("1") == 0
+
+
+def test_a_trial_in_the_top_share_of_a_full_rung_goes_on_at_once():
+    scheduler, ctrl = _script(num_samples=6)
+    trials = [ctrl.add([]) for _ in range(5)]
+    assert _arrive(scheduler, ctrl, trials[0], 1, 0.5) == PAUSE
+    assert _arrive(scheduler, ctrl, trials[1], 1, 0.7) == CONTINUE  # best of two
+    assert _arrive(scheduler, ctrl, trials[2], 1, 0.6) == PAUSE  # floor(3/2) = 1 place, taken by 0.7
+    # The rung filled long ago; a late trial is ranked among all of it:
+    assert _arrive(scheduler, ctrl, trials[3], 1, 0.8) == CONTINUE  # 2 of 4 go on: 0.8 and 0.7
+    assert _arrive(scheduler, ctrl, trials[4], 1, 0.1) == PAUSE  # 5th of 5, not settled: one trial to come
+    assert scheduler.choose_trial_to_run(ctrl) is None  # nobody waiting may go on; no trial pending
+    late = ctrl.add([])
+    assert _arrive(scheduler, ctrl, late, 1, 0.55) == STOP  # 4th of 6, the last of all: the rung is settled
+    # Settled: every waiting trial that may not go on was stopped (the study tells them PRUNED); 3 of
+    # 6 places now, and the third is the waiting 0.6, which resumes first.
+    assert [t.trial_id for t in ctrl.trials if t.status == Trial.TERMINATED] == ["0", "4", "5"]
+    assert scheduler.choose_trial_to_run(ctrl) is None  # two trials run: no free slot (concurrency 1)
+    trials[1].status = trials[3].status = Trial.TERMINATED
+    assert scheduler.choose_trial_to_run(ctrl) is trials[2]
+    assert sorted(scheduler.rungs.promoted[0]) == ["1", "2", "3"]
+
+
+def test_a_trial_that_fails_while_paused_gives_its_place_to_the_next_best():
+    scheduler, ctrl = _script(num_samples=3)
+    a, b = ctrl.add([]), ctrl.add([])
+    assert _arrive(scheduler, ctrl, a, 1, 0.9) == PAUSE
+    a.status = Trial.ERROR  # e.g. its node went away while it waited
+    scheduler.on_trial_error(ctrl, a)
+    assert _arrive(scheduler, ctrl, b, 1, 0.5) == CONTINUE  # 2 at the rung, 1 place: a cannot take it
+    assert scheduler.choose_trial_to_run(ctrl) is None
+    assert scheduler.rungs.waiting_at("0") is None
+
+
+def test_nothing_waits_forever_when_the_searcher_is_done():
+    """The last trials to arrive settle every rung: each waiting trial goes on or is stopped."""
+    rng = random.Random(3)
+    curves = [[rng.random() for _ in range(16)] for _ in range(11)]
+    for concurrency in (1, 2, 3):
+        evals = replay(curves, max_t=16, grace_period=2, reduction_factor=4, concurrency=concurrency)
+        assert all(e in (2, 8, 16) for e in evals), evals
+        assert evals.count(16) >= 1  # someone reached the end
+
+
+def test_replay_spends_the_perfect_share_when_trials_arrive_one_after_another():
+    """16 trials, rungs at 2 and 8 of 16 evaluations, a quarter kept: 16*2 + 4*6 + 1*8 = 64 = 25%
+    of FIFO's 256, whatever the curves, for a search of one trial at a time."""
+    rng = random.Random(0)
+    for _ in range(20):
+        curves = [[rng.random() for _ in range(16)] for _ in range(16)]
+        evals = replay(curves, max_t=16, grace_period=2, reduction_factor=4, concurrency=1)
+        assert sum(evals) == 64 and sorted(evals) == [2] * 12 + [8] * 3 + [16]
+        # the one that ran to the end was the best at evaluation 8 of the four that got there
+        at_8 = [i for i, e in enumerate(evals) if e >= 8]
+        assert evals.index(16) == max(at_8, key=lambda i: curves[i][7])
+
+
+def test_ray_asha_would_have_let_the_first_trials_through():
+    """The reason for this scheduler: with the same rungs, the first trials of Ray's rule pass for lack
+    of peers. Here the first arrivals are the worst: under ours they wait and are stopped."""
+    curves = [[0.1 * (i + 1)] * 16 for i in range(16)]  # trial i is worse than every later one
+    evals = replay(curves, max_t=16, grace_period=2, reduction_factor=4, concurrency=1)
+    assert evals[0] == evals[1] == 2 and evals[15] == 16
+
+
+def test_the_limiter_does_not_count_waiting_trials():
+    class Searcher:  # the least a Ray Searcher needs
+        metric, mode = "m", "max"
+
+        def set_max_concurrency(self, n):
+            return False
+
+        def suggest(self, trial_id):
+            return {"x": 1}
+
+    from ray.tune.search import Searcher as RaySearcher
+
+    inner = type("S", (Searcher, RaySearcher), {})()
+    limiter = PauseAwareLimiter(inner, max_concurrent=2)
+    assert limiter.suggest("a") and limiter.suggest("b")
+    assert limiter.suggest("c") is None  # two live
+    limiter.waiting = {"a"}
+    assert limiter.suggest("c") == {"x": 1}  # a waits at a rung: its slot is free
+    assert limiter.suggest("d") is None
+
+
+def test_a_restored_scheduler_pauses_again_the_trials_that_waited(tmp_path):
+    """After the driver was killed, Ray restores unfinished trials as PENDING: those that waited at a
+    rung (the state file says so) wait again, those that went on run."""
+    state = tmp_path / "asha_rungs.json"
+    scheduler, ctrl = _script(num_samples=4, state_file=state)
+    a, b = ctrl.add([]), ctrl.add([])
+    _arrive(scheduler, ctrl, a, 1, 0.9)
+    _arrive(scheduler, ctrl, b, 1, 0.5)
+    assert scheduler.choose_trial_to_run(ctrl) is a
+    c = ctrl.add([])
+    saved = json.loads(state.read_text())
+    assert saved["values"][0] == {"0": 0.9, "1": 0.5} and saved["promoted"][0] == ["0"]
+
+    restored, ctrl2 = _script(num_samples=4, state_file=state)
+    for old in (a, b, c):
+        trial = ctrl2.add([])
+        assert trial.trial_id == old.trial_id
+    assert [t.status for t in ctrl2.trials] == [Trial.PENDING, Trial.PAUSED, Trial.PENDING]
+    assert restored.rungs.to_json() == scheduler.rungs.to_json()
+
+
+def test_rungs_round_trip_through_json():
+    rungs = Rungs([1, 3], 3.0)
+    for t, v in zip("abcd", (0.1, 0.4, 0.3, 0.2)):
+        rungs.record(0, t, v)
+    assert [rungs.may_go_on(0, t) for t in "abcd"] == [False, True, False, False]  # floor(4/3) = 1 place
+    rungs.promoted[0].add("b")
+    rungs.failed.add("d")
+    again = Rungs.from_json(json.loads(json.dumps(rungs.to_json())))
+    assert again == rungs
+    assert not any(again.may_go_on(0, t) for t in "abcd")  # b holds the one place
+    again.failed.add("b")  # b failed after it went on: its place is free, and c is the best left
+    assert [again.may_go_on(0, t) for t in "abcd"] == [False, False, True, False]
+
+
+@pytest.mark.parametrize("order", list(itertools.islice(itertools.permutations(range(5)), 0, 120, 17)))
+def test_every_trial_that_went_on_was_in_the_top_share_when_it_did(order):
+    rng = random.Random(sum(order))
+    curves = [[rng.random() for _ in range(6)] for _ in order]
+    curves = [curves[i] for i in order]
+    evals = replay(curves, max_t=6, grace_period=1, reduction_factor=3, concurrency=2)
+    # rung 1 (evaluation 1) of 5 trials has floor(5/3) = 1 place; rung 3 then holds that one trial,
+    # and a settled rung has at least one place: it runs to the end.
+    went_on = [i for i, e in enumerate(evals) if e > 1]
+    assert len(went_on) == 1 and evals[went_on[0]] == 6
+    best_at_1 = max(range(5), key=lambda i: curves[i][0])
+    assert went_on[0] in (best_at_1, *range(3))  # the best of all, or of the first three (one place then)

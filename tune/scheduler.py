@@ -1,0 +1,389 @@
+"""ASHA without start-up promotions: a trial goes on from a rung only if it is among the best
+1/reduction_factor of the trials that reached that rung; one that reaches a rung with too few peers
+waits there (paused, its checkpoint kept) until enough have arrived. The ASHA paper's promotion
+variant (Li et al. 2020, "A System for Massively Parallel Hyperparameter Tuning", Algorithm 2).
+
+Why not Ray's ASHAScheduler: its asynchronous rule lets a trial through a rung when the rung has too
+few recorded results to compare it with, so the first trials of a search pass every rung. On the
+shipped CPU space that used 41-49% of FIFO's optimizer updates where these rungs allow 25%
+(benchmarks/README.md, 3).
+
+The rules (`Rungs`; the same object decides in a search and in `replay`):
+
+- Rungs at `grace_period * reduction_factor**k` evaluations, below `max_t`. A trial's value at a
+  rung is its `metric` at that evaluation (not its best so far). A non-finite value is not recorded:
+  the trial failed and ends on its own.
+- Rung k has floor(n_k / reduction_factor) places, n_k counting every trial recorded there. A trial
+  at rung k **may go on** if it is among that many best of the rung's trials that have not failed
+  (a failed one was a fair peer; it just cannot go on) and a place is free: the places that trials
+  which went on hold (failed ones give theirs back) are taken, the rest go to the best candidates
+  first. So no rung ever sends on more than its share, even though an early trial that went on
+  may later drop out of the top: with every trial's curve run to the end, the budget is that of
+  synchronous successive halving (16 trials, rungs at 2 and 8 of 16, a quarter kept: 25% of FIFO).
+  Ties: the earlier arrival ranks first.
+- On arrival at a rung, a trial that may go on continues; otherwise it **waits** (PAUSE: Ray keeps
+  its last checkpoint, the one of this evaluation, and frees its worker).
+- A rung is **settled** when no more trials can arrive at it: the searcher has made all its trials,
+  every live trial that is running or pending has been recorded there, and every trial waiting
+  below it can neither go on nor wait for more peers (its own rung is settled). A waiting trial whose
+  rung is settled and that may not go on is stopped (Optuna: PRUNED, at its last value).
+- When a worker is free, a waiting trial that may go on resumes from its checkpoint before any new
+  trial starts (the highest rung first, the best value first).
+- No worker idles while a trial could run: waiting trials do not count against the search's
+  concurrency (`PauseAwareLimiter`), so the searcher makes a new trial in their place.
+
+The state (every rung's values, who went on, who failed) is written to `state_file` after every
+change, so that a search whose driver was killed resumes with its paused trials still paused at
+their rungs: Ray restores them as pending, and `on_trial_add` pauses them again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter
+
+from tune import internals
+
+
+def milestones(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
+    """The rungs' evaluations: grace, grace*rf, grace*rf^2, ... below max_t."""
+    if grace_period < 1 or reduction_factor <= 1:
+        raise ValueError(f"ASHA needs grace_period >= 1 and reduction_factor > 1 (got {grace_period}, "
+                         f"{reduction_factor})")
+    out, t = [], float(grace_period)
+    while t < max_t:
+        out.append(int(round(t)))
+        t *= reduction_factor
+    return out
+
+
+@dataclass
+class Rungs:
+    """The rules of the promotion variant on recorded values; no Ray in here."""
+
+    milestones: list[int]
+    reduction_factor: float
+    values: list[dict[str, float]] = field(default_factory=list)  # per rung: trial -> value, in arrival order
+    promoted: list[set[str]] = field(default_factory=list)  # per rung: trials that went on from it
+    failed: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.values = self.values or [{} for _ in self.milestones]
+        self.promoted = self.promoted or [set() for _ in self.milestones]
+
+    def rung_reached(self, trial_id: str, evals: int) -> int | None:
+        """The lowest rung this evaluation reaches that the trial has not been recorded at."""
+        return next((k for k, m in enumerate(self.milestones) if m <= evals and trial_id not in self.values[k]),
+                    None)
+
+    def record(self, k: int, trial_id: str, value: float) -> None:
+        self.values[k][trial_id] = value
+
+    def may_go_on(self, k: int, trial_id: str, settled: bool = False) -> bool:
+        """A free place of rung k is its: among the best (places) of the trials there that have not
+        failed, and the best of those that have not gone on, for as many places as are free. A
+        settled rung has at least one place."""
+        quota = int(len(self.values[k]) // self.reduction_factor)
+        quota = max(quota, 1) if settled else quota
+        ranked = sorted((t for t in self.values[k] if t not in self.failed), key=lambda t: -self.values[k][t])
+        free = quota - len(self.promoted[k] - self.failed)
+        candidates = [t for t in ranked[:quota] if t not in self.promoted[k]]
+        return free > 0 and trial_id in candidates[:free]
+
+    def waiting_at(self, trial_id: str) -> int | None:
+        """The rung a trial waits at: its highest recorded rung, if it did not go on from there."""
+        recorded = [k for k in range(len(self.milestones)) if trial_id in self.values[k]]
+        if not recorded or trial_id in self.failed or trial_id in self.promoted[recorded[-1]]:
+            return None
+        return recorded[-1]
+
+    def settled(self, active: Iterable[str], waiting: dict[str, int], all_made: bool) -> list[bool]:
+        """For each rung, whether no more trials can arrive at it (see the module's docstring), given
+        the live trials: `active` (running or pending) and `waiting` ({trial: its rung})."""
+        out: list[bool] = []
+        for k in range(len(self.milestones)):
+            out.append(all_made and all(t in self.values[k] for t in active)
+                       and all(out[j] and not self.may_go_on(j, t, settled=True) for t, j in waiting.items() if j < k))
+        return out
+
+    def verdicts(self, active: Iterable[str], waiting: dict[str, int], all_made: bool) -> tuple[list, set]:
+        """The waiting trials that may go on now ([(rung, trial)]), and those to stop (their rung is
+        settled and has no place for them)."""
+        settled = self.settled(active, waiting, all_made)
+        promotable, hopeless = [], set()
+        for t, k in waiting.items():
+            if self.may_go_on(k, t, settled=settled[k]):
+                promotable.append((k, t))
+            elif settled[k]:
+                hopeless.add(t)
+        return promotable, hopeless
+
+    def to_json(self) -> dict[str, Any]:
+        return {"milestones": self.milestones, "reduction_factor": self.reduction_factor, "values": self.values,
+                "promoted": [sorted(p) for p in self.promoted], "failed": sorted(self.failed)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Rungs:
+        return cls(list(data["milestones"]), float(data["reduction_factor"]), [dict(v) for v in data["values"]],
+                   [set(p) for p in data["promoted"]], set(data["failed"]))
+
+
+class PauseAwareLimiter(ConcurrencyLimiter):
+    """Ray's ConcurrencyLimiter, except that trials waiting at a rung (`waiting`, set by the
+    scheduler) do not count: their workers are free, and the searcher fills them with new trials."""
+
+    def __init__(self, searcher, max_concurrent: int):
+        super().__init__(searcher, max_concurrent=max_concurrent)
+        self.waiting: set[str] = set()
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if len(self.live_trials - self.waiting) >= self.max_concurrent:
+            return None
+        suggestion = self.searcher.suggest(trial_id)
+        if suggestion not in (None, self.FINISHED):
+            self.live_trials.add(trial_id)
+            self.num_unfinished_live_trials += 1
+        return suggestion
+
+
+def _find(search_alg, attribute: str):
+    """The searcher in Ray's wrappers (SearchGenerator.searcher, ConcurrencyLimiter.searcher) that has
+    `attribute`, or None."""
+    node = search_alg
+    while node is not None and not hasattr(node, attribute):
+        node = getattr(node, "searcher", None)
+    return node
+
+
+class PromotionASHA(FIFOScheduler):
+    """The search's `--scheduler asha`: see the module's docstring. `max_concurrent` is the search's
+    concurrency (the same as PauseAwareLimiter's): a waiting trial resumes only into a free slot."""
+
+    _supports_buffered_results = False  # one decision per evaluation: a rung is never skipped
+
+    def __init__(self, time_attr: str, metric: str, mode: str, max_t: int, grace_period: int,
+                 reduction_factor: float, max_concurrent: int, state_file: str | os.PathLike | None = None):
+        super().__init__()
+        if mode != "max":
+            raise ValueError("PromotionASHA ranks trials by a metric to maximise (mode 'max')")
+        self._time_attr, self._metric, self.max_concurrent = time_attr, metric, max_concurrent
+        self.rungs = Rungs(milestones(grace_period, reduction_factor, max_t), reduction_factor)
+        self.state_file = None if state_file is None else str(state_file)
+        self._loaded = False
+        self._settling = False
+
+    # --- Ray's scheduler API -------------------------------------------------------------------
+
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        """A trial Ray restored (after the driver was killed) that waited at a rung waits again."""
+        self._load()
+        if trial.status == Trial.PENDING and self.rungs.waiting_at(trial.trial_id) is not None:
+            trial.set_status(Trial.PAUSED)  # before Ray files it: it is filed under its status
+            self._note(tune_controller, trial.trial_id, paused=True)
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict[str, Any]) -> str:
+        value, evals = result.get(self._metric), result.get(self._time_attr)
+        k = None if evals is None else self.rungs.rung_reached(trial.trial_id, int(evals))
+        if k is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return TrialScheduler.CONTINUE
+        self.rungs.record(k, trial.trial_id, float(value))
+        active, waiting = self._live(tune_controller)  # this trial waits at rung k, unless it goes on
+        promotable, hopeless = self.rungs.verdicts(active, waiting, tune_controller.search_alg.is_finished())
+        if (k, trial.trial_id) in promotable:
+            self.rungs.promoted[k].add(trial.trial_id)
+            decision = TrialScheduler.CONTINUE
+        elif trial.trial_id in hopeless:
+            decision = TrialScheduler.STOP
+        else:
+            decision = TrialScheduler.PAUSE
+            self._note(tune_controller, trial.trial_id, paused=True)
+        self._save()
+        self._settle(tune_controller, exclude=trial)
+        return decision
+
+    def on_trial_error(self, tune_controller, trial: Trial) -> None:
+        self.rungs.failed.add(trial.trial_id)
+        self._save()
+        self._settle(tune_controller)
+
+    def on_trial_complete(self, tune_controller, trial: Trial, result: dict[str, Any]) -> None:
+        self._settle(tune_controller)
+
+    def on_trial_remove(self, tune_controller, trial: Trial) -> None:
+        self._settle(tune_controller)
+
+    def choose_trial_to_run(self, tune_controller) -> Trial | None:
+        """A waiting trial that may go on (into a free slot), else the first pending trial."""
+        self._settle(tune_controller)
+        trials = tune_controller.get_trials()
+        busy = sum(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)
+        paused = {t.trial_id: t for t in trials if t.status == Trial.PAUSED}
+        promotable = [(k, t) for k, t in self._verdicts(tune_controller)[0] if t in paused]
+        if promotable and busy < self.max_concurrent:
+            k, trial_id = max(promotable, key=lambda kt: (kt[0], self.rungs.values[kt[0]][kt[1]]))
+            self.rungs.promoted[k].add(trial_id)
+            self._save()
+            self._note(tune_controller, trial_id, paused=False)
+            return paused[trial_id]
+        return next((t for t in trials if t.status == Trial.PENDING), None)
+
+    def debug_string(self) -> str:
+        counts = ", ".join(f"{m}: {len(v)} ({len(p)} on)" for m, v, p in
+                           zip(self.rungs.milestones, self.rungs.values, self.rungs.promoted))
+        return f"PromotionASHA rungs (evaluations: trials, went on) {counts}"
+
+    # --- its own state -------------------------------------------------------------------------
+
+    def _live(self, tune_controller) -> tuple[set[str], dict[str, int]]:
+        """Live trials: (running or pending, {waiting trial: its rung})."""
+        active, waiting = set(), {}
+        for t in tune_controller.get_live_trials():
+            if t.status in (Trial.TERMINATED, Trial.ERROR):
+                continue
+            k = self.rungs.waiting_at(t.trial_id)
+            if k is None:
+                active.add(t.trial_id)
+            else:
+                waiting[t.trial_id] = k
+        return active, waiting
+
+    def _verdicts(self, tune_controller) -> tuple[list, set]:
+        active, waiting = self._live(tune_controller)
+        return self.rungs.verdicts(active, waiting, tune_controller.search_alg.is_finished())
+
+    def _settle(self, tune_controller, exclude: Trial | None = None) -> None:
+        """Stop each waiting trial whose rung is settled and that may not go on; tell the limiter
+        which trials wait (they free their slot)."""
+        if self._settling:  # stop_trial below calls on_trial_remove
+            return
+        self._settling = True
+        try:
+            promotable, hopeless = self._verdicts(tune_controller)
+            for trial in list(tune_controller.get_live_trials()):
+                if trial.trial_id in hopeless and trial is not exclude and trial.status == Trial.PAUSED:
+                    internals.stop_paused_trial(tune_controller, trial)
+            limiter = _find(tune_controller.search_alg, "waiting")
+            if limiter is not None:  # those that may go on keep their slot
+                limiter.waiting = set(self._live(tune_controller)[1]) - {t for _, t in promotable}
+        finally:
+            self._settling = False
+
+    def _note(self, tune_controller, trial_id: str, paused: bool) -> None:
+        """The study's record of the trial: waiting at its rung (PAUSED_AT), or not any more."""
+        searcher = _find(tune_controller.search_alg, "note_paused")
+        if searcher is not None:
+            k = self.rungs.waiting_at(trial_id)
+            searcher.note_paused(trial_id, self.rungs.milestones[k] if paused and k is not None else None)
+
+    def _save(self) -> None:
+        if self.state_file is None:
+            return
+        tmp = f"{self.state_file}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(self.rungs.to_json(), fh)
+        os.replace(tmp, self.state_file)
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        if self.state_file is not None and Path(self.state_file).is_file():
+            saved = Rungs.from_json(json.loads(Path(self.state_file).read_text(encoding="utf-8")))
+            if saved.milestones == self.rungs.milestones:
+                self.rungs = saved
+
+
+# --- replay: the same rules on given learning curves, without Ray ---------------------------------
+
+
+class ReplayTrial:
+    """A trial of `replay`: what the scheduler reads of a Ray trial."""
+
+    def __init__(self, trial_id: str, curve: list[float]):
+        self.trial_id, self.curve, self.status, self.evals = trial_id, curve, Trial.PENDING, 0
+
+    def set_status(self, status: str) -> None:
+        self.status = status
+
+
+class ReplaySearch:
+    """What the scheduler reads of Ray's search algorithm: whether all trials are made, and the
+    waiting trials (which, as in PauseAwareLimiter, do not count against the concurrency)."""
+
+    def __init__(self, num_samples: int):
+        self.num_samples, self.made, self.waiting = num_samples, 0, set()
+
+    def is_finished(self) -> bool:
+        return self.made >= self.num_samples
+
+
+class ReplayController:
+    """Ray's TuneController as a scheduler sees it (get_trials, get_live_trials, stop_trial, search_alg)."""
+
+    def __init__(self, scheduler: PromotionASHA, curves: list[list[float]]):
+        self.scheduler, self.search_alg, self.trials = scheduler, ReplaySearch(len(curves)), []
+        self.curves = [list(c) for c in curves]  # of the trials the searcher has yet to make
+
+    def get_trials(self) -> list[ReplayTrial]:
+        return self.trials
+
+    def get_live_trials(self) -> list[ReplayTrial]:
+        return [t for t in self.trials if t.status not in (Trial.TERMINATED, Trial.ERROR)]
+
+    def stop_trial(self, trial: ReplayTrial) -> None:
+        if trial.status in (Trial.PENDING, Trial.PAUSED):
+            self.scheduler.on_trial_remove(self, trial)
+        elif trial.status == Trial.RUNNING:
+            self.scheduler.on_trial_complete(self, trial, {})
+        trial.status = Trial.TERMINATED
+
+    def add(self, curve: list[float]) -> ReplayTrial:
+        trial = ReplayTrial(str(len(self.trials)), curve)
+        self.trials.append(trial)
+        self.search_alg.made += 1
+        self.scheduler.on_trial_add(self, trial)
+        return trial
+
+    def fill(self, concurrency: int) -> None:
+        """As Ray's step does: the searcher makes a trial if a slot is free (waiting trials free
+        theirs), then the trial the scheduler chooses starts."""
+        while sum(t.status == Trial.RUNNING for t in self.trials) < concurrency:
+            live = {t.trial_id for t in self.get_live_trials()}
+            if self.curves and len(live - self.search_alg.waiting) < concurrency \
+                    and not any(t.status == Trial.PENDING for t in self.trials):
+                self.add(self.curves.pop(0))
+            chosen = self.scheduler.choose_trial_to_run(self)
+            if chosen is None:
+                return
+            chosen.status = Trial.RUNNING
+
+
+def replay(curves: list[list[float]], max_t: int, grace_period: int, reduction_factor: float,
+           concurrency: int = 1) -> list[int]:
+    """The evaluations each trial runs under PromotionASHA when the trials are made in this order and
+    every evaluation takes the same time. `curves[i][e - 1]` is trial i's metric at evaluation e; a
+    curve shorter than max_t ends on its own there (early stopping, a failure)."""
+    scheduler = PromotionASHA("evals", "metric", "max", max_t, grace_period, reduction_factor, concurrency)
+    ctrl = ReplayController(scheduler, curves)
+    while True:
+        ctrl.fill(concurrency)
+        running = [t for t in ctrl.trials if t.status == Trial.RUNNING]
+        if not running:
+            break
+        for trial in running:
+            trial.evals += 1
+            decision = scheduler.on_trial_result(ctrl, trial, {"evals": trial.evals,
+                                                               "metric": trial.curve[trial.evals - 1]})
+            if decision == TrialScheduler.STOP or trial.evals >= min(max_t, len(trial.curve)):
+                ctrl.stop_trial(trial)
+            elif decision == TrialScheduler.PAUSE:
+                trial.status = Trial.PAUSED
+    return [t.evals for t in ctrl.trials]
