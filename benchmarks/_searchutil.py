@@ -174,42 +174,33 @@ def perfect_asha_share(max_t: int, grace: int, rf: float) -> float:
 
 
 def asha_milestones(max_t: int, grace: int, rf: float) -> list[int]:
-    """Ray's AsyncHyperBandScheduler rungs (one bracket): grace * rf^k below max_t."""
-    n = int(math.log(max_t / grace) / math.log(rf) + 1)
-    return [int(grace * rf ** k) for k in range(n) if grace * rf ** k < max_t]
+    """The rungs of the search's ASHA (tune.scheduler): grace * rf^k below max_t."""
+    from tune.scheduler import milestones
+
+    return milestones(grace, rf, max_t)
 
 
 def simulate_asha(curves: dict[int, list[float]], max_t: int, grace: int, rf: float,
-                  order: list[int] | None = None, values: dict[int, list[float]] | None = None) -> dict[str, Any]:
-    """ASHA's stopping rule replayed on full learning curves (FIFO's), trials taken in order
-    (trial number, or `order`). `curves` are what ASHA compares at its rungs; `values` (default:
-    the same) what the search keeps: the best value a trial reaches before it is stopped.
-
-    Ray's rule: when a trial reaches a rung, it stops if its current value is below the
-    (1 - 1/rf) quantile of the values recorded at that rung so far (the first one always goes on).
-    A replay, not a measurement: the real search would also sample other trials after TPE's start.
+                  order: list[int] | None = None, values: dict[int, list[float]] | None = None,
+                  concurrency: int = 2) -> dict[str, Any]:
+    """The search's ASHA rules (tune.scheduler.replay: a trial waits at a rung until it has a place)
+    replayed on full learning curves (FIFO's), trials made in order (trial number, or `order`),
+    `concurrency` at a time, every evaluation taking the same time. `curves` are what ASHA compares
+    at its rungs; `values` (default: the same) what the search keeps: the best value a trial reaches
+    before it is stopped. A replay, not a measurement: the real search would also sample other
+    trials after TPE's start.
     """
-    import numpy as np
+    from tune.scheduler import replay
 
     values = values or curves
-    rungs: dict[int, list[float]] = {m: [] for m in asha_milestones(max_t, grace, rf)}
-    used, best = 0, -math.inf
-    for number in order or sorted(curves):
-        curve = curves[number][:max_t]
-        stop_at = len(curve)
-        for i, value in enumerate(curve, start=1):
-            if i in rungs:
-                recorded = rungs[i]
-                cutoff = np.nanpercentile(recorded, (1 - 1 / rf) * 100) if recorded else None
-                recorded.append(value)
-                if cutoff is not None and value < cutoff:
-                    stop_at = i
-                    break
-        used += stop_at
-        best = max([best, *[v for v in values[number][:stop_at] if v is not None]])
+    numbers = list(order or sorted(curves))
+    evals = replay([[math.nan if v is None else v for v in curves[n][:max_t]] for n in numbers], max_t, grace, rf,
+                   concurrency=concurrency)
+    best = max(v for n, e in zip(numbers, evals) for v in values[n][:e] if v is not None)
     full = sum(len(c[:max_t]) for c in curves.values())
-    return {"grace_period": grace, "reduction_factor": rf, "rungs": list(rungs), "evals_used": used,
-            "evals_fifo": full, "steps_ratio": used / full if full else None, "best_value": best}
+    return {"grace_period": grace, "reduction_factor": rf, "rungs": asha_milestones(max_t, grace, rf),
+            "evals_used": sum(evals), "evals_fifo": full, "steps_ratio": sum(evals) / full if full else None,
+            "best_value": best}
 
 
 def replay_orders(curves: dict[int, list[float]], max_t: int, grace: int, rf: float, goal: float,

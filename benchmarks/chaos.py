@@ -80,9 +80,10 @@ def _trial_workers(sid: int) -> list:
 
 
 def run_driver(args: list[str], log: Path, kill_at: float | None, worker_kill_at: float | None,
-               rng: random.Random) -> dict[str, Any]:
+               rng: random.Random, kill_when=None) -> dict[str, Any]:
     """`python tune/search.py ARGS` in its own session; SIGKILL the driver `kill_at` s after its start
-    (then whatever is left of its session), and one trial worker `worker_kill_at` s after it."""
+    (or once `kill_when()` is true), then whatever is left of its session; and one trial worker
+    `worker_kill_at` s after it."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
     offset = log.stat().st_size if log.is_file() else 0
     started = time.perf_counter()
@@ -101,7 +102,7 @@ def run_driver(args: list[str], log: Path, kill_at: float | None, worker_kill_at
                     os.kill(victim.pid, signal.SIGKILL)
                     worker_killed = True
                     out.write(f"=== chaos: killed trial worker {victim.pid} at {now:.1f} s\n")
-            if kill_at is not None and now >= kill_at:
+            if (kill_at is not None and now >= kill_at) or (kill_when is not None and kill_when()):
                 os.kill(proc.pid, signal.SIGKILL)
                 killed = True
                 proc.wait()

@@ -27,3 +27,64 @@ def test_a_search_killed_at_random_moments_ends_every_trial_once(tmp_path):
     against = res["against_reference"]
     assert against["params_differ"] == [] and against["values_differ"] == [], against
     assert against["evaluations_compared"] >= chaos.QUICK["num_samples"]
+
+
+@pytest.mark.slow
+def test_asha_search_killed_while_a_trial_waits_at_a_rung_resumes_with_nothing_lost(tmp_path):
+    """tune/scheduler.py under a SIGKILL of the driver while a trial waits (paused) at an ASHA rung:
+    the resumed search ends every trial once, the study agrees, and it spends exactly what the
+    uninterrupted search spent, which is what the scheduler's rules replayed on its curves predict."""
+    import json
+    import random
+    import time
+
+    import yaml
+
+    from tune.scheduler import Rungs, replay
+    from tune.space import load_space
+
+    space = chaos.chaos_space(tmp_path, num_samples=4, max_steps=20, max_failures=2)
+    spec = yaml.safe_load(space.read_text(encoding="utf-8"))
+    spec["search"]["max_concurrent_trials"] = 1  # one at a time: the same order of arrival in both runs
+    space.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    settings = load_space(space).settings
+    results, log = tmp_path / "results", tmp_path / "chaos.log"
+    args = lambda name: ["--space", str(space), "--name", name, "--results_dir", str(results)]  # noqa: E731
+    assert chaos.run_driver(args("reference"), log, None, None, random.Random(0))["rc"] == 0
+    reference = chaos.verify(results / "reference", 4)
+    assert reference["problems"] == []
+
+    state, since = results / "killed" / "asha_rungs.json", []
+
+    def a_trial_waits() -> bool:  # for a second (its pause is done), per the scheduler's own record
+        if state.is_file():
+            rungs = Rungs.from_json(json.loads(state.read_text(encoding="utf-8")))
+            if any(rungs.waiting_at(t) is not None for t in rungs.values[0]):
+                since.append(since[0] if since else time.time())
+        return bool(since) and time.time() - since[0] > 1.0
+
+    first = chaos.run_driver(args("killed"), log, None, None, random.Random(0), kill_when=a_trial_waits)
+    assert first["killed"], log.read_text(encoding="utf-8")[-3000:]
+    resumed = chaos.run_driver(["--resume", str(results / "killed")], log, None, None, random.Random(0))
+    assert resumed["rc"] == 0, log.read_text(encoding="utf-8")[-3000:]
+    killed = chaos.verify(results / "killed", 4)
+    assert killed["problems"] == [] and killed["lost"] == 0 and killed["duplicated"] == 0, killed["problems"]
+
+    # The same evaluations in both (by trial number), and the count the rules predict.
+    ran = {n: sorted(t["evals"]) for n, t in killed["trials"].items()}
+    assert ran == {n: sorted(t["evals"]) for n, t in reference["trials"].items()}
+    curves = []
+    for n in sorted(reference["trials"]):
+        rows = chaos.trial_reports(results / "reference" / f"trial_{_ray_id(results / 'reference', n)}")
+        values = {int(r["evals"]): float(r[settings.asha_metric]) for r in rows if settings.asha_metric in r}
+        curves.append([values.get(e, values[max(values)]) for e in range(1, settings.max_evals + 1)])
+    predicted = replay(curves, settings.max_evals, settings.grace_period, settings.reduction_factor, concurrency=1)
+    assert [len(ran[n]) for n in sorted(ran)] == predicted
+    assert sum(predicted) < 4 * settings.max_evals  # ASHA cut some
+
+
+def _ray_id(exp_dir, number: int) -> str:
+    import csv
+
+    with open(exp_dir / "trials.csv", encoding="utf-8") as fh:
+        return next(r["trial_id"] for r in csv.DictReader(fh) if int(r["trial"]) == number)

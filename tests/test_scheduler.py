@@ -86,6 +86,22 @@ def test_a_trial_that_fails_while_paused_gives_its_place_to_the_next_best():
     assert scheduler.rungs.waiting_at("0") is None
 
 
+def test_a_trial_that_ray_retries_after_its_worker_died_has_not_failed():
+    """Ray tells on_trial_error, then adds the trial again, when it retries a trial from its checkpoint."""
+    scheduler, ctrl = _script(num_samples=2)
+    a, b = ctrl.add([]), ctrl.add([])
+    assert _arrive(scheduler, ctrl, a, 1, 0.9) == PAUSE
+    assert scheduler.choose_trial_to_run(ctrl) is b
+    _arrive(scheduler, ctrl, b, 1, 0.5)
+    assert scheduler.choose_trial_to_run(ctrl) is a
+    a.status = Trial.RUNNING
+    scheduler.on_trial_error(ctrl, a)  # its worker died at evaluation 2
+    a.status = Trial.PENDING
+    scheduler.on_trial_add(ctrl, a)  # and Ray retries it
+    assert "0" not in scheduler.rungs.failed and a.status == Trial.PENDING
+    assert _arrive(scheduler, ctrl, a, 2, 0.8) == CONTINUE  # rung 2 holds it alone, and it is settled
+
+
 def test_nothing_waits_forever_when_the_searcher_is_done():
     """The last trials to arrive settle every rung: each waiting trial goes on or is stopped."""
     rng = random.Random(3)
@@ -185,3 +201,10 @@ def test_every_trial_that_went_on_was_in_the_top_share_when_it_did(order):
     assert len(went_on) == 1 and evals[went_on[0]] == 6
     best_at_1 = max(range(5), key=lambda i: curves[i][0])
     assert went_on[0] in (best_at_1, *range(3))  # the best of all, or of the first three (one place then)
+
+
+def test_a_trial_paused_by_something_else_runs_again_rather_than_wait_for_ever():
+    scheduler, ctrl = _script(num_samples=1)
+    a = ctrl.add([])
+    a.status = Trial.PAUSED  # not at any rung: e.g. Ray paused it
+    assert scheduler.choose_trial_to_run(ctrl) is a

@@ -401,10 +401,13 @@ def test_demo_search_writes_tensorboard_files_and_one_mlflow_run_per_trial(demo_
         assert run.data.params == {k: str(v) for k, v in params.items()}
         history = client.get_metric_history(run.info.run_id, PRIMARY)
         assert [(m.step, m.value) for m in history] == [(r["step"], pytest.approx(r[PRIMARY])) for r in rows]
-        # Tune's TensorBoard files, in the trial's folder (tensorboard --logdir results/NAME).
-        events = EventAccumulator(str(next((exp_dir / f"trial_{t['trial_id']}").glob("events.out.tfevents.*"))))
-        events.Reload()
-        scalars = [e.value for e in events.Scalars(f"ray/tune/{PRIMARY}")]
+        # Tune's TensorBoard files, in the trial's folder (tensorboard --logdir results/NAME); a trial
+        # that waited at an ASHA rung goes on in a new file (TensorBoard reads them all, in order).
+        scalars = []
+        for path in sorted((exp_dir / f"trial_{t['trial_id']}").glob("events.out.tfevents.*")):
+            events = EventAccumulator(str(path))
+            events.Reload()
+            scalars += [e.value for e in events.Scalars(f"ray/tune/{PRIMARY}")]
         assert scalars == [pytest.approx(r[PRIMARY]) for r in rows]
 
 
@@ -727,7 +730,12 @@ def test_search_survives_a_nan_trial_and_a_killed_worker(tmp_path):
     for line in proc.stdout:
         out.append(line)
         if worker_pid is None and re.search(r"trial 0 eval 2/", line):
-            rows = _rows(_trial_dir_of(exp_dir, space.baseline()))
+            # the process that ran evaluation 2 (the trial waited at the rung after evaluation 1, and
+            # went on in another), once Ray has written its report
+            deadline = time.time() + 10
+            while not (rows := [r for r in _rows(_trial_dir_of(exp_dir, space.baseline())) if r["evals"] == 2]) \
+                    and time.time() < deadline:
+                time.sleep(0.05)
             worker_pid = rows[-1]["pid"]
             os.kill(worker_pid, signal.SIGKILL)  # the trial's worker process, not the search
     proc.wait(timeout=300)

@@ -183,8 +183,13 @@ class PromotionASHA(FIFOScheduler):
     # --- Ray's scheduler API -------------------------------------------------------------------
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
-        """A trial Ray restored (after the driver was killed) that waited at a rung waits again."""
+        """A trial Ray restored (after the driver was killed) that waited at a rung waits again. Ray
+        also adds again a trial whose worker died and that it retries (after `on_trial_error`): it
+        has not failed."""
         self._load()
+        if trial.status not in (Trial.ERROR, Trial.TERMINATED) and trial.trial_id in self.rungs.failed:
+            self.rungs.failed.discard(trial.trial_id)
+            self._save()
         if trial.status == Trial.PENDING and self.rungs.waiting_at(trial.trial_id) is not None:
             trial.set_status(Trial.PAUSED)  # before Ray files it: it is filed under its status
             self._note(tune_controller, trial.trial_id, paused=True)
@@ -233,6 +238,11 @@ class PromotionASHA(FIFOScheduler):
             self._save()
             self._note(tune_controller, trial_id, paused=False)
             return paused[trial_id]
+        # A paused trial that waits at no rung was not paused by these rules (a pause the rules do not
+        # know of): it runs like a pending one rather than wait for ever.
+        strays = [t for t in paused.values() if self.rungs.waiting_at(t.trial_id) is None]
+        if strays and busy < self.max_concurrent:
+            return strays[0]
         return next((t for t in trials if t.status == Trial.PENDING), None)
 
     def debug_string(self) -> str:
