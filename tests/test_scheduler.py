@@ -208,3 +208,19 @@ def test_a_trial_paused_by_something_else_runs_again_rather_than_wait_for_ever()
     a = ctrl.add([])
     a.status = Trial.PAUSED  # not at any rung: e.g. Ray paused it
     assert scheduler.choose_trial_to_run(ctrl) is a
+
+
+def test_a_paused_multi_worker_trial_frees_its_workers_group_once(monkeypatch):
+    """A Ray Train trial that waits at a rung must not hold its workers' CPUs and GPUs meanwhile."""
+    from tune import callbacks, internals
+    from tune.folder import TRAIN_GROUP
+
+    removed = []
+    monkeypatch.setattr(internals, "remove_placement_group", removed.append)
+    release = callbacks.ReleaseTrainWorkers()
+    waiting = type("T", (), {"status": "PAUSED", "last_result": {TRAIN_GROUP: "g1"}})()
+    running = type("T", (), {"status": "RUNNING", "last_result": {TRAIN_GROUP: "g2"}})()
+    single = type("T", (), {"status": "PAUSED", "last_result": {}})()
+    for _ in range(3):
+        release.on_step_end(iteration=0, trials=[waiting, running, single])
+    assert removed == ["g1"]

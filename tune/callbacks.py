@@ -18,10 +18,21 @@ from tune.results import keep_best_checkpoint
 class ReleaseTrainWorkers(tune.Callback):
     """When a multi-worker trial ends, remove its Ray Train workers' placement group (named in its
     reports), which would otherwise hold their CPUs and GPUs after Tune stopped the trial, and what
-    its Train run left in the experiment's train_runs/."""
+    its Train run left in the experiment's train_runs/. A trial that waits at an ASHA rung (PAUSED:
+    tune/scheduler.py) frees its workers' group too; it resumes from its checkpoint in a new one."""
+
+    def __init__(self):
+        self._released: set[str] = set()  # groups of paused trials, removed already
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._release(trial)
+
+    def on_step_end(self, iteration, trials, **info):
+        for trial in trials:
+            group = (trial.last_result or {}).get(TRAIN_GROUP)
+            if trial.status == "PAUSED" and group and group not in self._released:
+                self._released.add(group)
+                _remove_group(group)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._release(trial)
@@ -31,15 +42,19 @@ class ReleaseTrainWorkers(tune.Callback):
         group = (trial.last_result or {}).get(TRAIN_GROUP)
         if not group:
             return
-        try:
-            internals.remove_placement_group(group)
-        except Exception:  # noqa: BLE001 -- already removed by Ray Train when its run ended normally
-            pass
+        _remove_group(group)
         runs = Path(trial.path).parent / TRAIN_RUNS
         for run in runs.glob(f"{trial.trial_id}-*"):
             shutil.rmtree(run, ignore_errors=True)
         if runs.is_dir() and not any(runs.iterdir()):
             runs.rmdir()
+
+
+def _remove_group(group: str) -> None:
+    try:
+        internals.remove_placement_group(group)
+    except Exception:  # noqa: BLE001 -- already removed by Ray Train when its run ended normally
+        pass
 
 
 class KeepBestCheckpoint(tune.Callback):
