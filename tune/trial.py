@@ -142,8 +142,11 @@ def _run_workers(cfg: TrainConfig, data: TaskData, workers: int, per_worker: dic
     storage = train_storage or tempfile.mkdtemp(prefix="afqmc-train-")
     trainer = internals.torch_trainer_without_placement_group_cleaner()(
         _worker_loop,
+        # The Tune checkpoint to go on from (a retried trial, or one that waited at an ASHA rung) goes
+        # in the loop's config: Train V2 refuses `resume_from_checkpoint`.
         train_loop_config={"cfg": cfg.to_dict(), "data": ray.put(data), "extra": extra, "trial_id": trial_id,
-                           "threads": max(1, int(per_worker.get("CPU", 1))), "log_dir": log_dir},
+                           "threads": max(1, int(per_worker.get("CPU", 1))), "log_dir": log_dir,
+                           "resume": None if checkpoint is None else (checkpoint.path, checkpoint.filesystem)},
         scaling_config=ray_train.ScalingConfig(num_workers=workers, use_gpu=bool(per_worker.get("GPU")),
                                                resources_per_worker=per_worker),
         run_config=ray_train.RunConfig(
@@ -151,8 +154,6 @@ def _run_workers(cfg: TrainConfig, data: TaskData, workers: int, per_worker: dic
             failure_config=ray_train.FailureConfig(max_failures=0),
             checkpoint_config=ray_train.CheckpointConfig(num_to_keep=None),  # this driver deletes each once copied
         ),
-        resume_from_checkpoint=None if checkpoint is None else ray_train.Checkpoint(checkpoint.path,
-                                                                                  checkpoint.filesystem),
     )
     outcome: dict[str, BaseException] = {}
 
@@ -228,6 +229,10 @@ def _worker_loop(config: dict[str, Any]) -> None:
                          checkpoint=None if checkpoint_dir is None else ray_train.Checkpoint.from_directory(checkpoint_dir))
 
     with trial_output(config.get("log_dir"), f"trial_{config['trial_id']}-worker{ctx.get_world_rank()}"):
-        _train_or_fail(cfg, ray.get(config["data"]), ray_train.get_checkpoint(), report,
+        # A restart of this Train run goes on from its own latest report; its first start from the trial's.
+        checkpoint = ray_train.get_checkpoint()
+        if checkpoint is None and config.get("resume"):
+            checkpoint = ray_train.Checkpoint(*config["resume"])
+        _train_or_fail(cfg, ray.get(config["data"]), checkpoint, report,
                        lambda failure: ray_train.report({**failure, **extra}), train,
                        prefix=f"{config['trial_id']}-{ctx.get_world_rank()}")
