@@ -12,7 +12,8 @@ summary.json["anytime"] (written by tune/reports.py, drawn as plots/anytime.png,
               its resume counts that time)
     best      the best value of `metric` over every report so far: the trial the summary would
               name best if the search had stopped then (ties: the lower trial number)
-    trial     that trial's number; `evals`: its evaluation that holds the value
+    trial     that trial's number; `evals`: its evaluation that holds the value (at the last point, the
+              evaluation whose model the trial kept: of equal values, a later one may be)
     test_f1   the held-out test F1-macro of that model where it was scored (test_scores.json: its
               trial and evaluation), else null; never read by a choice
     baseline  the baseline trial's number, best value and held-out test F1 (null where none)
@@ -77,7 +78,7 @@ def anytime_curve(trials: list[TrialRecord], metric: str, test_scores: dict[str,
     scores = test_scores or {}
     events = []
     for t in trials:
-        eligible = t.best_checkpoint is not None
+        eligible = bool(t.best_checkpoint)  # as tune.results.best_trial
         for row, when in zip(t.history, report_times(t.history)):
             events.append((when, t.number, int(row.get("evals", 0)), int(row.get("step", 0) or 0),
                            row.get(metric) if eligible else None, t.trial_id))
@@ -93,8 +94,11 @@ def anytime_curve(trials: list[TrialRecord], metric: str, test_scores: dict[str,
             test = scores.get(f"{trial_id}:{evals}")
             points.append({"updates": sum(steps.values()), "wall_s": max(0.0, when - start), "best": best[0],
                            "trial": number, "evals": evals, "test_f1": test.get("f1_macro") if test else None})
-    if points:  # the end of the search's spend, the best unchanged
-        points.append({**points[-1], "updates": sum(steps.values()), "wall_s": max(0.0, events[-1][0] - start)})
+    if points:  # the end of the search's spend: the summary's best, its kept evaluation (of equal values)
+        last = next(t for t in trials if t.number == points[-1]["trial"])
+        test = scores.get(f"{last.trial_id}:{last.best_evals}")
+        points.append({**points[-1], "updates": sum(steps.values()), "wall_s": max(0.0, events[-1][0] - start),
+                       "evals": last.best_evals, "test_f1": test.get("f1_macro") if test else None})
     baseline = next((t for t in trials if t.is_baseline), None)
     base_test = scores.get(f"{baseline.trial_id}:{baseline.best_evals}") if baseline else None
     return {"metric": metric, **{k: [p[k] for p in points] for k in ("updates", "wall_s", "best", "trial", "evals",

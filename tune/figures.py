@@ -221,8 +221,9 @@ def anytime(curves: dict[str, dict[str, Any]], path: str | Path, title: str = ""
                                          label=f"{name}: baseline's held-out test F1 {base['test_f1']:.4f}")
     for row in axes:
         for col, ax in enumerate(row):
-            ax.set_xlabel("optimizer updates used by the search" if col == 0 else "wall seconds since the first trial")
             ax.grid(alpha=0.3)
+    for col, label in enumerate(("optimizer updates used by the search", "wall seconds since the first trial")):
+        axes[-1][col].set_xlabel(label)
     axes[0][0].set_ylabel("best so far (val: it chose the trials)")
     axes[0][0].legend(fontsize=7, loc="lower right")
     if tested:
