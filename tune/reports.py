@@ -364,8 +364,7 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
     if importance.get("error"):
         notes.append(f"parameter importance: {importance['error']}")
     summary = _summary(experiment_dir, trials, frame, state, best, importance)
-    summary["test"] = test
-    summary["anytime"] = search_curve(experiment_dir, trials, metric, test)
+    summary.update(test=test, anytime=search_curve(experiment_dir, trials, metric, test))
     k = settings.get("ensemble_size", SearchSettings.ensemble_size) if ensemble_size is None else ensemble_size
     summary["ensemble"] = _ensemble(experiment_dir, base, trials, best, k, test_pairs, val_pairs, notes,
                                     settings.get("ensemble_metric", SearchSettings.ensemble_metric))
