@@ -57,10 +57,12 @@ def add_budget_args(p) -> None:
                             f"quick {QUICK.get(key, full[key])})")
 
 
-def write_space(path: Path, data_dir: Path, b: dict[str, Any], seed: int = 0, threshold: str = "tuned") -> Path:
+def write_space(path: Path, data_dir: Path, b: dict[str, Any], seed: int = 0, threshold: str = "tuned",
+                sampler: str = "tpe") -> Path:
     """The product's CPU space (search_spaces/afqmc_cpu.yaml): its searched fields, fixed model and
     held-out test split, with the data paths from --data and the benchmark's budget. `threshold`
-    "searched" replaces the tuned threshold by SEARCHED_THRESHOLD, ranked and cut on F1 at it."""
+    "searched" replaces the tuned threshold by SEARCHED_THRESHOLD, ranked and cut on F1 at it;
+    `sampler` is search.sampler (tpe or random)."""
     space = yaml.safe_load(CPU_SPACE.read_text(encoding="utf-8"))
     params = dict(space["params"])
     params.update(bu.shared_paths(data_dir))
@@ -71,7 +73,7 @@ def write_space(path: Path, data_dir: Path, b: dict[str, Any], seed: int = 0, th
     settings = dict(space["search"])
     settings.update(num_samples=b["num_samples"], seed=seed, n_startup_trials=b["n_startup_trials"],
                     max_evals=b["max_evals"], grace_period=b["grace_period"],
-                    reduction_factor=b["reduction_factor"], cpus_per_trial=1, gpus_per_trial=0)
+                    reduction_factor=b["reduction_factor"], cpus_per_trial=1, gpus_per_trial=0, sampler=sampler)
     if b.get("asha_metric"):
         settings["asha_metric"] = b["asha_metric"]
     if threshold == "searched":
@@ -79,7 +81,7 @@ def write_space(path: Path, data_dir: Path, b: dict[str, Any], seed: int = 0, th
         settings.update(metric="val/f1_macro", asha_metric="val/f1_macro")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# Written by benchmarks/ from {CPU_SPACE.name} with the benchmark's budget "
-                    f"(threshold {threshold}).\n"
+                    f"(threshold {threshold}, sampler {sampler}).\n"
                     + yaml.safe_dump({"search": settings, "params": params}, sort_keys=False, allow_unicode=True),
                     encoding="utf-8")
     return path
@@ -90,8 +92,10 @@ def searched_params(space_path: Path) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in params.items() if isinstance(v, dict)}
 
 
-def run_search(space_path: Path, name: str, scheduler: str, results_dir: Path, extra: list[str] = ()) -> dict[str, Any]:
-    """`python tune/search.py --space ... --scheduler ...`, in this process; wall time and figures."""
+def run_search(space_path: Path, name: str, scheduler: str, results_dir: Path, extra: list[str] = (),
+               anytime: bool = False) -> dict[str, Any]:
+    """`python tune/search.py --space ... --scheduler ...`, in this process; wall time and figures
+    (with `anytime`, the anytime curve with held-out test F1 along it: anytime_with_test)."""
     from tune.search import main as search_main
 
     started = time.perf_counter()
@@ -100,7 +104,7 @@ def run_search(space_path: Path, name: str, scheduler: str, results_dir: Path, e
     wall = time.perf_counter() - started
     if rc != 0:
         raise RuntimeError(f"tune/search.py exited with {rc}")
-    return {"wall_s": wall, **search_figures(results_dir / name)}
+    return {"wall_s": wall, **search_figures(results_dir / name, anytime)}
 
 
 def trial_reports(trial_dir: Path) -> list[dict[str, Any]]:
@@ -115,7 +119,7 @@ def trial_reports(trial_dir: Path) -> list[dict[str, Any]]:
 CURVE_METRICS = ("val/f1_macro", "val/f1_macro_tuned", "val/auc", "val/ap")
 
 
-def search_figures(exp_dir: Path) -> dict[str, Any]:
+def search_figures(exp_dir: Path, anytime: bool = False) -> dict[str, Any]:
     """What a search did, from its folder: per trial its state, updates, best value and parameters;
     its curves of every candidate metric; and the held-out test figures of its best and baseline."""
     from tune.folder import SearchState, TrialState, failure_reason
@@ -139,10 +143,32 @@ def search_figures(exp_dir: Path) -> dict[str, Any]:
                                                                                "threshold")}}
               for role, m in (test.get("models") or {}).items()}
     return {"metric": metric, "trials": rows, "curves": curves, "total_steps": sum(r["steps"] for r in rows),
+            "anytime": anytime_with_test(exp_dir, trials, summary) if anytime else summary.get("anytime"),
             "best_value": max(best) if best else None, "best_trial": (summary.get("best") or {}).get("trial"),
             "test": tested, "test_pairs": test.get("pairs"),
             "stopped_early": sum(r["state"] == TrialState.STOPPED for r in rows),
             "failed": sum(r["state"] == TrialState.FAILED for r in rows)}
+
+
+def anytime_with_test(exp_dir: Path, trials: list, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The search's anytime curve (summary.json, tune/anytime.py) with the held-out test F1 of every
+    model on it: the kept model of each trial at the evaluation where it became the best so far
+    (scored once each by tune.scoring.held_out_test, kept in test_scores.json); a point whose model
+    was not kept (the trial's later evaluation was better) has none. The benchmark's cost only: a
+    search's own reports score just the best and the baseline."""
+    from tune.anytime import search_curve
+    from tune.folder import SearchState
+    from tune.scoring import held_out_test
+    from tune.space import folder_space, search_base
+
+    curve = summary.get("anytime")
+    if not curve:
+        return None
+    state = SearchState.load(exp_dir)
+    on_curve = set(zip(curve["trial"], curve["evals"]))
+    models = {f"anytime_{t.number}": t for t in trials if (t.number, t.best_evals) in on_curve}
+    test = held_out_test(exp_dir, search_base(folder_space(exp_dir, state), state.cwd), models)
+    return search_curve(exp_dir, trials, state.metric, test)
 
 
 def spearman_at_evals(curves: dict[int, list[float]], target: dict[int, float], max_t: int) -> list[float | None]:

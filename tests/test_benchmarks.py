@@ -113,12 +113,16 @@ def test_search_compare_quick(tmp_path):
     need_shared()
     res, stdout = run_bench("search_compare", tmp_path, "--quick", "--num_samples", "3", "--n_startup_trials", "3",
                             "--max_train_samples", "600", "--eval_steps", "3", "--max_evals", "3", "--grace_period", "1",
-                            "--runs", "fifo_searched,fifo,asha,hf_optuna", "--data", str(SHARED),
-                            timeout=900)  # four searches: ~4 min idle, past 5 on a loaded machine
+                            "--runs", "fifo_searched,fifo,asha,random,hf_optuna", "--data", str(SHARED),
+                            timeout=900)  # five searches: ~5 min idle, past 6 on a loaded machine
     runs = res["runs"]
-    asha, fifo, searched, hf = runs["asha"], runs["fifo"], runs["fifo_searched"], runs["hf_optuna"]
+    asha, fifo, searched, hf, rand = runs["asha"], runs["fifo"], runs["fifo_searched"], runs["hf_optuna"], runs["random"]
     assert "error" not in hf, hf
-    assert [len(r["trials"]) for r in (asha, fifo, searched, hf)] == [3, 3, 3, 3]
+    assert [len(r["trials"]) for r in (asha, fifo, searched, hf, rand)] == [3, 3, 3, 3, 3]
+    # 3 trials, all TPE's seeded start-up draws: Optuna's RandomSampler (search.sampler: random) draws the same.
+    assert [{k: v for k, v in t.items() if k not in ("state", "evals", "steps", "best_value")} for t in rand["trials"]] \
+        == [{k: v for k, v in t.items() if k not in ("state", "evals", "steps", "best_value")} for t in fifo["trials"]]
+    _check_anytime(res, runs)
     # The baseline, then the same seeded random trials, in our searches; the peer starts the same.
     assert res["same_start_trials"]
     assert hf["trials"][0]["learning_rate"] == pytest.approx(5e-4)
@@ -144,6 +148,24 @@ def test_search_compare_quick(tmp_path):
     assert positive(res["vs_hf_optuna"]["time_ratio"])
     assert "ASHA / FIFO: updates" in stdout and "ours (asha) vs hf_optuna: wall time ratio" in stdout
     assert "Spearman" in stdout and "tuned vs searched threshold" in stdout
+
+
+def _check_anytime(res: dict, runs: dict) -> None:
+    """search_compare's anytime figures: each curve monotone, ending at its search's best and spend;
+    ours with the best's held-out test F1 at its end, the peer's retrained model after its search."""
+    from pathlib import Path
+
+    anytime = res["anytime"]
+    assert set(anytime["runs"]) == {"asha", "fifo", "random", "hf_optuna"} and Path(anytime["plot"]).is_file()
+    for name, figures in anytime["runs"].items():
+        curve, run = runs[name]["anytime"], runs[name]
+        for key in ("updates", "wall_s", "best"):
+            assert curve[key] == sorted(curve[key]), (name, key)
+        assert curve["best"][-1] == pytest.approx(run["best_value"]) and curve["test_f1"][-1] == run["test"]["best"]["f1_macro"]
+        assert curve["updates"][-1] == run["total_steps"] + (9 if name == "hf_optuna" else 0)  # + the peer's retraining
+        reached = figures["reach_val"]
+        assert reached is None or (reached["value"] >= anytime["targets"]["val"] and reached["updates"] <= curve["updates"][-1])
+    assert anytime["runs"]["fifo"]["reach_val"]["updates"] <= runs["fifo"]["total_steps"]  # it reaches its own best
 
 
 @pytest.mark.slow

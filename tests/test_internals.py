@@ -94,3 +94,26 @@ def test_a_scheduler_reaches_the_controller_that_marks_trials_for_the_snapshot()
                                  runner_whitelist_attr={"stop_trial", "get_trials", "get_live_trials", "search_alg"})
     internals.stop_paused_trial(wrapper, "t")
     assert stopped == ["t"] and marked == ["t"]
+
+
+def test_random_sampler_draws_what_tpes_start_up_trials_draw():
+    """search.sampler: random (TrialSeededRandom, seeded through `seed_random`) suggests trial k as
+    TPE's k-th seeded start-up trial, whatever was drawn before: random and TPE start alike."""
+    from tune.searcher import TrialSeededRandom, TrialSeededTPE
+
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+             "w": optuna.distributions.FloatDistribution(1.0, 4.0), "c": optuna.distributions.CategoricalDistribution([0, 1])}
+
+    def draws(sampler, numbers: list[int]) -> list[dict]:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(sampler=sampler, direction="maximize")
+        out = []
+        for _ in range(max(numbers) + 1):
+            trial = study.ask(space)
+            study.tell(trial, trial.params["w"])
+            out.append(trial.params)
+        return [out[n] for n in numbers]
+
+    tpe = draws(TrialSeededTPE(seed=3, n_startup_trials=4, multivariate=True), [0, 1, 2, 3])
+    assert draws(TrialSeededRandom(seed=3), [0, 1, 2, 3]) == tpe
+    assert draws(TrialSeededRandom(seed=4), [0])[0] != tpe[0]

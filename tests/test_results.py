@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PRIMARY = "val/f1_macro"
 NUM_SAMPLES, MAX_STEPS, EVAL_STEPS = 8, 20, 5
 MAX_EVALS = MAX_STEPS // EVAL_STEPS
-PLOTS = {"learning_curves.png", "params_vs_f1.png", "importance.png", "confusion_matrix.png", "threshold_curve.png"}
+PLOTS = {"learning_curves.png", "params_vs_f1.png", "importance.png", "confusion_matrix.png", "threshold_curve.png",
+         "anytime.png"}
 TABLES = ("trials.csv", "trials.md", "summary.json", "best_config.yaml")
 
 
@@ -232,6 +233,30 @@ def test_trials_csv_has_one_row_per_trial_and_its_best_row_is_the_search_best(se
     assert budget["evals"] == sum(int(r["evals"]) for r in rows) <= NUM_SAMPLES * MAX_EVALS
     assert budget["max_evals_total"] == NUM_SAMPLES * MAX_EVALS
     assert budget["optimizer_steps"] == sum(int(r["steps"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_anytime_curve_is_monotone_and_ends_at_the_best_trials_value(search):
+    """summary.json's anytime curve, against Ray's own reports: the best so far over every report in
+    time order, the updates of all trials so far; it ends at the summary's best and budget."""
+    exp_dir = search["exp_dir"]
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    curve = summary["anytime"]
+    assert curve["metric"] == PRIMARY and len(curve["best"]) >= 2
+    for key in ("updates", "wall_s", "best"):
+        assert curve[key] == sorted(curve[key]), key
+    assert curve["best"][-1] == summary["best"]["value"] and curve["trial"][-1] == summary["best"]["trial"]
+    assert curve["updates"][-1] == summary["budget"]["optimizer_steps"]
+    assert 0 < curve["wall_s"][-1] <= summary["budget"]["wall_seconds"] + 1
+    assert curve["baseline"]["trial"] == 0 and curve["baseline"]["value"] == summary["baseline"]["value"]
+    # The held-out test F1 where that model was scored: the best's at the end, never a choice's input.
+    assert curve["test_f1"][-1] == summary["test"]["models"]["best"]["metrics"]["f1_macro"]
+    # Each raise of the best is a report of that trial with that value, the highest of all reports before it.
+    numbers = {int(r["trial"]): r["trial_id"] for r in _csv(exp_dir / "trials.csv")}
+    reports = {n: _rows(exp_dir / f"trial_{tid}") for n, tid in numbers.items()}
+    for value, number, evals in zip(curve["best"], curve["trial"], curve["evals"]):
+        assert next(r for r in reports[number] if r["evals"] == evals)[PRIMARY] == value
+    assert curve["best"][-1] == max(r[PRIMARY] for rows in reports.values() for r in rows)
 
 
 @pytest.mark.slow

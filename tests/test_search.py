@@ -141,6 +141,7 @@ BAD_SPACES = [
     ("report_to: tensorboard\nthreshold: {type: uniform, low: 0.3, high: 0.7}\n", None, "report_to", "search.loggers"),
     ("threshold: {type: uniform, low: 0.3, high: 0.7}\n", "ensemble_metric: f1", "ensemble_metric", "auc, log_loss"),
     ("threshold: {type: uniform, low: 0.3, high: 0.7}\n", "ensemble_size: -1", "ensemble_size", ">= 0"),
+    ("threshold: {type: uniform, low: 0.3, high: 0.7}\n", "sampler: grid", "sampler", "tpe, random"),
 ]
 
 

@@ -6,6 +6,7 @@
     python tune/compare.py --ensemble K results/NAME           # the same, with the ensemble of at most K kept models
     python tune/compare.py --reseed_ensemble K results/NAME    # the ensemble against the single best over K seeds
     python tune/compare.py --reseed K results/NAME [--max_steps N] [--seeds 1,2,3]
+    python tune/compare.py --anytime OUT.png results/A [results/B ...]  # their anytime curves on one plot
 
 The comparison is read from each experiment folder (Ray's results and state), not from trials.csv,
 so it also shows a search that is still running or was interrupted. It prints a table and writes
@@ -164,6 +165,32 @@ def compare(experiment_dirs: list[str], sort: str | None = None, ascending: bool
     return out
 
 
+def anytime_plot(experiment_dirs: list[str | Path], output: str | Path, print_fn=print) -> Path:
+    """The anytime curves of several searches (summary.json's "anytime", tune/anytime.py) on one plot;
+    reads only each summary.json. A line per search: when it reached its best, of what it used."""
+    from tune.anytime import reach
+    from tune.figures import anytime
+
+    curves = {}
+    for exp, name in zip(experiment_dirs, _unique_names([Path(d) for d in experiment_dirs])):
+        path = Path(exp) / SUMMARY
+        summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        curve = summary.get("anytime")
+        if not curve or not curve.get("best"):
+            raise ValueError(f"{path}: no anytime curve (a search without a kept model, or reports from before "
+                             f"it: python tune/compare.py --regenerate {exp})")
+        curves[name] = curve
+        first = reach(curve, curve["best"][-1])
+        print_fn(f"{name}: best {curve['metric']} {curve['best'][-1]:.4f} (trial {curve['trial'][-1]}) reached after "
+                 f"{first['updates']} of its {curve['updates'][-1]} updates, {first['wall_s']:.0f} of "
+                 f"{curve['wall_s'][-1]:.0f} s")
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    anytime(curves, out, title=f"anytime: {', '.join(curves)}")
+    print_fn(f"written to {_rel(out)}")
+    return out
+
+
 def _default_output(dirs: list[Path]) -> Path:
     if len(dirs) == 1:
         return dirs[0] / COMPARISON_MD
@@ -218,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="rebuild trials.csv, trials.md, summary.json, best_config.yaml and plots/ of each "
                              "search from its folder alone (nothing is trained)")
     parser.add_argument("--no_plots", action="store_true", help="with --regenerate: tables only")
+    parser.add_argument("--anytime", metavar="OUT.png",
+                        help="draw the searches' anytime curves (the best val value so far against the updates and "
+                             "the wall time used, from each summary.json) on one plot, instead of the table")
     parser.add_argument("--reseed_ensemble", type=int, metavar="K",
                         help="retrain the ensemble's member configs and the single best's with K new seeds: held-out "
                              "test F1 of the ensemble (threshold tuned on val per seed) against the single best's")
@@ -239,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.reseed is not None or args.reseed_ensemble is not None:
             _reseed(args, parser)
+            return 0
+        if args.anytime:
+            anytime_plot(args.experiments, args.anytime)
             return 0
         if args.regenerate or args.ensemble is not None:
             regenerate(args.experiments, plots=not args.no_plots, ensemble_size=args.ensemble)

@@ -192,3 +192,42 @@ def _number(value: Any) -> Any:
     if isinstance(value, list) and len(value) == 2 and value[0] == 1:
         return value[1]
     return value
+
+
+def anytime(curves: dict[str, dict[str, Any]], path: str | Path, title: str = "") -> None:
+    """The best value so far against the optimizer updates and the wall time the search used (one
+    line per search in `curves`: name -> summary.json's "anytime"), each baseline's value dashed;
+    below, where any model on a curve was scored on the held-out test split, its test F1-macro."""
+    tested = any(v is not None for c in curves.values() for v in c.get("test_f1") or [])
+    fig = Figure(figsize=(11, 7.5 if tested else 4.5), layout="constrained")
+    axes = fig.subplots(2 if tested else 1, 2, squeeze=False, sharex="col")
+    for i, (name, curve) in enumerate(curves.items()):
+        color = PALETTE[i % len(PALETTE)] if len(curves) > 1 else "C0"
+        base = curve.get("baseline") or {}
+        for col, x in enumerate(("updates", "wall_s")):
+            ax = axes[0][col]
+            ax.plot(curve[x], curve["best"], drawstyle="steps-post", color=color, linewidth=1.8, marker="o",
+                    markersize=3, label=f"{name}: best {curve['metric']} so far (val)")
+            if base.get("value") is not None:
+                ax.axhline(base["value"], color=color, linestyle="--", linewidth=0.9,
+                           label=f"{name}: baseline (trial {base['trial']}) {base['value']:.4f}")
+            if tested:
+                known = [(a, v) for a, v in zip(curve[x], curve["test_f1"]) if v is not None]
+                if known:
+                    axes[1][col].plot(*zip(*known), drawstyle="steps-post", color=color, marker="s", markersize=4,
+                                      label=f"{name}: the best-so-far model's held-out test F1")
+                if base.get("test_f1") is not None:
+                    axes[1][col].axhline(base["test_f1"], color=color, linestyle="--", linewidth=0.9,
+                                         label=f"{name}: baseline's held-out test F1 {base['test_f1']:.4f}")
+    for row in axes:
+        for col, ax in enumerate(row):
+            ax.grid(alpha=0.3)
+    for col, label in enumerate(("optimizer updates used by the search", "wall seconds since the first trial")):
+        axes[-1][col].set_xlabel(label)
+    axes[0][0].set_ylabel("best so far (val: it chose the trials)")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    if tested:
+        axes[1][0].set_ylabel("held-out test F1-macro (no choice read it)")
+        axes[1][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title or "anytime: the best trial so far against the search's spend", fontsize=10)
+    _save(fig, path)

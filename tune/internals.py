@@ -9,6 +9,7 @@ in the quick test tier, so that an upgrade fails loudly in CI rather than in a u
 | `OptunaSearch._ot_trials` | Ray Tune | the Optuna trial of a Ray trial: to report each evaluation as an intermediate value, tell PRUNED when ASHA stopped it, and note why a trial failed |
 | `OptunaSearch._ot_trials` (written) | Ray Tune | after the driver was killed, a trial the study holds as RUNNING that Ray's last snapshot never saw is handed to the next Ray trial (`adopt`), so that it is not left RUNNING forever nor sampled twice |
 | `TPESampler._rng`, `TPESampler._random_sampler._rng` | Optuna | seeding the sampler per trial (with the search's seed and the trial's number), so that a trial's parameters do not depend on how many were drawn before a driver's kill and resume; `reseed_rng()` (public) only reseeds at random |
+| `RandomSampler._rng` | Optuna | the same per-trial seeding for `search.sampler: random` (`seed_random`) |
 | `FrozenTrial._trial_id` | Optuna | the storage id that `optuna.Trial(study, trial_id)` (public) takes, to continue a RUNNING trial of the study |
 | `OptunaSearch._completed_trials` | Ray Tune | the trials the searcher has closed: a PRUNED one is closed here, not by `OptunaSearch.on_trial_complete` (which would tell COMPLETE) |
 | `TorchTrainer._create_default_callbacks` | Ray Train V2 | the only place where Train adds its placement-group cleaner (next row) |
@@ -83,6 +84,11 @@ def seed_tpe(sampler, seed: list[int]) -> None:
     """Seed a TPESampler's two random streams (its own, and its RandomSampler's for the start-up trials)."""
     sampler._rng.rng.seed(seed)
     sampler._random_sampler._rng.rng.seed(seed)
+
+
+def seed_random(sampler, seed: list[int]) -> None:
+    """Seed a RandomSampler's stream (the one seed_tpe seeds in TPE's start-up sampler)."""
+    sampler._rng.rng.seed(seed)
 
 
 def storage_trial_id(frozen) -> int:

@@ -10,10 +10,11 @@ state) and the Optuna study (optuna.db), trains nothing, and writes:
                         the held-out test F1 of the two scored models
     trials.md           the same as a leaderboard by the search's ranking metric, the baseline marked,
                         under the held-out test figures of the best and the baseline trial
-    summary.json        best trial, baseline, counts by state, budget used, importance, held-out test
+    summary.json        best trial, baseline, counts by state, budget used, importance, held-out test,
+                        the anytime curve (tune/anytime.py: the best so far against updates and time)
     best_config.yaml    the best trial's complete TrainConfig (and best_model/, its model)
     plots/*.png         learning curves, parameters against the ranking metric, parameter importance,
-                        the best trial's confusion matrix and threshold curve
+                        the best trial's confusion matrix and threshold curve, the anytime curve
 
 tune/search.py calls it at the end of every search, an interrupted one included. The models are
 scored by tune/scoring.py (the held-out test figures of the best and the baseline trial, the best
@@ -37,6 +38,7 @@ import pandas as pd
 
 from afqmc.checkpoint import write_text_atomic
 from afqmc.config import PRIMARY, ConfigError, TrainConfig
+from tune.anytime import search_curve
 from tune.ensemble import ensemble_lines, search_ensemble
 from tune.export import card_with_test, export_best
 from tune.folder import (BEST_CONFIG, BEST_MODEL, PLOTS, SHORT, SPACE_COPY, STUDY_DB, SUMMARY, TEST_F1, TRIALS_CSV,
@@ -362,7 +364,7 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
     if importance.get("error"):
         notes.append(f"parameter importance: {importance['error']}")
     summary = _summary(experiment_dir, trials, frame, state, best, importance)
-    summary["test"] = test
+    summary.update(test=test, anytime=search_curve(experiment_dir, trials, metric, test))
     k = settings.get("ensemble_size", SearchSettings.ensemble_size) if ensemble_size is None else ensemble_size
     summary["ensemble"] = _ensemble(experiment_dir, base, trials, best, k, test_pairs, val_pairs, notes,
                                     settings.get("ensemble_metric", SearchSettings.ensemble_metric))
@@ -425,6 +427,8 @@ def _draw_plots(experiment_dir: Path, state: SearchState, space: SearchSpace | N
     jobs = [("learning_curves.png", lambda p: figures.learning_curves(trials, p, metric)),
             ("params_vs_f1.png", lambda p: figures.params_vs_metric(trials, params, *_scales(space),
                                                                     path=p, metric=metric))]
+    if summary.get("anytime", {}).get("best"):
+        jobs.append(("anytime.png", lambda p: figures.anytime({experiment_dir.name: summary["anytime"]}, p)))
     if importance.get("values"):
         jobs.append(("importance.png", lambda p: figures.importance(importance["values"], importance["method"],
                                                                     importance["trials"], p)))

@@ -204,17 +204,18 @@ def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable,
 
 
 def _searcher(space: SearchSpace, exp_dir: Path):
-    """StudySearch with TrialSeededTPE on the study in the experiment folder (optuna.db)."""
+    """StudySearch with the space's sampler (TrialSeededTPE unless search.sampler: random) on the
+    study in the experiment folder (optuna.db)."""
     import optuna
 
-    from tune.searcher import StudySearch, TrialSeededTPE
+    from tune.searcher import StudySearch, make_sampler
 
     settings = space.settings
     # The study lives in the experiment folder; the driver is its only writer (SQLite is fine).
     storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / STUDY_DB}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = TrialSeededTPE(multivariate=True, seed=settings.seed, n_startup_trials=settings.n_startup_trials)
+        sampler = make_sampler(settings)  # search.sampler: TPE (TrialSeededTPE), or random
     # Every search contains the baseline it must beat; a study that has it already (a search killed
     # before Ray's first snapshot) has it WAITING or RUNNING, and StudySearch takes it from there.
     started = optuna.get_all_study_names(storage)

@@ -36,6 +36,27 @@ class TrialSeededTPE(optuna.samplers.TPESampler):
         super().before_trial(study, trial)
 
 
+class TrialSeededRandom(optuna.samplers.RandomSampler):
+    """Optuna's RandomSampler, seeded per trial as TrialSeededTPE: trial k draws what TPE's k-th
+    start-up trial draws (search.sampler: random, the baseline against TPE)."""
+
+    def __init__(self, *, seed: int | None = None):
+        super().__init__(seed=seed)
+        self.search_seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.search_seed is not None:
+            internals.seed_random(self, [self.search_seed, trial.number])
+        super().before_trial(study, trial)
+
+
+def make_sampler(settings) -> optuna.samplers.BaseSampler:
+    """The sampler search.sampler names (tune.space.SearchSettings), seeded with search.seed."""
+    if settings.sampler == "random":
+        return TrialSeededRandom(seed=settings.seed)
+    return TrialSeededTPE(multivariate=True, seed=settings.seed, n_startup_trials=settings.n_startup_trials)
+
+
 class StudySearch(OptunaSearch):
     """Ray's OptunaSearch, so that the study says what happened to each trial:
 

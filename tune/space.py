@@ -43,6 +43,7 @@ RUN_FIELDS = {"output_dir", "save_best_model", "test_file", "eval_steps", "metri
 DEFAULT_ASHA_METRIC = "val/auc"
 LOGGERS = ("mlflow",)  # search.loggers
 ENSEMBLE_METRICS = ("auc", "log_loss")  # search.ensemble_metric (tune/ensemble.py METRICS)
+SAMPLERS = ("tpe", "random")  # search.sampler (tune/searcher.py make_sampler)
 
 
 class SpaceError(ConfigError):
@@ -59,7 +60,10 @@ class SearchSettings:
     metric: str = "val/f1_macro"
     # What ASHA compares at its rungs: a trial's value at that evaluation (not its best so far).
     asha_metric: str = DEFAULT_ASHA_METRIC
-    seed: int = 0  # seeds the TPE sampler
+    seed: int = 0  # seeds the sampler
+    # What proposes the trials: tpe (Optuna's TPE) or random (Optuna's RandomSampler: every trial a
+    # seeded random draw, the same draws as TPE's start-up trials; the baseline still goes first).
+    sampler: str = "tpe"
     n_startup_trials: int = 10  # random trials before TPE models the results (Optuna's default)
     max_evals: int = 10  # the most evaluations a trial runs: ASHA's max_t, and the stop for FIFO
     grace_period: int = 1  # evaluations before ASHA may stop a trial
@@ -237,6 +241,9 @@ def _parse_settings(search: dict[str, Any], where) -> SearchSettings:
             value = _check_int(key, value, 0, src)
         elif key == "max_concurrent_trials":
             value = None if value is None else _check_int(key, value, 1, src)
+        elif key == "sampler":
+            if value not in SAMPLERS:
+                raise SpaceError(f"{src}: 'search.sampler' must be one of {', '.join(SAMPLERS)} (got {value!r})", key)
         elif key == "ensemble_metric":
             if value not in ENSEMBLE_METRICS:
                 raise SpaceError(f"{src}: 'search.ensemble_metric' must be one of {', '.join(ENSEMBLE_METRICS)} "
