@@ -27,7 +27,7 @@ Figures (every search is scored on the same held-out test split, which no choice
    evaluation and each trial's final tuned F1 (its best over all evaluations); ASHA's rule replayed
    on fifo's curves for each candidate as the rung metric and several (grace, reduction factor),
    over 500 trial orders; the share of FIFO's updates a perfect ASHA would use.
-2. ASHA against FIFO (asha, fifo): best val objective >= 0.99 of FIFO's on <= 40% of its updates.
+2. ASHA against FIFO (asha, fifo): best val objective >= 0.99 of FIFO's on <= 30% of its updates.
 3. Tuned against searched threshold (fifo, fifo_searched): best trial's held-out test F1 of each.
 4. Ours (asha) against the peer (hf_optuna): held-out test F1 >= the peer's in <= 0.7x its wall time.
 5. Anytime (issue 21): asha, fifo, random and hf_optuna on one plot (tune/anytime.py: the best so far
