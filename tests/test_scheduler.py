@@ -224,3 +224,16 @@ def test_a_paused_multi_worker_trial_frees_its_workers_group_once(monkeypatch):
     for _ in range(3):
         release.on_step_end(iteration=0, trials=[waiting, running, single])
     assert removed == ["g1"]
+
+
+def test_a_trial_that_ends_on_its_own_at_a_rung_leaves_its_place_to_the_next_best():
+    """E.g. its schedule (num_epochs) or its patience ends it at a rung's evaluation."""
+    scheduler, ctrl = _script(num_samples=2)
+    a, b = ctrl.add([]), ctrl.add([])
+    a.status = Trial.RUNNING
+    scheduler.on_trial_result(ctrl, a, {"evals": 1, "m": 0.9})
+    ctrl.stop_trial(a)  # its last report: Ray ends it (on_trial_complete) whatever the decision
+    assert "0" in scheduler.rungs.ended and scheduler.rungs.waiting_at("0") is None
+    assert _arrive(scheduler, ctrl, b, 1, 0.5) == CONTINUE  # the one place is b's
+    curves = [[0.9], [0.5, 0.5, 0.5, 0.5]]
+    assert replay(curves, max_t=4, grace_period=1, reduction_factor=2) == [1, 4]

@@ -74,6 +74,7 @@ class Rungs:
     values: list[dict[str, float]] = field(default_factory=list)  # per rung: trial -> value, in arrival order
     promoted: list[set[str]] = field(default_factory=list)  # per rung: trials that went on from it
     failed: set[str] = field(default_factory=set)
+    ended: set[str] = field(default_factory=set)  # ended without going on from their last rung (on their own, or stopped)
 
     def __post_init__(self) -> None:
         self.values = self.values or [{} for _ in self.milestones]
@@ -87,21 +88,25 @@ class Rungs:
     def record(self, k: int, trial_id: str, value: float) -> None:
         self.values[k][trial_id] = value
 
-    def may_go_on(self, k: int, trial_id: str, settled: bool = False) -> bool:
-        """A free place of rung k is its: among the best (places) of the trials there that have not
-        failed, and the best of those that have not gone on, for as many places as are free. A
-        settled rung has at least one place."""
+    def goers(self, k: int, settled: bool = False) -> list[str]:
+        """The trials of rung k that may go on now: the free places of the rung go to the best of its
+        trials (as many as it has places) that have not failed, ended or gone on yet. A rung of n
+        trials has floor(n / rf) places, a settled one at least one; trials that went on hold theirs
+        (failed ones give theirs back)."""
         quota = int(len(self.values[k]) // self.reduction_factor)
         quota = max(quota, 1) if settled else quota
-        ranked = sorted((t for t in self.values[k] if t not in self.failed), key=lambda t: -self.values[k][t])
+        ranked = sorted((t for t in self.values[k] if t not in self.failed | self.ended),
+                        key=lambda t: -self.values[k][t])
         free = quota - len(self.promoted[k] - self.failed)
-        candidates = [t for t in ranked[:quota] if t not in self.promoted[k]]
-        return free > 0 and trial_id in candidates[:free]
+        return [t for t in ranked[:quota] if t not in self.promoted[k]][:max(free, 0)]
+
+    def may_go_on(self, k: int, trial_id: str, settled: bool = False) -> bool:
+        return trial_id in self.goers(k, settled)
 
     def waiting_at(self, trial_id: str) -> int | None:
         """The rung a trial waits at: its highest recorded rung, if it did not go on from there."""
         recorded = [k for k in range(len(self.milestones)) if trial_id in self.values[k]]
-        if not recorded or trial_id in self.failed or trial_id in self.promoted[recorded[-1]]:
+        if not recorded or trial_id in self.failed | self.ended or trial_id in self.promoted[recorded[-1]]:
             return None
         return recorded[-1]
 
@@ -110,30 +115,30 @@ class Rungs:
         the live trials: `active` (running or pending) and `waiting` ({trial: its rung})."""
         out: list[bool] = []
         for k in range(len(self.milestones)):
+            below = {j for j in waiting.values() if j < k}  # can a trial waiting there still come up?
             out.append(all_made and all(t in self.values[k] for t in active)
-                       and all(out[j] and not self.may_go_on(j, t, settled=True) for t, j in waiting.items() if j < k))
+                       and all(out[j] and not any(waiting.get(t) == j for t in self.goers(j, settled=True))
+                               for j in below))
         return out
 
     def verdicts(self, active: Iterable[str], waiting: dict[str, int], all_made: bool) -> tuple[list, set]:
         """The waiting trials that may go on now ([(rung, trial)]), and those to stop (their rung is
         settled and has no place for them)."""
         settled = self.settled(active, waiting, all_made)
-        promotable, hopeless = [], set()
-        for t, k in waiting.items():
-            if self.may_go_on(k, t, settled=settled[k]):
-                promotable.append((k, t))
-            elif settled[k]:
-                hopeless.add(t)
+        goers = [set(self.goers(k, settled[k])) for k in range(len(self.milestones))]
+        promotable = [(k, t) for t, k in waiting.items() if t in goers[k]]
+        hopeless = {t for t, k in waiting.items() if settled[k] and t not in goers[k]}
         return promotable, hopeless
 
     def to_json(self) -> dict[str, Any]:
         return {"milestones": self.milestones, "reduction_factor": self.reduction_factor, "values": self.values,
-                "promoted": [sorted(p) for p in self.promoted], "failed": sorted(self.failed)}
+                "promoted": [sorted(p) for p in self.promoted], "failed": sorted(self.failed),
+                "ended": sorted(self.ended)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Rungs:
         return cls(list(data["milestones"]), float(data["reduction_factor"]), [dict(v) for v in data["values"]],
-                   [set(p) for p in data["promoted"]], set(data["failed"]))
+                   [set(p) for p in data["promoted"]], set(data["failed"]), set(data.get("ended", ())))
 
 
 class PauseAwareLimiter(ConcurrencyLimiter):
@@ -220,9 +225,17 @@ class PromotionASHA(FIFOScheduler):
         self._settle(tune_controller)
 
     def on_trial_complete(self, tune_controller, trial: Trial, result: dict[str, Any]) -> None:
-        self._settle(tune_controller)
+        self._ended(tune_controller, trial)
 
     def on_trial_remove(self, tune_controller, trial: Trial) -> None:
+        self._ended(tune_controller, trial)
+
+    def _ended(self, tune_controller, trial: Trial) -> None:
+        """A trial that ends at a rung it did not go on from (on its own, or stopped) holds no
+        candidacy for its places."""
+        if self.rungs.waiting_at(trial.trial_id) is not None:
+            self.rungs.ended.add(trial.trial_id)
+            self._save()
         self._settle(tune_controller)
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
