@@ -377,6 +377,11 @@ def test_demo_search_terminal_shows_progress_and_ray_talks_to_a_log_file(demo_se
     last = [line for line in events if "updates" in line][-1]
     used, budget = re.search(r"([\d,]+)/([\d,]+) updates", last).groups()
     assert int(budget.replace(",", "")) == 8 * 30 and 0 < int(used.replace(",", "")) <= 8 * 30
+    # ASHA (tune/scheduler.py): the first trial at a rung waits for peers, then goes on or is stopped.
+    waited = re.findall(r"trial (\d+) waits at eval (\d+): too few trials at this ASHA rung", out)
+    assert waited and all(e in ("1", "3") for _, e in waited), waited
+    assert re.search(r"trial \d+( \(baseline\))? goes on from its checkpoint of eval [13]", out) or \
+        all(f"trial {n} stopped early by ASHA after {e} evals" in out for n, e in waited)
     logs = sorted((exp_dir / "logs").glob("trial_*.log"))
     assert len(logs) == 8 and all("training: 30 optimizer updates" in p.read_text() for p in logs)
     assert (exp_dir / "logs" / "ray.log").is_file()

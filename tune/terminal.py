@@ -49,6 +49,7 @@ class LiveView(tune.Callback):
         self.status_every_s = status_every_s
         self._started = time.time()
         self._last_status = self._started
+        self._waiting: set[str] = set()  # trials told to be waiting at a rung
 
     def setup(self, **info):
         self._started = self._last_status = time.time()
@@ -74,6 +75,11 @@ class LiveView(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self._trials = trials
         tag = " (baseline)" if trial_number(trial) == 0 else ""  # the searcher suggests the baseline first
+        self._waiting.discard(trial.trial_id)
+        done = (trial.last_result or {}).get("evals")
+        if done:  # it waited at an ASHA rung, or its worker died: it goes on from its checkpoint
+            self._print(f"trial {trial_number(trial)}{tag} goes on from its checkpoint of eval {done}")
+            return
         self._print(f"trial {trial_number(trial)} started{tag}: {format_params(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -109,6 +115,11 @@ class LiveView(tune.Callback):
                     f"last checkpoint (failure {trial.run_metadata.num_failures} of at most {trial.max_failures} retried)")
 
     def on_step_end(self, iteration, trials, **info):
+        for t in trials:  # Ray pauses a trial that reached an ASHA rung before enough peers (tune/scheduler.py)
+            if t.status == "PAUSED" and t.trial_id not in self._waiting:
+                self._waiting.add(t.trial_id)
+                self._print(f"trial {trial_number(t)} waits at eval {(t.last_result or {}).get('evals')}: too few "
+                            f"trials at this ASHA rung yet to rank it")
         if time.time() - self._last_status >= self.status_every_s:
             self._status(trials)
 
@@ -120,7 +131,9 @@ class LiveView(tune.Callback):
             status[ended[0].trial_id] = ended[1]
         states = [trial_state(status[t.trial_id], t.last_result, self.max_evals) for t in trials]
         running = sum(status[t.trial_id] == "RUNNING" for t in trials)
-        counts = (f"{running} running, {states.count(TrialState.FINISHED)} finished, "
+        waiting = sum(status[t.trial_id] == "PAUSED" for t in trials)
+        counts = (f"{running} running, {f'{waiting} waiting at a rung, ' if waiting else ''}"
+                  f"{states.count(TrialState.FINISHED)} finished, "
                   f"{states.count(TrialState.STOPPED)} stopped early, {states.count(TrialState.FAILED)} failed")
         scored = [t for t in trials if _finite((t.last_result or {}).get(self.best))]
         if scored:
