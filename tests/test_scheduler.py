@@ -237,3 +237,47 @@ def test_a_trial_that_ends_on_its_own_at_a_rung_leaves_its_place_to_the_next_bes
     assert _arrive(scheduler, ctrl, b, 1, 0.5) == CONTINUE  # the one place is b's
     curves = [[0.9], [0.5, 0.5, 0.5, 0.5]]
     assert replay(curves, max_t=4, grace_period=1, reduction_factor=2) == [1, 4]
+
+
+def test_the_study_holds_a_waiting_trial_running_with_its_rung_then_pruned(tmp_path):
+    """The scheduler's decisions reach the Optuna study through the searcher Ray wraps: a waiting
+    trial is RUNNING with `paused_at_evals`, null once it goes on; one stopped while it waited is
+    PRUNED at its last value; the limiter frees the waiting trial's slot."""
+    import optuna
+
+    from tune.folder import PAUSED_AT
+    from tune.searcher import StudySearch, TrialSeededTPE
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    study_search = StudySearch(space={"x": optuna.distributions.FloatDistribution(0.0, 1.0)}, metric="m", mode="max",
+                               sampler=TrialSeededTPE(seed=0, n_startup_trials=5), study_name="s", storage=storage,
+                               eval_metric="m", max_evals=4)
+    limiter = PauseAwareLimiter(study_search, max_concurrent=1)
+    scheduler, ctrl = _script(num_samples=2)
+    class Generator:  # Ray's SearchGenerator around the limiter, as the scheduler reaches it
+        searcher, made = limiter, 0
+
+        def is_finished(self):
+            return self.made >= 2
+
+    ctrl.search_alg = Generator()
+
+    def add() -> object:
+        trial = ctrl.add([])
+        assert limiter.suggest(trial.trial_id) is not None
+        return trial
+
+    a = add()
+    assert limiter.suggest("extra") is None  # one slot, taken by a
+    limiter.on_trial_result("0", {"m": 0.4, "evals": 1})
+    assert _arrive(scheduler, ctrl, a, 1, 0.4) == PAUSE
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert study.trials[0].state == optuna.trial.TrialState.RUNNING and study.trials[0].user_attrs[PAUSED_AT] == 1
+    assert limiter.waiting == {"0"}
+    b = add()  # a's slot is free
+    limiter.on_trial_result("1", {"m": 0.9, "evals": 1})
+    assert _arrive(scheduler, ctrl, b, 1, 0.9) == CONTINUE  # the one place of 2; a is stopped (rung settled)
+    assert a.status == Trial.TERMINATED
+    limiter.on_trial_complete("0")  # what Ray tells the searcher when it stops a PAUSED trial
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert study.trials[0].state == optuna.trial.TrialState.PRUNED and study.trials[0].value == pytest.approx(0.4)
