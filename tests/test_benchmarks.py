@@ -172,7 +172,8 @@ def _check_anytime(res: dict, runs: dict) -> None:
 def test_search_overhead_quick(tmp_path):
     need_shared()
     res, stdout = run_bench("search_overhead", tmp_path, "--quick", "--sizes", "600", "--rounds", "1",
-                            "--eval_steps", "3", "--max_evals", "1", "--data", str(SHARED))
+                            "--eval_steps", "3", "--max_evals", "1", "--gap_trials", "3", "--gap_eval_steps", "2",
+                            "--data", str(SHARED))
     row = res["rows"][0]
     assert positive(row["direct_s"]) and positive(row["search_s"]) and positive(res["trial_process_imports_s"])
     assert row["overhead_s"] == pytest.approx(row["search_s"] - row["direct_s"])
@@ -189,3 +190,14 @@ def test_search_overhead_quick(tmp_path):
     # 600 pairs, of which the CPU space holds out 10% as test (never tokenized: only the best models read it).
     assert res["tokenization"]["search_600_0"] == {"driver_calls": 2, "driver_pairs": 540, "trial_process_calls": 0}
     assert "once per search, in the driver" in stdout
+    # Fixed overhead beyond the base imports, and the per-trial gap: the 3 trials ran one after another in
+    # one reused trial process, which read the search's data from the object store once (SharedData).
+    assert positive(res["base_imports_s"]) and res["base_imports_s"] < res["trial_process_imports_s"]
+    assert res["fixed_overhead_beyond_imports_s"]["600"] == pytest.approx(row["overhead_s"] - res["base_imports_s"])
+    gaps = res["gaps"]
+    assert len(gaps) == 2 and all(g["trial_processes"] == 1 and g["data_cached"] for g in gaps)
+    for g in gaps:
+        steps = [g[k] for k in ("to_next_start_s", "config_s", "accelerator_s", "setup_s", "model_s", "to_first_update_s")]
+        assert all(x >= 0 for x in steps) and sum(steps) == pytest.approx(g["gap_s"])
+        assert positive(g["model_s"]) and g["gap_less_model_s"] == pytest.approx(g["gap_s"] - g["model_s"])
+    assert res["gap_median"][0]["gaps"] == 2 and "per-trial gap" in stdout

@@ -344,6 +344,32 @@ def test_best_and_baseline_are_scored_once_on_the_held_out_test_split(search, tm
     assert again["models"] == test["models"]
 
 
+@pytest.mark.slow
+def test_reports_predict_each_kept_model_once_per_split(search, tmp_path, monkeypatch):
+    """The val predictions (threshold curve), the held-out test scores and the ensemble share one
+    prediction per model and split (model_probs.json): none of them predicts what another did."""
+    import tune.scoring as scoring
+    from tune.reports import write_reports
+
+    copy = tmp_path / "copy"
+    shutil.copytree(search["exp_dir"], copy, ignore=shutil.ignore_patterns(
+        "ensemble", "model_probs.json", "test_scores.json", "best_val_predictions.json"))
+    predicted: list[tuple[str, str]] = []
+
+    def counted(model_dir, pairs, real=scoring.predict):
+        predicted.append((str(model_dir), scoring.fingerprint(pairs)))
+        return real(model_dir, pairs)
+
+    monkeypatch.setattr(scoring, "predict", counted)
+    reports = write_reports(copy, log=lambda *_: None)
+    assert reports.summary["test"]["models"]["best"] and reports.summary["ensemble"]
+    assert (copy / "best_val_predictions.json").is_file() and (copy / "plots" / "threshold_curve.png").is_file()
+    assert predicted and len(predicted) == len(set(predicted)), predicted
+    # The best model predicted val and test once each, though three reports use them.
+    best = str(scoring.kept_model(reports.best))
+    assert sum(d == best for d, _ in predicted) == 2
+
+
 def _best_and_baseline(exp_dir: Path):
     from tune.results import best_trial, collect_trials
 

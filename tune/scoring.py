@@ -57,7 +57,7 @@ def val_predictions(experiment_dir: Path, trial: TrialRecord, metric: str = PRIM
 
     model_dir, cfg = kept_model(trial), kept_config(trial)
     val = load_splits(cfg).val  # the same load and split as the search's, from the trial's own (absolute) paths
-    probs, threshold = predict(model_dir, val)
+    probs, threshold = shared_probs(experiment_dir, trial, val, "val")  # the ensemble's, when it scored this model
     recomputed = evaluation_metrics(val.labels, probs, cfg.threshold, seed=cfg.seed)[metric]
     out = {"trial_id": trial.trial_id, "trial": trial.number, "best_evals": trial.best_evals,
            "threshold": threshold, "metric": metric, "stored_value": trial.best_value, "recomputed_value": recomputed,
@@ -108,7 +108,7 @@ def held_out_test(experiment_dir: Path, base: TrainConfig, trials: dict[str, Tri
     for role, trial in trials.items():
         key = f"{trial.trial_id}:{trial.best_evals}" if trial is not None and trial.best_checkpoint else None
         if key is not None and key not in cache["scores"] and test is not None:
-            probs, threshold = predict(kept_model(trial), test)
+            probs, threshold = shared_probs(experiment_dir, trial, test, "test")  # the ensemble reuses them
             cache["scores"][key] = labelled_metrics(test.labels, probs, threshold)
         models[role] = None if key not in cache["scores"] else {
             "trial": trial.number, "trial_id": trial.trial_id, "state": trial.state, "evals": trial.evals,
@@ -119,6 +119,14 @@ def held_out_test(experiment_dir: Path, base: TrainConfig, trials: dict[str, Tri
     return {"source": cache["source"], "pairs": cache["pairs"], "label_counts": cache["label_counts"],
             "fingerprint": cache["fingerprint"], "models": models, "note": note,
             "gain_f1_macro": b["metrics"]["f1_macro"] - a["metrics"]["f1_macro"] if b and a else None}
+
+
+def shared_probs(experiment_dir: Path, trial: TrialRecord, pairs, split: str) -> tuple[list[float], float]:
+    """P(same) of the trial's kept model on `pairs` and its saved threshold, as `model_probs` keeps
+    them: the val predictions, the held-out test scores and the ensemble share one prediction per
+    model and split (a model predicted here is not predicted again for the ensemble, nor the reverse)."""
+    out = model_probs(experiment_dir, [trial], pairs, split)
+    return out["probs"][trial.trial_id], out["threshold"][trial.trial_id]
 
 
 def model_probs(experiment_dir: Path, trials: list[TrialRecord], pairs, split: str) -> dict[str, Any]:

@@ -231,11 +231,14 @@ def _trainable(data: TaskData, base: TrainConfig, resources: dict[str, float], w
                log_dir: str | None = None):
     from ray import tune
 
-    from tune.trial import run_trial
+    import ray
 
-    # with_parameters puts `data` into the object store once; every trial reads that one copy. The
-    # held-out test pairs stay in this driver: no trial can read their labels.
-    data = dataclasses.replace(data, test=None, val_pairs=None)
+    from tune.trial import SharedData, run_trial
+
+    # `data` goes into the object store once; every trial reads that one copy, once per trial process
+    # (SharedData: a reused process keeps it). The held-out test pairs stay in this driver: no trial
+    # can read their labels.
+    data = SharedData(ray.put(dataclasses.replace(data, test=None, val_pairs=None)))
     trainable = tune.with_parameters(run_trial, data=data, base=base.to_dict(), workers=workers,
                                      worker_resources={"CPU": resources["cpu"], "GPU": resources["gpu"]},
                                      train_storage=str(exp_dir / TRAIN_RUNS), log_dir=log_dir)

@@ -24,10 +24,12 @@ import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 import yaml
+
+if TYPE_CHECKING:
+    import optuna
 
 from afqmc.config import (DATA_FIELDS, FIELDS, ConfigError, TrainConfig, absolute_paths, coerce_value, from_dict,
                           normalize_metric, parse_number, read_yaml_mapping)
@@ -102,6 +104,8 @@ class Param:
     baseline: Any = None
 
     def distribution(self) -> optuna.distributions.BaseDistribution:
+        import optuna  # here: a trial process imports this module (trial_config) and never needs Optuna
+
         if self.type == "choice":
             return optuna.distributions.CategoricalDistribution(self.values)
         if self.type == "int":

@@ -9,6 +9,7 @@ it, like any library function.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import shutil
 import tempfile
@@ -28,14 +29,36 @@ from tune.folder import TRAIN_GROUP, failure_report
 from tune.space import trial_config
 
 
-def run_trial(config: dict[str, Any], data: TaskData, base: dict[str, Any], workers: int = 1,
+class SharedData:
+    """The search's TaskData in Ray's object store, read once per trial process: a process that Tune
+    reuses for its next trial (reuse_actors) keeps what it read, tokenizer included, instead of
+    deserializing the data again for every trial.
+
+    Made in the driver (`SharedData(ray.put(data))`); `tune.with_parameters` hands every trial this
+    small handle, whose `get()` fetches the data at the first call in a process.
+    """
+
+    _cache: dict[str, TaskData] = {}  # per process: the object's id -> the data (one search's, at most)
+
+    def __init__(self, ref: "ray.ObjectRef"):
+        self.ref = ref
+
+    def get(self) -> TaskData:
+        key = self.ref.hex()
+        if key not in SharedData._cache:
+            SharedData._cache.clear()  # another search's data (a process is never reused across searches)
+            SharedData._cache[key] = ray.get(self.ref)
+        return SharedData._cache[key]
+
+
+def run_trial(config: dict[str, Any], data: TaskData | SharedData, base: dict[str, Any], workers: int = 1,
               worker_resources: dict[str, float] | None = None, train_storage: str | None = None,
               log_dir: str | None = None) -> None:
     """Train with `base` (the search's fixed fields, tune.space.search_base) updated by `config` (the
     sampled ones): tune.space.trial_config.
 
-    `data` arrives through Ray's object store (`tune.with_parameters`): the driver tokenized it
-    once, so a trial never reads or tokenizes the data files. With `workers` > 1 the trial is a
+    `data` arrives through Ray's object store (`tune.with_parameters`, as a SharedData handle or
+    itself): the driver tokenized it once, so a trial never reads or tokenizes the data files. With `workers` > 1 the trial is a
     Ray Train `TorchTrainer` of that many workers (`_run_workers`); this function then only drives
     it, and reports to Tune exactly what a one-process trial reports; `worker_resources` are each
     worker's ({"CPU": n, "GPU": g}) and `train_storage` a folder every node can reach (the
@@ -43,8 +66,24 @@ def run_trial(config: dict[str, Any], data: TaskData, base: dict[str, Any], work
     `log_dir/trial_<id>.log` instead of Ray's forwarding to the driver's terminal.
     """
     trial_id = tune.get_context().get_trial_id()
+    data = data.get() if isinstance(data, SharedData) else data
+    _freeze_long_lived()
     with trial_output(log_dir, f"trial_{trial_id}"):
         _run_trial(config, data, base, workers, worker_resources, train_storage, trial_id, log_dir)
+
+
+_frozen: list[bool] = []  # set once this process has frozen its long-lived objects
+
+
+def _freeze_long_lived() -> None:
+    """Once per trial process, before its first training: move what is alive now (the imported
+    libraries, the search's data) out of the garbage collector's reach (gc.freeze). Accelerate's
+    find_executable_batch_size (train_with_oom_retry) runs a full gc.collect() before every
+    attempt, which would otherwise walk those half a million objects at every trial (0.5 s). Only
+    once: what a trial leaves behind is collected as usual, never frozen."""
+    if not _frozen:
+        gc.freeze()
+        _frozen.append(True)
 
 
 @contextlib.contextmanager
