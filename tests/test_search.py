@@ -933,6 +933,23 @@ def test_resume_with_a_corrupt_or_locked_study_stops_and_keeps_it(tmp_path, caps
     assert "Optuna study is missing" in capsys.readouterr().err
 
 
+def test_a_study_database_killed_before_its_study_existed_is_no_reason_to_refuse_a_resume(tmp_path):
+    """The driver can die after SQLite created optuna.db and before Optuna created the study in it
+    (benchmarks/chaos.py found it): with no Ray snapshot either, nothing ran, and resume goes on."""
+    import optuna
+
+    import tune.search as search
+
+    exp = tmp_path / "killed"
+    exp.mkdir()
+    optuna.storages.RDBStorage(f"sqlite:///{exp / 'optuna.db'}")  # the schema, no study
+    search._check_study(exp)  # no error
+    (exp / "tuner.pkl").write_bytes(b"")  # with Ray's state saved, a missing study is an error
+    (exp / "experiment_state-2026-12-01_00-00-00.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds no Optuna study"):
+        search._check_study(exp)
+
+
 def test_a_running_search_of_the_same_name_is_refused_at_once(tmp_path, capsys):
     import tune.search as search
 

@@ -498,7 +498,9 @@ def _check_study(exp_dir: Path) -> None:
     except Exception as exc:  # sqlite3.DatabaseError, OperationalError, Optuna's errors
         raise ConfigError(f"{db}: cannot use the search's Optuna study ({type(exc).__name__}: {exc}); it is "
                           f"left as it is") from None
-    if not names:
+    # A database without the study, and no snapshot of Ray's: killed between creating the two, before
+    # any trial; the resumed search creates the study, as a new one would.
+    if not names and internals.ray_saved_state(exp_dir):
         raise ConfigError(f"{db}: holds no Optuna study; it cannot be resumed")
 
 
