@@ -94,7 +94,8 @@ def params_vs_metric(trials: list[TrialRecord], params: list[str], log_params: s
             ax.set_xticks(range(len(cats)), cats)
         for t, x in zip(scored, values):
             style = STYLE.get(t.state, STYLE[TrialState.UNFINISHED])
-            color = "black" if t.is_baseline else ("C3" if t is best else ("0.55" if t.state == TrialState.STOPPED else "C0"))
+            # ASHA-stopped trials (most of a search under ASHA) keep the colour; their marker (x) tells them apart
+            color = "black" if t.is_baseline else ("C3" if t is best else "C0")
             ax.scatter([x], [t.best_value], marker="*" if t is best else style["marker"], color=color,
                        s=120 if t is best else 40, alpha=style["alpha"], zorder=3)
             ax.annotate(str(t.number), (x, t.best_value), xytext=(3, 3), textcoords="offset points", fontsize=7)

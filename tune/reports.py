@@ -273,17 +273,14 @@ def param_importances(experiment_dir: Path, seed: int = 0) -> dict[str, Any]:
         if study is None:
             return {"method": "fANOVA", "values": {}, "trials": 0, "error": f"no Optuna study in {STUDY_DB}"}
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if len(complete) < 2:
-            return {"method": "fANOVA", "values": {}, "trials": len(complete),
-                    "error": "fewer than 2 completed trials in the study"}
         basis = "completed trials"
-        if len({t.value for t in complete}) == 1:  # nothing for fANOVA to explain: let the cut trials in too
-            complete = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
-                                                               optuna.trial.TrialState.PRUNED) and t.value is not None]
-            study = optuna.create_study(direction=study.direction)
-            study.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=t.value)
-                              for t in complete])
-            basis = "completed trials and those ASHA cut, at their last value (the completed ones all tied)"
+        if len(complete) < 2 or len({t.value for t in complete}) == 1:
+            # Too few completed trials (ASHA cut the others: a small search completes one) or nothing
+            # for fANOVA to explain: every trial at the same budget instead.
+            study, complete, basis = _at_common_evaluation(study)
+            if len(complete) < 2:
+                return {"method": "fANOVA", "values": {}, "trials": len(complete),
+                        "error": "fewer than 2 trials with a value at a common evaluation"}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             values = optuna.importance.get_param_importances(
@@ -292,6 +289,25 @@ def param_importances(experiment_dir: Path, seed: int = 0) -> dict[str, Any]:
         return {"method": "fANOVA", "values": values, "trials": len(complete), "basis": basis}
     except Exception as exc:  # the tables must not depend on it
         return {"method": "fANOVA", "values": {}, "trials": 0, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _at_common_evaluation(study):
+    """A study of the finished and ASHA-cut trials, each valued at the furthest evaluation all of
+    them reached (ASHA's first rung, usually): their intermediate values there, a comparison at
+    equal budget. Returns (study, its trials, the basis in words)."""
+    import optuna
+
+    ended = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+             and t.intermediate_values]
+    if not ended:
+        return study, [], "no trial with evaluations"
+    step = min(max(t.intermediate_values) for t in ended)
+    valued = [t for t in ended if step in t.intermediate_values]
+    common = optuna.create_study(direction=study.direction)
+    common.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions,
+                                                 value=t.intermediate_values[step]) for t in valued])
+    return common, valued, (f"every finished and ASHA-cut trial at evaluation {step}, the furthest all of them "
+                            f"reached (too few completed trials to explain, or they tied)")
 
 
 # --- the held-out test set -------------------------------------------------------------------------
