@@ -15,9 +15,9 @@ The rules (`Rungs`; the same object decides in a search and in `replay`):
   the trial failed and ends on its own.
 - Rung k has floor(n_k / reduction_factor) places, n_k counting every trial recorded there. A trial
   at rung k **may go on** if it is among that many best of the rung's trials that have not failed
-  (a failed one was a fair peer; it just cannot go on) and a place is free: the places that trials
-  which went on hold (failed ones give theirs back) are taken, the rest go to the best candidates
-  first. So no rung ever sends on more than its share, even though an early trial that went on
+  or ended there (such a trial was a fair peer; it just cannot go on) and a place is free: the
+  places that trials which went on hold (failed ones give theirs back) are taken, the rest go to
+  the best candidates first. So no rung ever sends on more than its share, even though an early trial that went on
   may later drop out of the top: with every trial's curve run to the end, the budget is that of
   synchronous successive halving (16 trials, rungs at 2 and 8 of 16, a quarter kept: 25% of FIFO).
   Ties: the earlier arrival ranks first.
@@ -25,14 +25,15 @@ The rules (`Rungs`; the same object decides in a search and in `replay`):
   its last checkpoint, the one of this evaluation, and frees its worker).
 - A rung is **settled** when no more trials can arrive at it: the searcher has made all its trials,
   every live trial that is running or pending has been recorded there, and every trial waiting
-  below it can neither go on nor wait for more peers (its own rung is settled). A waiting trial whose
-  rung is settled and that may not go on is stopped (Optuna: PRUNED, at its last value).
+  below it can neither go on nor wait for more peers (its own rung is settled). A settled rung has
+  at least one place (so a small search still trains its best trial to max_t). A waiting trial
+  whose rung is settled and that may not go on is stopped (Optuna: PRUNED, at its last value).
 - When a worker is free, a waiting trial that may go on resumes from its checkpoint before any new
   trial starts (the highest rung first, the best value first).
 - No worker idles while a trial could run: waiting trials do not count against the search's
   concurrency (`PauseAwareLimiter`), so the searcher makes a new trial in their place.
 
-The state (every rung's values, who went on, who failed) is written to `state_file` after every
+The state (every rung's values, who went on, who failed or ended) is written to `state_file` after every
 change, so that a search whose driver was killed resumes with its paused trials still paused at
 their rungs: Ray restores them as pending, and `on_trial_add` pauses them again.
 """
