@@ -75,7 +75,7 @@ class Rungs:
     values: list[dict[str, float]] = field(default_factory=list)  # per rung: trial -> value, in arrival order
     promoted: list[set[str]] = field(default_factory=list)  # per rung: trials that went on from it
     failed: set[str] = field(default_factory=set)
-    ended: set[str] = field(default_factory=set)  # ended without going on from their last rung (on their own, or stopped)
+    ended: set[str] = field(default_factory=set)  # ended at their last rung without going on (on their own, stopped)
 
     def __post_init__(self) -> None:
         self.values = self.values or [{} for _ in self.milestones]
