@@ -241,11 +241,11 @@ class PromotionASHA(FIFOScheduler):
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
         """A waiting trial that may go on (into a free slot), else the first pending trial."""
-        self._settle(tune_controller)
+        promotable = self._settle(tune_controller)
         trials = tune_controller.get_trials()
         busy = sum(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)
         paused = {t.trial_id: t for t in trials if t.status == Trial.PAUSED}
-        promotable = [(k, t) for k, t in self._verdicts(tune_controller)[0] if t in paused]
+        promotable = [(k, t) for k, t in promotable if t in paused]
         if promotable and busy < self.max_concurrent:
             k, trial_id = max(promotable, key=lambda kt: (kt[0], self.rungs.values[kt[0]][kt[1]]))
             self.rungs.promoted[k].add(trial_id)
@@ -283,11 +283,12 @@ class PromotionASHA(FIFOScheduler):
         active, waiting = self._live(tune_controller)
         return self.rungs.verdicts(active, waiting, tune_controller.search_alg.is_finished())
 
-    def _settle(self, tune_controller, exclude: Trial | None = None) -> None:
+    def _settle(self, tune_controller, exclude: Trial | None = None) -> list[tuple[int, str]]:
         """Stop each waiting trial whose rung is settled and that may not go on; tell the limiter
-        which trials wait (they free their slot)."""
+        which trials wait (they free their slot). Returns the waiting trials that may go on (stopping
+        the others does not change them: those hold no place)."""
         if self._settling:  # stop_trial below calls on_trial_remove
-            return
+            return []
         self._settling = True
         try:
             promotable, hopeless = self._verdicts(tune_controller)
@@ -299,6 +300,7 @@ class PromotionASHA(FIFOScheduler):
                 limiter.waiting = set(self._live(tune_controller)[1]) - {t for _, t in promotable}
         finally:
             self._settling = False
+        return promotable
 
     def _note(self, tune_controller, trial_id: str, paused: bool) -> None:
         """The study's record of the trial: waiting at its rung (PAUSED_AT), or not any more."""
