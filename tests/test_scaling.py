@@ -145,7 +145,8 @@ def test_a_search_on_a_two_node_cluster_on_loopback(tmp_path, two_node_cluster):
 
     # Two trials at once, one CPU each: one on each node, since each node has one CPU.
     proc = subprocess.run([sys.executable, "tune/search.py", "--space", str(_space(tmp_path, 2)), "--name", "cluster",
-                           "--results_dir", str(tmp_path / "results"), "--address", two_node_cluster["address"]],
+                           "--results_dir", str(tmp_path / "results"), "--address", two_node_cluster["address"],
+                           "--scheduler", "fifo"],  # both trials at once, one per node (ASHA would pause the first)
                           cwd=ROOT, env=two_node_cluster["env"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert f"at {two_node_cluster['address']}" in proc.stdout and "2 CPUs" in proc.stdout
