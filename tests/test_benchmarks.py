@@ -192,7 +192,8 @@ def test_search_overhead_quick(tmp_path):
     assert "once per search, in the driver" in stdout
     # Fixed overhead beyond the base imports, and the per-trial gap: the 3 trials ran one after another in
     # one reused trial process, which read the search's data from the object store once (SharedData).
-    assert positive(res["base_imports_s"]) and res["base_imports_s"] < res["trial_process_imports_s"]
+    # (Each import time is one fresh process's wall time, so their order is not asserted: a busy machine swaps it.)
+    assert positive(res["base_imports_s"]) and positive(res["trial_process_imports_s"])
     assert res["fixed_overhead_beyond_imports_s"]["600"] == pytest.approx(row["overhead_s"] - res["base_imports_s"])
     gaps = res["gaps"]
     assert len(gaps) == 2 and all(g["trial_processes"] == 1 and g["data_cached"] for g in gaps)
