@@ -34,8 +34,8 @@ from transformers import get_linear_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
 from afqmc.card import write_model_card
-from afqmc.checkpoint import (METRICS_NAME, TRAINER_STATE_NAME, CheckpointError, atomic_directory,
-                              resolve_directory, save_model_dir, write_json)
+from afqmc.checkpoint import (METRICS_NAME, TRAINER_STATE_NAME, VAL_PROBS_NAME, CheckpointError, atomic_directory,
+                              resolve_directory, save_model_dir, write_json, write_text_atomic)
 from afqmc.config import PRIMARY, ConfigError, TrainConfig, fields_help, load_config, parse_overrides
 from afqmc.data import (DataError, Encoded, LengthGroupedSampler, PairData, PairDataset, collate, count_overlap,
                         encode, load_splits)
@@ -480,9 +480,15 @@ HELD_OUT_HIDDEN = ("best_threshold", "f1_macro_at_best_threshold")
 def _evaluate_and_report(run: Run, state: TrainerState, epoch: float, train_loss: float) -> bool:
     """Evaluate, update early stopping, write checkpoint and best model, report. True means stop."""
     cfg, accelerator = run.cfg, run.accelerator
+    started = time.perf_counter()
     with accelerator.autocast():  # the EMA copy is not a prepared model: its forward has no autocast of its own
-        val = evaluate(accelerator, run.kept_model, run.val_loader, run.weights, cfg.threshold, cfg.seed,
-                       run.val_swapped)
+        val, probs, labels = evaluate(accelerator, run.kept_model, run.val_loader, run.weights, cfg.threshold,
+                                      cfg.seed, run.val_swapped)
+    # What this evaluation predicted, kept with its checkpoint: a search's reports and ensemble read it
+    # there instead of predicting val again with the saved model (VAL_PROBS_NAME).
+    predicted = {"labels": labels.tolist(), "probs": [round(float(x), 7) for x in probs],
+                 "threshold": val.get("val/threshold"), "pair_orders": 2 if run.val_swapped is not None else 1,
+                 "seconds_per_pair": (time.perf_counter() - started) / max(1, len(labels))}
     state.evals += 1
     value = val[cfg.metric_for_best_model]
     improved = value > state.best_metric
@@ -504,7 +510,7 @@ def _evaluate_and_report(run: Run, state: TrainerState, epoch: float, train_loss
     if accelerator.trackers:  # report_to: the evaluation's figures at its step
         accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
                         step=state.step)
-    checkpoint_dir = _save_checkpoint(cfg, accelerator, run.kept_model, run.data, state, metrics, improved)
+    checkpoint_dir = _save_checkpoint(cfg, accelerator, run.kept_model, run.data, state, metrics, improved, predicted)
     if run.report is not None:
         run.report(metrics, checkpoint_dir if accelerator.is_main_process else None)
     return stop
@@ -512,11 +518,12 @@ def _evaluate_and_report(run: Run, state: TrainerState, epoch: float, train_loss
 
 @torch.no_grad()
 def evaluate(accelerator: Accelerator, model, loader, weights: torch.Tensor | None,
-             threshold: float | str, seed: int = 0, swapped=None) -> dict[str, float]:
+             threshold: float | str, seed: int = 0, swapped=None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Val loss and metrics over the whole val set, gathered from every process (no duplicates):
-    at the run's threshold (fixed, or tuned and cross-fitted), plus AUC and AP (afqmc.metrics).
-    With `swapped` (the same pairs in the other order), P(same) is the mean over both orders and
-    the loss is that mean's negative log-likelihood."""
+    at the run's threshold (fixed, or tuned and cross-fitted), plus AUC and AP (afqmc.metrics);
+    and P(same) and the label of each val pair, in the val set's order (gather_for_metrics of a
+    sequential loader). With `swapped` (the same pairs in the other order), P(same) is the mean
+    over both orders and the loss is that mean's negative log-likelihood."""
     p, y, loss = _val_outputs(accelerator, model, loader)
     if swapped is not None:
         p = (p + _val_outputs(accelerator, model, swapped)[0]) / 2
@@ -524,7 +531,7 @@ def evaluate(accelerator: Accelerator, model, loader, weights: torch.Tensor | No
     w = np.ones_like(loss) if weights is None else weights.cpu().numpy()[y]
     out = evaluation_metrics(y, p, threshold, seed=seed)
     out["val/loss"] = float((w * loss).sum() / w.sum())  # the training objective, class weights included
-    return out
+    return out, p, y
 
 
 def _val_outputs(accelerator: Accelerator, model, loader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -543,8 +550,9 @@ def _val_outputs(accelerator: Accelerator, model, loader) -> tuple[np.ndarray, n
     return p, y, loss
 
 
-def _save_checkpoint(cfg, accelerator, model, data, state, metrics, improved) -> str:
-    """Full training state (to resume) plus the model of this evaluation (to export)."""
+def _save_checkpoint(cfg, accelerator, model, data, state, metrics, improved, predicted) -> str:
+    """Full training state (to resume) plus the model of this evaluation (to export) and what it
+    predicted on val (`predicted`, VAL_PROBS_NAME)."""
     output_dir = Path(cfg.output_dir)
     target = output_dir / "checkpoint"
     accelerator.wait_for_everyone()
@@ -552,6 +560,7 @@ def _save_checkpoint(cfg, accelerator, model, data, state, metrics, improved) ->
         with atomic_directory(target) as tmp:
             accelerator.save_state(str(tmp / "state"))
             write_json(tmp / TRAINER_STATE_NAME, asdict(state))
+            write_text_atomic(tmp / VAL_PROBS_NAME, json.dumps(predicted) + "\n")
             if cfg.save_best_model:
                 save_model_dir(tmp / "model", accelerator.unwrap_model(model), data.tokenizer, cfg, metrics)
         if improved and cfg.save_best_model:

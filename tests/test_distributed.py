@@ -55,6 +55,18 @@ def test_two_processes_match_one_with_the_same_effective_batch(tmp_path):
     # initial weights (DDP broadcasts rank 0's) give the same loss up to summation order.
     assert two[0]["train/loss"] == pytest.approx(one[0]["train/loss"], rel=1e-4)
     assert (tmp_path / "two" / "best_model" / "model.safetensors").is_file()
+    # What the last evaluation predicted, gathered from both processes, is in the val split's order:
+    # the labels of the split, and what the checkpoint's model predicts for each pair (val_probs.json).
+    from afqmc.config import load_config
+    from afqmc.data import load_splits
+    from afqmc.predict import predict_saved
+
+    checkpoint = tmp_path / "two" / "checkpoint"
+    kept = json.loads((checkpoint / "val_probs.json").read_text())
+    val = load_splits(load_config(checkpoint / "model" / "train_config.yaml")).val
+    probs, threshold = predict_saved(checkpoint / "model", val)
+    assert kept["labels"] == list(val.labels) and kept["threshold"] == pytest.approx(threshold)
+    assert kept["probs"] == pytest.approx(probs, abs=1e-5)
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ runs it; every test reads what it left in its folder.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -365,9 +366,43 @@ def test_reports_predict_each_kept_model_once_per_split(search, tmp_path, monkey
     assert reports.summary["test"]["models"]["best"] and reports.summary["ensemble"]
     assert (copy / "best_val_predictions.json").is_file() and (copy / "plots" / "threshold_curve.png").is_file()
     assert predicted and len(predicted) == len(set(predicted)), predicted
-    # The best model predicted val and test once each, though three reports use them.
+    # The best model predicted test once, though two reports use it; val not at all: each kept
+    # model's val P(same) is what its trial's evaluation predicted (val_probs.json in its checkpoint).
     best = str(scoring.kept_model(reports.best))
-    assert sum(d == best for d, _ in predicted) == 2
+    assert sum(d == best for d, _ in predicted) == 1
+    val = json.loads((copy / "model_probs.json").read_text())["val"]["models"]
+    assert val and all(m["source"] == "the trial's evaluation" for m in val.values())
+    curve = json.loads((copy / "best_val_predictions.json").read_text())
+    assert curve["recomputed_value"] == pytest.approx(reports.best.best_value, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_the_trials_val_probs_are_the_saved_models_and_a_checkpoint_without_them_is_predicted(search, tmp_path,
+                                                                                              monkeypatch):
+    """What a trial's evaluation kept on val (val_probs.json) is what its saved model predicts; a
+    checkpoint without it (written before it existed), or with it for other pairs, is predicted."""
+    import tune.scoring as scoring
+    from afqmc.data import load_splits
+    from tune.results import collect_trials
+
+    best = _best_and_baseline(search["exp_dir"])[0]
+    val = load_splits(scoring.kept_config(best)).val
+    kept = scoring.evaluated_val_probs(best, val)
+    probs, threshold = scoring.predict(scoring.kept_model(best), val)
+    assert kept["threshold"] == pytest.approx(threshold) and kept["seconds_per_pair"] > 0
+    assert kept["probs"] == pytest.approx(probs, abs=1e-5)
+    # Other pairs (one label changed): not theirs.
+    other = dataclasses.replace(val, labels=[1 - val.labels[0], *val.labels[1:]])
+    assert scoring.evaluated_val_probs(best, other) is None
+    # A copy of the search whose checkpoints have no val_probs.json: the best model predicts val.
+    copy = tmp_path / "copy"
+    shutil.copytree(search["exp_dir"], copy, ignore=shutil.ignore_patterns(
+        "ensemble", "model_probs.json", "test_scores.json", "best_val_predictions.json", "val_probs.json"))
+    trial = next(t for t in collect_trials(copy) if t.trial_id == best.trial_id)
+    predicted = []
+    monkeypatch.setattr(scoring, "predict", lambda d, p, real=scoring.predict: predicted.append(d) or real(d, p))
+    got = scoring.val_predictions(copy, trial, val_pairs=val)
+    assert predicted == [scoring.kept_model(trial)] and got["probs"] == pytest.approx(probs, abs=1e-6)
 
 
 def _best_and_baseline(exp_dir: Path):

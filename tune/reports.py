@@ -386,7 +386,7 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
                                     settings.get("ensemble_metric", SearchSettings.ensemble_metric))
 
     if plots:
-        made = _draw_plots(experiment_dir, state, space, trials, params, best, importance, summary, notes)
+        made = _draw_plots(experiment_dir, state, space, trials, params, best, importance, summary, notes, val_pairs)
         summary["plots"] = [str(p.relative_to(experiment_dir)) for p in made]
         files += made
     else:  # tables only: the plots already there stay listed
@@ -432,9 +432,10 @@ def _ensemble(experiment_dir: Path, base: TrainConfig | None, trials: list[Trial
 
 def _draw_plots(experiment_dir: Path, state: SearchState, space: SearchSpace | None, trials: list[TrialRecord],
                 params: list[str], best: TrialRecord | None, importance: dict[str, Any], summary: dict[str, Any],
-                notes: list[str]) -> list[Path]:
+                notes: list[str], val_pairs=None) -> list[Path]:
     """Every plot that can be drawn (a failing one is a note, never a lost table); returns the files.
-    Also checks the best model against its stored val value (summary["threshold_curve"])."""
+    Also checks the best model against its stored val value (summary["threshold_curve"]).
+    `val_pairs`: the search's val split, when the caller holds it."""
     from tune import figures
 
     metric = state.metric
@@ -451,7 +452,7 @@ def _draw_plots(experiment_dir: Path, state: SearchState, space: SearchSpace | N
     if best is not None:
         preds = None
         try:
-            preds = val_predictions(experiment_dir, best, metric)
+            preds = val_predictions(experiment_dir, best, metric, val_pairs)
             summary["threshold_curve"] = {k: preds[k] for k in ("trial", "threshold", "metric", "stored_value",
                                                                  "recomputed_value", "source")}
             if abs(preds["recomputed_value"] - best.best_value) > 1e-4:

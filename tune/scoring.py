@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from afqmc.checkpoint import CONFIG_NAME, write_text_atomic
+from afqmc.checkpoint import CONFIG_NAME, VAL_PROBS_NAME, write_text_atomic
 from afqmc.config import PRIMARY, TrainConfig, load_config
 from tune.folder import MODEL_PROBS, TEST_SCORES, VAL_PREDICTIONS
 from tune.results import TrialRecord, checkpoint_model
@@ -44,9 +44,10 @@ def predict(model_dir: Path, pairs) -> tuple[list[float], float]:
     return predict_saved(model_dir, pairs, "cuda" if torch.cuda.is_available() else "cpu")
 
 
-def val_predictions(experiment_dir: Path, trial: TrialRecord, metric: str = PRIMARY) -> dict[str, Any]:
+def val_predictions(experiment_dir: Path, trial: TrialRecord, metric: str = PRIMARY, val_pairs=None) -> dict[str, Any]:
     """Labels and P(label = 1) of the trial's kept model on the search's val split, and its val
-    `metric` recomputed from them (cached in best_val_predictions.json, for one trial)."""
+    `metric` recomputed from them (cached in best_val_predictions.json, for one trial). `val_pairs`:
+    that split as the search's driver holds it (else it is loaded again, from the trial's config)."""
     cache = experiment_dir / VAL_PREDICTIONS
     if cache.is_file():
         cached = json.loads(cache.read_text(encoding="utf-8"))
@@ -56,7 +57,8 @@ def val_predictions(experiment_dir: Path, trial: TrialRecord, metric: str = PRIM
     from afqmc.metrics import evaluation_metrics
 
     model_dir, cfg = kept_model(trial), kept_config(trial)
-    val = load_splits(cfg).val  # the same load and split as the search's, from the trial's own (absolute) paths
+    # The same load and split as the search's, from the trial's own (absolute) paths.
+    val = val_pairs if val_pairs is not None else load_splits(cfg).val
     probs, threshold = shared_probs(experiment_dir, trial, val, "val")  # the ensemble's, when it scored this model
     recomputed = evaluation_metrics(val.labels, probs, cfg.threshold, seed=cfg.seed)[metric]
     out = {"trial_id": trial.trial_id, "trial": trial.number, "best_evals": trial.best_evals,
@@ -133,7 +135,8 @@ def model_probs(experiment_dir: Path, trials: list[TrialRecord], pairs, split: s
     """P(same) of each trial's kept model on `pairs` (the search's val split, or its held-out test
     pairs: `split` names which), and the seconds each took per pair: each model predicts each split
     once, kept in model_probs.json (by split, a fingerprint of the pairs, the trial and its kept
-    evaluation). Returns {"probs": {trial_id: [...]}, "seconds_per_pair": {...}, "threshold": {...}}
+    evaluation); on val, what the trial's own evaluation predicted is taken where its checkpoint
+    keeps it (evaluated_val_probs), and nothing is predicted. Returns {"probs": {trial_id: [...]}, "seconds_per_pair": {...}, "threshold": {...}}
     (threshold: each model's saved decision threshold)."""
     import time
 
@@ -146,13 +149,33 @@ def model_probs(experiment_dir: Path, trials: list[TrialRecord], pairs, split: s
     for trial in trials:
         key = f"{trial.trial_id}:{trial.best_evals}"
         if key not in entry["models"]:
-            started = time.perf_counter()
-            probs, threshold = predict(kept_model(trial), pairs)
-            entry["models"][key] = {"probs": [round(float(p), 7) for p in probs], "threshold": threshold,
-                                    "seconds_per_pair": (time.perf_counter() - started) / max(1, len(pairs))}
+            kept = evaluated_val_probs(trial, pairs) if split == "val" else None
+            if kept is None:
+                started = time.perf_counter()
+                probs, threshold = predict(kept_model(trial), pairs)
+                kept = {"probs": [round(float(p), 7) for p in probs], "threshold": threshold,
+                        "seconds_per_pair": (time.perf_counter() - started) / max(1, len(pairs)), "source": "predicted"}
+            entry["models"][key] = kept
             cache[split] = entry
             write_text_atomic(cache_file, json.dumps(cache) + "\n")  # a killed driver keeps what it predicted
         out["probs"][trial.trial_id] = entry["models"][key]["probs"]
         for field in ("seconds_per_pair", "threshold"):
             out[field][trial.trial_id] = entry["models"][key][field]
     return out
+
+
+def evaluated_val_probs(trial: TrialRecord, pairs) -> dict[str, Any] | None:
+    """What the trial's evaluation predicted on val at its kept checkpoint (VAL_PROBS_NAME, beside
+    its model), when that was for these very pairs (the same labels in the same order): the
+    reports and the ensemble then predict nothing on val. None when the checkpoint has no such
+    file (from before it existed) or it is for other pairs."""
+    if not trial.best_checkpoint:
+        return None
+    try:
+        stored = json.loads((Path(trial.best_checkpoint) / VAL_PROBS_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if stored.get("threshold") is None or stored.get("labels") != [int(y) for y in pairs.labels]:
+        return None
+    return {"probs": stored["probs"], "threshold": stored["threshold"], "seconds_per_pair": stored["seconds_per_pair"],
+            "source": "the trial's evaluation"}

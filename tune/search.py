@@ -23,6 +23,7 @@ if __package__ in (None, ""):
 import argparse
 import dataclasses
 import datetime
+import gc
 import logging
 import os
 import shutil
@@ -63,7 +64,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, OSError) as exc:  # OSError: e.g. a hub model without internet
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # The tokenized data (hundreds of thousands of lists at 32,000 pairs) lives as long as the search:
+    # out of the collector's reach, each of the driver's collections walks only what is new.
+    gc.collect()
+    gc.freeze()
+    try:
+        return _search(args, exp_dir, state, space, base, data)
+    finally:
+        gc.unfreeze()  # a caller that runs searches in its own process gets them back
 
+
+def _search(args: argparse.Namespace, exp_dir: Path, state: SearchState, space: SearchSpace, base: TrainConfig,
+            data: TaskData) -> int:
+    """The search itself, once its data is ready: the experiment folder, Ray and the Tuner, the reports."""
     try:
         # The lock is held while this driver lives: a second search of this name refuses at once.
         lock = _lock(exp_dir) if args.resume else _create_experiment(exp_dir, Path(args.space), state)
