@@ -480,7 +480,9 @@ HELD_OUT_HIDDEN = ("best_threshold", "f1_macro_at_best_threshold")
 def _evaluate_and_report(run: Run, state: TrainerState, epoch: float, train_loss: float) -> bool:
     """Evaluate, update early stopping, write checkpoint and best model, report. True means stop."""
     cfg, accelerator = run.cfg, run.accelerator
-    started = time.perf_counter()
+    # monotonic, not perf_counter: perf_counter's calls are the training-time spans alone (state.train_seconds),
+    # which benchmarks/loop_overhead.py reads back in pairs.
+    started = time.monotonic()
     with accelerator.autocast():  # the EMA copy is not a prepared model: its forward has no autocast of its own
         val, probs, labels = evaluate(accelerator, run.kept_model, run.val_loader, run.weights, cfg.threshold,
                                       cfg.seed, run.val_swapped)
@@ -488,7 +490,7 @@ def _evaluate_and_report(run: Run, state: TrainerState, epoch: float, train_loss
     # there instead of predicting val again with the saved model (VAL_PROBS_NAME).
     predicted = {"labels": labels.tolist(), "probs": [round(float(x), 7) for x in probs],
                  "threshold": val.get("val/threshold"), "pair_orders": 2 if run.val_swapped is not None else 1,
-                 "seconds_per_pair": (time.perf_counter() - started) / max(1, len(labels))}
+                 "seconds_per_pair": (time.monotonic() - started) / max(1, len(labels))}
     state.evals += 1
     value = val[cfg.metric_for_best_model]
     improved = value > state.best_metric
