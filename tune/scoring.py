@@ -136,8 +136,8 @@ def model_probs(experiment_dir: Path, trials: list[TrialRecord], pairs, split: s
     pairs: `split` names which), and the seconds each took per pair: each model predicts each split
     once, kept in model_probs.json (by split, a fingerprint of the pairs, the trial and its kept
     evaluation); on val, what the trial's own evaluation predicted is taken where its checkpoint
-    keeps it (evaluated_val_probs), and nothing is predicted. Returns {"probs": {trial_id: [...]}, "seconds_per_pair": {...}, "threshold": {...}}
-    (threshold: each model's saved decision threshold)."""
+    keeps it (evaluated_val_probs), and nothing is predicted. Returns {"probs": {trial_id: [...]},
+    "seconds_per_pair": {...}, "threshold": {...}} (threshold: each model's saved decision threshold)."""
     import time
 
     cache_file = experiment_dir / MODEL_PROBS
