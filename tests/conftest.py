@@ -26,6 +26,13 @@ DEMO_TRAIN = ROOT / "afqmc" / "demo_data" / "train.jsonl"
 DEMO_TEST = ROOT / "afqmc" / "demo_data" / "test.jsonl"
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first, each file's in its own order: pytest-xdist hands tests out in this
+    order, so the quick ones fill in at the end rather than a worker waiting alone on a search
+    (the default run's wall time is the busier worker's)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def need_shared() -> None:
     if not AFQMC_TRAIN.is_file():
         pytest.fail(f"shared data missing at {AFQMC_TRAIN} (CI lays ../shared beside the repo)")

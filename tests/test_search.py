@@ -276,6 +276,39 @@ def test_bad_space_fails_before_ray_starts(tmp_path):
 # --- real searches (slow) ------------------------------------------------------------------------
 
 
+def test_random_search_draws_what_tpes_seeded_start_up_trials_draw():
+    """search.sampler: random (TrialSeededRandom) against TPE (TrialSeededTPE) on the shipped CPU
+    space: trial k of the random search has the parameters of TPE's k-th start-up trial, with any
+    trials finished before it; after TPE's start-up the two differ (TPE models, random does not)."""
+    import dataclasses
+    import warnings
+
+    import optuna
+
+    from tune.searcher import make_sampler
+
+    space = load_space(SPACES / "afqmc_cpu.yaml")
+    settings = space.settings
+    n = settings.n_startup_trials + 3
+
+    def draws(sampler_name: str) -> list[dict]:
+        study = optuna.create_study(direction="maximize",
+                                    sampler=make_sampler(dataclasses.replace(settings, sampler=sampler_name)))
+        out = []
+        for k in range(n):
+            trial = study.ask(space.distributions())
+            out.append(trial.params)
+            study.tell(trial, 0.5 + 0.01 * k)  # values that TPE can model
+        return out
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # TPE's multivariate
+        tpe, rand, again = draws("tpe"), draws("random"), draws("random")
+    start = settings.n_startup_trials
+    assert rand[:start] == tpe[:start] and rand[start:] != tpe[start:]
+    assert again == rand  # seeded: the same again
+
+
 def _test_space(tmp_path: Path, train_file: Path, num_samples: int, max_steps: int) -> Path:
     """The demo space, on the first 1000 demo pairs, with a few steps per trial."""
     spec = yaml.safe_load((SPACES / "demo.yaml").read_text(encoding="utf-8"))
