@@ -20,8 +20,8 @@ CONFIG_NAME = "train_config.yaml"
 METRICS_NAME = "metrics.json"
 TRAINER_STATE_NAME = "trainer_state.json"
 # In a checkpoint, beside model/: P(same) of each val pair (in the val split's order) at the
-# evaluation that wrote it, with the labels, the threshold saved with the model, the pair orders
-# averaged, and the seconds per pair that evaluation took.
+# evaluation that wrote it, with the labels, the threshold saved with the model and the seconds
+# per pair that evaluation took.
 VAL_PROBS_NAME = "val_probs.json"
 
 

@@ -17,9 +17,10 @@ The rules (`Rungs`; the same object decides in a search and in `replay`):
   at rung k **may go on** if it is among that many best of the rung's trials that have not failed
   or ended there (such a trial was a fair peer; it just cannot go on) and a place is free: the
   places that trials which went on hold (failed ones give theirs back) are taken, the rest go to
-  the best candidates first. So no rung ever sends on more than its share, even though an early trial that went on
-  may later drop out of the top: with every trial's curve run to the end, the budget is that of
-  synchronous successive halving (16 trials, rungs at 2 and 8 of 16, a quarter kept: 25% of FIFO).
+  the best candidates first. So no rung ever sends on more than its share, even though an early
+  trial that went on may later drop out of the top: with every trial's curve run to the end, the
+  budget is that of synchronous successive halving (16 trials, rungs at 2 and 8 of 16, a quarter
+  kept: 25% of FIFO).
   Ties: the earlier arrival ranks first.
 - On arrival at a rung, a trial that may go on continues; otherwise it **waits** (PAUSE: Ray keeps
   its last checkpoint, the one of this evaluation, and frees its worker).
@@ -33,8 +34,8 @@ The rules (`Rungs`; the same object decides in a search and in `replay`):
 - No worker idles while a trial could run: waiting trials do not count against the search's
   concurrency (`PauseAwareLimiter`), so the searcher makes a new trial in their place.
 
-The state (every rung's values, who went on, who failed or ended) is written to `state_file` after every
-change, so that a search whose driver was killed resumes with its paused trials still paused at
+The state (every rung's values, who went on, who failed or ended) is written to `state_file` after
+every change, so that a search whose driver was killed resumes with its paused trials still paused at
 their rungs: Ray restores them as pending, and `on_trial_add` pauses them again.
 """
 
