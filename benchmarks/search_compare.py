@@ -308,9 +308,9 @@ def worker(args) -> int:
 # --- the analysis --------------------------------------------------------------------------------
 
 
-def metric_roles(runs: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def metric_roles(runs: dict[str, Any], b: dict[str, Any], orders: int = 500) -> dict[str, Any]:
     """Spearman at every evaluation of each candidate against the final tuned F1, on FIFO's curves;
-    ASHA replayed on fifo's curves with each candidate at its rungs."""
+    ASHA replayed on fifo's curves with each candidate at its rungs, over `orders` trial orders."""
     max_t = b["max_evals"]
     out: dict[str, Any] = {"correlation": [], "replay": []}
     for name in ("fifo", "fifo_searched"):
@@ -336,12 +336,13 @@ def metric_roles(runs: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             for grace, rf in settings:
                 if grace >= max_t:
                     continue
-                sim = su.replay_orders(curves[metric], max_t, grace, rf, GOAL_VALUE, values=tuned)
+                sim = su.replay_orders(curves[metric], max_t, grace, rf, GOAL_VALUE, n=orders, values=tuned)
                 out["replay"].append({"rung metric": label, **sim})
     return out
 
 
-def report(runs: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def report(runs: dict[str, Any], b: dict[str, Any], orders: int = 500) -> dict[str, Any]:
+    """The tables and ratios of the runs; the replays over `orders` trial orders each."""
     result: dict[str, Any] = {}
     for name, r in runs.items():
         if r.get("trials"):
@@ -359,7 +360,7 @@ def report(runs: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
                           "load", "error"], "searches (best_val: the ranking metric, val, chose the winner; "
                                             "test: held out)"))
 
-    roles = metric_roles(runs, b)
+    roles = metric_roles(runs, b, orders)
     result["metric_roles"] = roles
     if roles["correlation"]:
         evals = list(range(1, b["max_evals"] + 1))
@@ -375,7 +376,7 @@ def report(runs: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         print(bu.table(roles["replay"], ["rung metric", "grace_period", "reduction_factor", "rungs", "perfect_share",
                                          "steps_ratio_mean", "steps_ratio_min", "steps_ratio_max", "value_ratio_mean",
                                          "share_goal_met"],
-                       f"ASHA's rule replayed on fifo's curves, 500 trial orders (value: best tuned F1 kept; "
+                       f"ASHA's rule replayed on fifo's curves, {orders} trial orders (value: best tuned F1 kept; "
                        f"share_goal_met: how often it is >= {GOAL_VALUE} of FIFO's)"))
     result["perfect_share_shipped"] = su.perfect_asha_share(b["max_evals"], b["grace_period"], b["reduction_factor"])
     print(f"\nshipped ASHA (grace {b['grace_period']}, reduction factor {b['reduction_factor']:g}, max_t "
@@ -506,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
                 if path.stem in OURS or path.stem in ("hf_optuna", "hf_ray")}
         result: dict[str, Any] = {"benchmark": "search_compare", "quick": args.quick, "machine": info, "budget": b,
                                   "runs_this_call": plan, "workdir": str(workdir)}
-        result.update(report(runs, b))
+        result.update(report(runs, b, orders=50 if args.quick else 500))  # quick: checks the code, measures nothing
         plot = args.anytime_png or (args.json.with_suffix(".anytime.png") if args.json else workdir / "anytime.png")
         result["anytime"] = anytime_report(runs, Path(plot).resolve())
         result["runs"] = runs

@@ -156,7 +156,7 @@ def test_search_compare_quick(tmp_path, capsys):
 
     loaded = {name: json.loads((work / f"{name}.json").read_text()) for name in ("fifo", "asha")}
     loaded["fifo_searched"] = copy.deepcopy(loaded["fifo"])
-    out = search_compare.report(loaded, res["budget"])
+    out = search_compare.report(loaded, res["budget"], orders=20)
     printed = capsys.readouterr().out
     assert {(c["run"], c["candidate"]) for c in out["metric_roles"]["correlation"]} == {
         ("fifo", "tuned F1"), ("fifo", "AUC"), ("fifo", "AP"), ("fifo_searched", "tuned F1"),
