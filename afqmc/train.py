@@ -489,7 +489,8 @@ def _evaluate_and_report(run: Run, state: TrainerState, epoch: float, train_loss
     # What this evaluation predicted, kept with its checkpoint: a search's reports and ensemble read it
     # there instead of predicting val again with the saved model (VAL_PROBS_NAME).
     predicted = {"labels": labels.tolist(), "probs": [round(float(x), 7) for x in probs],
-                 "threshold": val.get("val/threshold"), "seconds_per_pair": (time.monotonic() - started) / max(1, len(labels))}
+                 "threshold": val.get("val/threshold"),
+                 "seconds_per_pair": (time.monotonic() - started) / max(1, len(labels))}
     state.evals += 1
     value = val[cfg.metric_for_best_model]
     improved = value > state.best_metric
