@@ -43,7 +43,7 @@ import _benchutil as bu
 from _searchutil import trial_reports
 
 METRIC = "val/f1_macro"
-QUICK = dict(kills=2, worker_kills=2, num_samples=3, max_steps=15)
+QUICK = dict(kills=2, worker_kills=2, num_samples=3, max_steps=10)
 FULL = dict(kills=10, worker_kills=4, num_samples=16, max_steps=60)
 
 

@@ -125,7 +125,7 @@ def two_node_cluster():
         procs = [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])]
         for p in procs:
             p.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs(procs, timeout=10)
+        _, alive = psutil.wait_procs(procs, timeout=3)  # then SIGKILL: nothing of theirs is read after
         for p in alive:
             p.kill()
         shutil.rmtree(temp_dir, ignore_errors=True)
