@@ -96,6 +96,21 @@ def test_a_scheduler_reaches_the_controller_that_marks_trials_for_the_snapshot()
     assert stopped == ["t"] and marked == ["t"]
 
 
+def test_the_wrapper_ray_gives_schedulers_refiles_a_trial_through_the_controller():
+    """tune.scheduler re-files a retried trial that waited at a rung as PAUSED through the wrapper
+    Ray builds for schedulers (TuneController._wrapped): its whitelist must still pass
+    `_set_trial_status` on to the controller."""
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment import Trial
+
+    filed = []
+    controller = type("C", (), {"_set_trial_status": lambda self, t, status: filed.append((t, status)),
+                                "search_alg": None, "get_trials": None, "get_live_trials": None, "stop_trial": None,
+                                "pause_trial": None, "_schedule_trial_save": None, "_resource_updater": None})()
+    internals.refile_paused(TuneController._wrapped(controller), "t")
+    assert filed == [("t", Trial.PAUSED)]
+
+
 def test_random_sampler_draws_what_tpes_start_up_trials_draw():
     """search.sampler: random (TrialSeededRandom, seeded through `seed_random`) suggests trial k as
     TPE's k-th seeded start-up trial, whatever was drawn before: random and TPE start alike."""

@@ -102,6 +102,46 @@ def test_a_trial_that_ray_retries_after_its_worker_died_has_not_failed():
     assert _arrive(scheduler, ctrl, a, 2, 0.8) == CONTINUE  # rung 2 holds it alone, and it is settled
 
 
+class FilingController(ReplayController):
+    """The stand-in controller, filing each trial under its status as Ray's TuneController does: a
+    change of a filed trial's status must go through `_set_trial_status` (Ray asserts it)."""
+
+    def __init__(self, scheduler, curves):
+        super().__init__(scheduler, curves)
+        self.filed = {}
+
+    def add(self, curve):
+        trial = super().add(curve)  # on_trial_add first, then Ray files it under its status
+        self.filed[trial.trial_id] = trial.status
+        return trial
+
+    def _set_trial_status(self, trial, status):
+        assert self.filed[trial.trial_id] == trial.status, (trial.trial_id, self.filed[trial.trial_id], trial.status)
+        self.filed[trial.trial_id] = trial.status = status
+
+
+def test_a_trial_whose_worker_died_while_it_waited_at_a_rung_waits_there_again():
+    """Ray's retry of a trial whose worker died (TuneController._requeue_trial): on_trial_error, the
+    trial filed as PENDING, on_trial_add. A trial that waited at a rung must wait again, filed by Ray
+    as PAUSED (else Ray's next step starts it from its checkpoint past its rung, or asserts)."""
+    scheduler = PromotionASHA("evals", "m", "max", 4, 1, 2, 1)
+    ctrl = FilingController(scheduler, [[0.0]] * 3)
+    a, b = ctrl.add([]), ctrl.add([])
+    ctrl._set_trial_status(a, Trial.RUNNING)
+    assert scheduler.on_trial_result(ctrl, a, {"evals": 1, "m": 0.9}) == PAUSE  # alone at its rung
+    # Its worker dies during the pause's save: Ray retries it.
+    scheduler.on_trial_error(ctrl, a)
+    ctrl._set_trial_status(a, Trial.PENDING)
+    scheduler.on_trial_add(ctrl, a)
+    assert a.status == ctrl.filed["0"] == Trial.PAUSED and scheduler.rungs.waiting_at("0") == 0
+    assert "0" not in scheduler.rungs.failed
+    assert scheduler.choose_trial_to_run(ctrl) is b  # the pending one; a waits for a peer
+    ctrl._set_trial_status(b, Trial.RUNNING)
+    assert scheduler.on_trial_result(ctrl, b, {"evals": 1, "m": 0.5}) == PAUSE
+    ctrl._set_trial_status(b, Trial.PAUSED)
+    assert scheduler.choose_trial_to_run(ctrl) is a  # promoted: the best of two at its rung
+
+
 def test_nothing_waits_forever_when_the_searcher_is_done():
     """The last trials to arrive settle every rung: each waiting trial goes on or is stopped."""
     rng = random.Random(3)

@@ -20,6 +20,7 @@ in the quick test tier, so that an upgrade fails loudly in CI rather than in a u
 | `experiment_state-*.json` (file names) | Ray Tune | Ray's snapshots of an experiment: whether a search got as far as Ray's first save (`ray_saved_state`), besides `Tuner.can_restore` which only sees `tuner.pkl` |
 | `Trial.experiment_tag` (its format) | Ray Tune | its head `3_...` is Ray's counter of the suggestions (from 1), the only order Ray keeps of the trials it created; the search's trial number is the study's, which counts the same suggestions from 0 (`suggestion_index`) |
 | `TuneController._mark_trial_to_checkpoint` (through the scheduler's `TrialRunnerWrapper._tune_controller`) | Ray Tune | `stop_trial` of a PAUSED trial (tune/scheduler.py stops those its rungs have no place for) returns before marking the trial for Ray's snapshot, which then keeps it PAUSED: the results would show it unfinished and a resume would run it again |
+| `TuneController._set_trial_status` (whitelisted for schedulers by `TuneController._wrapped`) | Ray Tune | a trial whose worker died while it waited at an ASHA rung is filed by Ray as PENDING before `on_trial_add` (`_requeue_trial`); to make it wait again the scheduler must re-file it as PAUSED: `Trial.set_status` alone leaves Ray's status sets stale and Ray's next step asserts (`refile_paused`) |
 | the logger `ray._private.authentication.authentication_token_setup` | Ray | it prints a notice that token authentication is on (Ray's default for a local cluster) at every start, on the console whatever the handlers; raised to ERROR unless `--verbose` |
 
 The Optuna study itself is reached through its public API: the search passes its storage in and
@@ -135,3 +136,11 @@ def stop_paused_trial(tune_controller, trial) -> None:
     mark = getattr(controller, "_mark_trial_to_checkpoint", None)
     if mark is not None:  # not in tune.scheduler.replay's stand-in controller
         mark(trial)
+
+
+def refile_paused(tune_controller, trial) -> None:
+    """Make a trial Ray has filed as PENDING (a retried one) PAUSED, in Ray's status sets too (see the
+    table above). `tune_controller` is what a scheduler is given."""
+    from ray.tune.experiment import Trial
+
+    tune_controller._set_trial_status(trial, Trial.PAUSED)

@@ -36,7 +36,8 @@ The rules (`Rungs`; the same object decides in a search and in `replay`):
 
 The state (every rung's values, who went on, who failed or ended) is written to `state_file` after
 every change, so that a search whose driver was killed resumes with its paused trials still paused at
-their rungs: Ray restores them as pending, and `on_trial_add` pauses them again.
+their rungs: Ray restores them as pending, and `on_trial_add` pauses them again. A waiting trial whose
+worker died (Ray retries it from its checkpoint) waits again too, rather than run on past its rung.
 """
 
 from __future__ import annotations
@@ -186,19 +187,24 @@ class PromotionASHA(FIFOScheduler):
         self.state_file = None if state_file is None else str(state_file)
         self._loaded = False
         self._settling = False
+        self._erred: str | None = None  # the trial of the last on_trial_error
 
     # --- Ray's scheduler API -------------------------------------------------------------------
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         """A trial Ray restored (after the driver was killed) that waited at a rung waits again. Ray
-        also adds again a trial whose worker died and that it retries (after `on_trial_error`): it
-        has not failed."""
+        also adds again a trial whose worker died and that it retries (right after `on_trial_error`):
+        it has not failed, and if it waited at a rung it waits there again."""
         self._load()
+        retried, self._erred = self._erred == trial.trial_id, None
         if trial.status not in (Trial.ERROR, Trial.TERMINATED) and trial.trial_id in self.rungs.failed:
             self.rungs.failed.discard(trial.trial_id)
             self._save()
         if trial.status == Trial.PENDING and self.rungs.waiting_at(trial.trial_id) is not None:
-            trial.set_status(Trial.PAUSED)  # before Ray files it: it is filed under its status
+            if retried:  # Ray filed it as PENDING already: re-filed, else Ray's next step starts it
+                internals.refile_paused(tune_controller, trial)
+            else:  # restored: Ray files it under its status after this call
+                trial.set_status(Trial.PAUSED)
             self._note(tune_controller, trial.trial_id, paused=True)
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict[str, Any]) -> str:
@@ -222,6 +228,7 @@ class PromotionASHA(FIFOScheduler):
         return decision
 
     def on_trial_error(self, tune_controller, trial: Trial) -> None:
+        self._erred = trial.trial_id  # if Ray retries it, its on_trial_add comes next
         self.rungs.failed.add(trial.trial_id)
         self._save()
         self._settle(tune_controller)
@@ -353,7 +360,8 @@ class ReplaySearch:
 
 
 class ReplayController:
-    """Ray's TuneController as a scheduler sees it (get_trials, get_live_trials, stop_trial, search_alg)."""
+    """Ray's TuneController as a scheduler sees it (get_trials, get_live_trials, stop_trial,
+    _set_trial_status, search_alg)."""
 
     def __init__(self, scheduler: PromotionASHA, curves: list[list[float]]):
         self.scheduler, self.search_alg, self.trials = scheduler, ReplaySearch(len(curves)), []
@@ -364,6 +372,9 @@ class ReplayController:
 
     def get_live_trials(self) -> list[ReplayTrial]:
         return [t for t in self.trials if t.status not in (Trial.TERMINATED, Trial.ERROR)]
+
+    def _set_trial_status(self, trial: ReplayTrial, status: str) -> None:
+        trial.status = status
 
     def stop_trial(self, trial: ReplayTrial) -> None:
         if trial.status in (Trial.PENDING, Trial.PAUSED):
