@@ -9,6 +9,8 @@ A kill moment is drawn uniformly over what is left of the search (a start, then 
 search's trial time times the share of trials not yet ended), counted from the driver's start: it
 can land while Python imports, while Ray starts, while the folder and the study
 are created, between evaluations, during a checkpoint's save or while the tables are written.
+A trial worker's kill moment is drawn over the first half of the trials' time left, counted from
+when the run's first trial worker appears (a short search spends most of its time starting).
 What is checked (`verify`, also used by tests/test_chaos.py):
 
 - every planned trial ended exactly once: trials.csv holds trials 1..N, each with one Ray id,
@@ -25,14 +27,12 @@ What is checked (`verify`, also used by tests/test_chaos.py):
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -83,7 +83,8 @@ def run_driver(args: list[str], log: Path, kill_at: float | None, worker_kill_at
                rng: random.Random, kill_when=None) -> dict[str, Any]:
     """`python tune/search.py ARGS` in its own session; SIGKILL the driver `kill_at` s after its start
     (or once `kill_when()` is true), then whatever is left of its session; and one trial worker
-    `worker_kill_at` s after it."""
+    `worker_kill_at` s after the first trial worker of this run appeared (counted from there, not
+    from the start: the start's imports, data and Ray take most of a short search's time)."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
     offset = log.stat().st_size if log.is_file() else 0
     started = time.perf_counter()
@@ -93,11 +94,15 @@ def run_driver(args: list[str], log: Path, kill_at: float | None, worker_kill_at
         proc = subprocess.Popen([sys.executable, "tune/search.py", *args], cwd=bu.REPO, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         killed = worker_killed = False
+        seen: list[float] = []  # when this run's trial workers were seen running: first and last
         while proc.poll() is None:
             now = time.perf_counter() - started
-            if worker_kill_at is not None and not worker_killed and now >= worker_kill_at:
-                workers = _trial_workers(proc.pid)
-                if workers:  # else: none running at this moment, try again in a moment
+            workers = _trial_workers(proc.pid)
+            if workers:
+                seen[1:] = [now] if seen else [now, now]
+            if worker_kill_at is not None and not worker_killed:
+                # (none running at this moment: try again in a moment)
+                if workers and now - seen[0] >= worker_kill_at:
                     victim = rng.choice(workers)
                     os.kill(victim.pid, signal.SIGKILL)
                     worker_killed = True
@@ -119,7 +124,8 @@ def run_driver(args: list[str], log: Path, kill_at: float | None, worker_kill_at
         fh.seek(offset)
         printed = fh.read()
     return {"rc": proc.wait(), "wall_s": time.perf_counter() - started, "killed": killed,
-            "worker_killed": worker_killed, "stage": _stage(printed) if killed else "ended"}
+            "worker_killed": worker_killed, "stage": _stage(printed) if killed else "ended",
+            "trials_s": seen[1] - seen[0] if seen else 0.0}
 
 
 def _stage(printed: str) -> str:
@@ -146,11 +152,12 @@ def _trials_done(log: Path) -> float:
 
 
 def chaos_search(workdir: Path, name: str, space: Path, kills: int, worker_kills: int, horizon_s: float,
-                 startup_s: float, seed: int) -> dict[str, Any]:
+                 startup_s: float, trials_s: float, seed: int) -> dict[str, Any]:
     """Start the search, kill its driver `kills` times at seeded random moments over what is left of
     it (`horizon_s`: the uninterrupted search's wall time, `startup_s` of it before the trials ran),
-    resuming after each; kill `worker_kills`
-    trial workers (one a run, at a random moment); then resume it to the end."""
+    resuming after each; kill `worker_kills` trial workers (one a run, at a random moment of the
+    trials' time left; `trials_s`: how long the uninterrupted search's trial workers ran); then
+    resume it to the end."""
     rng = random.Random(seed)
     exp_dir, log = workdir / "results" / name, workdir / f"{name}.log"
     first = ["--space", str(space), "--name", name, "--results_dir", str(workdir / "results")]
@@ -162,9 +169,11 @@ def chaos_search(workdir: Path, name: str, space: Path, kills: int, worker_kills
         left = startup_s + (horizon_s - startup_s) * max(0.1, 1 - _trials_done(log))
         kill_at = rng.uniform(0, left) if done_kills < kills else None
         # A worker kill in every run until there have been `worker_kills` (one that finds no trial
-        # running before its driver is killed moves on to the next run).
+        # running before its driver is killed moves on to the next run), at a moment in the first
+        # half of what is left of the trials' time, counted from when the run's first trial worker
+        # is seen.
         pending = worker_kills - sum(s["worker_killed"] for s in segments)
-        worker_at = rng.uniform(0.2, 1.0) * (kill_at or left) if pending > 0 else None
+        worker_at = rng.uniform(0.0, 0.5) * trials_s * max(0.1, 1 - _trials_done(log)) if pending > 0 else None
         args = ["--resume", str(exp_dir)] if exp_dir.is_dir() else first
         seg = run_driver(args, log, kill_at, worker_at, rng)
         segments.append({**seg, "args": args[0], "kill_at": kill_at, "worker_kill_at": worker_at})
@@ -220,7 +229,9 @@ def verify(exp_dir: Path, num_samples: int) -> dict[str, Any]:
     curves = {}
     for r in rows:
         t, trial_dir = by_ray.get(r["trial_id"]), exp_dir / f"trial_{r['trial_id']}"
-        curves[int(r["trial"])] = {"params": json.loads((trial_dir / "params.json").read_text()),
+        # The study's parameters (Ray's params.json is written when a trial starts: one whose worker
+        # died before it started has none).
+        curves[int(r["trial"])] = {"params": t.params if t is not None else None,
                                    "evals": _evaluations(trial_dir), "state": r["state"]}
         problems += _agrees(r, t, curves[int(r["trial"])]["evals"], expected)
     unmatched = set(by_ray) - {r["trial_id"] for r in rows}
@@ -297,7 +308,7 @@ def run(workdir: Path, kills: int, worker_kills: int, num_samples: int, max_step
     reference = verify(workdir / "results" / "reference", num_samples)
     startup = max(0.0, ref["wall_s"] - _search_seconds(ref_log))  # Python, data, Ray; the tables at the end
     chaos = chaos_search(workdir, "chaos", space, kills, worker_kills, horizon_s=ref["wall_s"], startup_s=startup,
-                         seed=seed)
+                         trials_s=ref["trials_s"], seed=seed)
     checked = verify(Path(chaos["exp_dir"]), num_samples) if chaos["rc"] == 0 else \
         {"problems": [f"the last resume exited {chaos['rc']}: see {chaos['log']}"], "trials": {}, "lost": None,
          "duplicated": None}
