@@ -34,7 +34,6 @@ import gc
 import json
 import math
 import multiprocessing as mp
-import os
 import sys
 import tempfile
 import time

@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
 
 import afqmc.checkpoint as ckpt_mod
 import afqmc.modeling as modeling

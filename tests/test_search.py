@@ -380,7 +380,7 @@ def demo_search(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.xdist_group("demo_search")  # one search for these tests (the fixture is per worker)
 def test_demo_search_runs_every_trial_once_and_asha_stops_some(demo_search):
-    exp_dir, space = demo_search["exp_dir"], demo_search["space"]
+    exp_dir = demo_search["exp_dir"]
     trials = _trials_csv(exp_dir)
     assert len(trials) == 8 and len({t["trial_id"] for t in trials}) == 8
     assert sorted(int(t["trial"]) for t in trials) == list(range(8))  # the study's numbers
