@@ -263,14 +263,12 @@ def test_keep_best_checkpoint_keeps_the_earliest_best(tmp_path):
 @pytest.mark.slow  # launches tune/search.py
 def test_bad_space_fails_before_ray_starts(tmp_path):
     path = _space_file(tmp_path, "learning_rate: {type: loguniform, low: 0.0, high: 1.0e-3}\n")
-    started = time.time()
     proc = subprocess.run([sys.executable, "tune/search.py", "--space", str(path), "--name", "bad",
                            "--results_dir", str(tmp_path / "results")], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert f"{path}:6" in proc.stderr and "learning_rate" in proc.stderr and "low > 0" in proc.stderr
     assert "ray:" not in proc.stdout and not (tmp_path / "results").exists()  # no Ray, no experiment
-    assert time.time() - started < 60
 
 
 # --- real searches (slow) ------------------------------------------------------------------------
@@ -843,15 +841,14 @@ def label_searches(tmp_path_factory):
             break
     kept = ("search.json", "space.yaml", ".search.lock")  # what a second driver could overwrite
     before = {f: ((results / "plain" / f).read_bytes(), (results / "plain" / f).stat().st_mtime_ns) for f in kept}
-    started = time.perf_counter()
     third = subprocess.run([sys.executable, "tune/search.py", "--space", str(space), "--name", "plain",
                             "--results_dir", str(results)], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    third_seconds, plain_ran_on = time.perf_counter() - started, procs["plain"].poll() is None
+    plain_ran_on = procs["plain"].poll() is None
     after = {f: ((results / "plain" / f).read_bytes(), (results / "plain" / f).stat().st_mtime_ns) for f in kept}
     for name, proc in procs.items():
         rest, _ = proc.communicate(timeout=600)
         out[name] = "".join(out[name]) + rest
-    return {"results": results, "procs": procs, "out": out, "third": third, "third_seconds": third_seconds,
+    return {"results": results, "procs": procs, "out": out, "third": third,
             "plain_ran_on": plain_ran_on, "before": before, "after": after, "num_samples": 2}
 
 
@@ -1017,7 +1014,8 @@ def test_two_searches_at_once_finish_apart_and_a_third_of_the_same_name_is_refus
     assert third.returncode == 2 and (label_searches["plain_ran_on"] or "is running now" in third.stderr), \
         "the first search ended before the third started: make it longer"
     assert third.returncode == 2 and "a search of this name is running now (driver pid" in third.stderr, third.stderr
-    assert label_searches["third_seconds"] < 30  # at once: before tokenizing anything or starting Ray
+    # At once: before it described the space, tokenized anything or started Ray (it printed nothing).
+    assert third.stdout.strip() == "", third.stdout[-2000:]
     for f, (content, mtime) in before.items():  # the third touched nothing of the first
         assert after[f] == (content, mtime), f
     ids = {}
