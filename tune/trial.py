@@ -12,7 +12,6 @@ import contextlib
 import gc
 import logging
 import shutil
-import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -26,6 +25,7 @@ from afqmc.config import TrainConfig, from_dict
 from afqmc.train import TaskData, TrainingError, train, train_with_oom_retry
 from tune import internals
 from tune.folder import TRAIN_GROUP, failure_report
+from tune.scratch import scratch_dir
 from tune.space import trial_config
 
 
@@ -135,26 +135,24 @@ def _train_or_fail(cfg: TrainConfig, data: TaskData, checkpoint, report, report_
     it as FAIL in the study. ASHA and the searcher need their metrics in every report: NaN, which
     neither counts.
     """
-    # A local scratch directory, outside the trial's working directory: Ray copies every reported
-    # checkpoint into the experiment, and would also sync anything left in the working directory.
-    work_dir = tempfile.mkdtemp(prefix=f"afqmc-{prefix}-")
     last: dict[str, Any] = {}
 
     def report_and_note(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         last.update(metrics)
         report(metrics, checkpoint_dir)
 
-    try:
-        run_cfg = cfg.replace(output_dir=work_dir)
-        if checkpoint is None:
-            train_fn(run_cfg, report_and_note, data=data, progress=False)
-        else:
-            with checkpoint.as_directory() as resume_dir:
-                train_fn(run_cfg, report_and_note, data=data, resume_from=resume_dir, progress=False)
-    except TrainingError as exc:
-        report_failure(failure_report(str(exc), last))
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+    # A local scratch directory, outside the trial's working directory: Ray copies every reported
+    # checkpoint into the experiment, and would also sync anything left in the working directory.
+    with scratch_dir(prefix) as work_dir:
+        try:
+            run_cfg = cfg.replace(output_dir=work_dir)
+            if checkpoint is None:
+                train_fn(run_cfg, report_and_note, data=data, progress=False)
+            else:
+                with checkpoint.as_directory() as resume_dir:
+                    train_fn(run_cfg, report_and_note, data=data, resume_from=resume_dir, progress=False)
+        except TrainingError as exc:
+            report_failure(failure_report(str(exc), last))
 
 
 # --- a trial across several workers (Ray Train) ------------------------------------------------
@@ -178,38 +176,37 @@ def _run_workers(cfg: TrainConfig, data: TaskData, workers: int, per_worker: dic
     per_worker = {k: v for k, v in per_worker.items() if v}
     queue, ack = Queue(actor_options={"num_cpus": 0}), Queue(actor_options={"num_cpus": 0})
     run_name = f"{trial_id}-{uuid.uuid4().hex[:8]}"
-    storage = train_storage or tempfile.mkdtemp(prefix="afqmc-train-")
-    trainer = internals.torch_trainer_without_placement_group_cleaner()(
-        _worker_loop,
-        # The Tune checkpoint to go on from (a retried trial, or one that waited at an ASHA rung) goes
-        # in the loop's config: Train V2 refuses `resume_from_checkpoint`.
-        train_loop_config={"cfg": cfg.to_dict(), "data": ray.put(data), "extra": extra, "trial_id": trial_id,
-                           "threads": max(1, int(per_worker.get("CPU", 1))), "log_dir": log_dir,
-                           "resume": None if checkpoint is None else (checkpoint.path, checkpoint.filesystem)},
-        scaling_config=ray_train.ScalingConfig(num_workers=workers, use_gpu=bool(per_worker.get("GPU")),
-                                               resources_per_worker=per_worker),
-        run_config=ray_train.RunConfig(
-            name=run_name, storage_path=storage, callbacks=[_ForwardReports(queue, ack)],
-            failure_config=ray_train.FailureConfig(max_failures=0),
-            checkpoint_config=ray_train.CheckpointConfig(num_to_keep=None),  # this driver deletes each once copied
-        ),
-    )
-    outcome: dict[str, BaseException] = {}
+    with contextlib.ExitStack() as scratch:  # Train's storage, unless given: a scratch folder
+        storage = train_storage or scratch.enter_context(scratch_dir("train"))
+        trainer = internals.torch_trainer_without_placement_group_cleaner()(
+            _worker_loop,
+            # The Tune checkpoint to go on from (a retried trial, or one that waited at an ASHA rung) goes
+            # in the loop's config: Train V2 refuses `resume_from_checkpoint`.
+            train_loop_config={"cfg": cfg.to_dict(), "data": ray.put(data), "extra": extra, "trial_id": trial_id,
+                               "threads": max(1, int(per_worker.get("CPU", 1))), "log_dir": log_dir,
+                               "resume": None if checkpoint is None else (checkpoint.path, checkpoint.filesystem)},
+            scaling_config=ray_train.ScalingConfig(num_workers=workers, use_gpu=bool(per_worker.get("GPU")),
+                                                   resources_per_worker=per_worker),
+            run_config=ray_train.RunConfig(
+                name=run_name, storage_path=storage, callbacks=[_ForwardReports(queue, ack)],
+                failure_config=ray_train.FailureConfig(max_failures=0),
+                checkpoint_config=ray_train.CheckpointConfig(num_to_keep=None),  # this driver deletes each once copied
+            ),
+        )
+        outcome: dict[str, BaseException] = {}
 
-    def fit() -> None:
+        def fit() -> None:
+            try:
+                trainer.fit()
+            except BaseException as exc:  # noqa: BLE001 -- re-raised in the trial's thread below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=fit, name=f"train-{trial_id}", daemon=True)
+        thread.start()
         try:
-            trainer.fit()
-        except BaseException as exc:  # noqa: BLE001 -- re-raised in the trial's thread below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=fit, name=f"train-{trial_id}", daemon=True)
-    thread.start()
-    try:
-        _forward_reports(thread, queue, ack)
-    finally:
-        shutil.rmtree(Path(storage) / run_name, ignore_errors=True)
-        if train_storage is None:
-            shutil.rmtree(storage, ignore_errors=True)
+            _forward_reports(thread, queue, ack)
+        finally:
+            shutil.rmtree(Path(storage) / run_name, ignore_errors=True)
     if "error" in outcome:
         raise outcome["error"]
 
