@@ -24,7 +24,7 @@ def _script(num_samples: int, rf: float = 2, max_t: int = 4, grace: int = 1, con
 
 def _arrive(scheduler, ctrl, trial, evals: int, value: float) -> str:
     """The trial runs and reports `value` at `evals`; Ray then pauses or stops it as decided."""
-    trial.status = Trial.RUNNING
+    trial.status, trial.evals = Trial.RUNNING, evals  # Ray's trial keeps its last result
     decision = scheduler.on_trial_result(ctrl, trial, {"evals": evals, "m": value})
     if decision == PAUSE:
         trial.status = Trial.PAUSED
@@ -128,6 +128,7 @@ def test_a_trial_whose_worker_died_while_it_waited_at_a_rung_waits_there_again()
     ctrl = FilingController(scheduler, [[0.0]] * 3)
     a, b = ctrl.add([]), ctrl.add([])
     ctrl._set_trial_status(a, Trial.RUNNING)
+    a.evals = 1
     assert scheduler.on_trial_result(ctrl, a, {"evals": 1, "m": 0.9}) == PAUSE  # alone at its rung
     # Its worker dies during the pause's save: Ray retries it.
     scheduler.on_trial_error(ctrl, a)
@@ -209,10 +210,34 @@ def test_a_restored_scheduler_pauses_again_the_trials_that_waited(tmp_path):
 
     restored, ctrl2 = _script(num_samples=4, state_file=state)
     for old in (a, b, c):
-        trial = ctrl2.add([])
+        trial = ctrl2.add([], evals=old.evals)  # as Ray's snapshot holds them
         assert trial.trial_id == old.trial_id
     assert [t.status for t in ctrl2.trials] == [Trial.PENDING, Trial.PAUSED, Trial.PENDING]
     assert restored.rungs.to_json() == scheduler.rungs.to_json()
+
+
+def test_a_restored_trial_behind_the_rungs_record_arrives_at_those_rungs_again(tmp_path):
+    """Ray's snapshot of the experiment (every few seconds) can be older than the rungs' file (written
+    at every decision): the driver was killed after a trial's evaluation 2 reached rung 2 and paused
+    it there, but Ray restores it from evaluation 1. It must not wait at a rung it has not reached
+    in Ray's record (it would be stopped or promoted on a value of a report Ray never kept): the
+    restored scheduler forgets that record, and the trial goes on from evaluation 1 (it was promoted
+    at rung 1) and arrives at rung 2 again."""
+    state = tmp_path / "asha_rungs.json"
+    scheduler, ctrl = _script(num_samples=3, state_file=state)
+    a, b = ctrl.add([]), ctrl.add([])
+    _arrive(scheduler, ctrl, a, 1, 0.4)
+    assert _arrive(scheduler, ctrl, b, 1, 0.5) == CONTINUE  # the best of two at rung 1
+    assert _arrive(scheduler, ctrl, b, 2, 0.6) == PAUSE  # alone at rung 2
+    assert scheduler.rungs.waiting_at("1") == 1
+
+    restored, ctrl2 = _script(num_samples=3, state_file=state)
+    a2, b2 = ctrl2.add([], evals=1), ctrl2.add([], evals=1)  # Ray's snapshot: b at evaluation 1
+    assert a2.status == Trial.PAUSED and b2.status == Trial.PENDING
+    assert restored.rungs.values[1] == {} and restored.rungs.promoted[0] == {"1"}
+    assert json.loads(state.read_text())["values"][1] == {}  # and so does its file
+    assert restored.choose_trial_to_run(ctrl2) is b2
+    assert _arrive(restored, ctrl2, b2, 2, 0.6) == PAUSE  # the same value again: it waits there again
 
 
 def test_rungs_round_trip_through_json():

@@ -38,6 +38,8 @@ The state (every rung's values, who went on, who failed or ended) is written to 
 every change, so that a search whose driver was killed resumes with its paused trials still paused at
 their rungs: Ray restores them as pending, and `on_trial_add` pauses them again. A waiting trial whose
 worker died (Ray retries it from its checkpoint) waits again too, rather than run on past its rung.
+Ray's own snapshot of a trial can be older than the state file: a restored trial's records at rungs
+beyond its last result in Ray's record are dropped, and it arrives at them again.
 """
 
 from __future__ import annotations
@@ -90,6 +92,17 @@ class Rungs:
 
     def record(self, k: int, trial_id: str, value: float) -> None:
         self.values[k][trial_id] = value
+
+    def forget_after(self, trial_id: str, evals: int) -> bool:
+        """Drop the trial's records at the rungs beyond `evals` evaluations (and its promotions from
+        them); whether there were any."""
+        changed = False
+        for k, m in enumerate(self.milestones):
+            if m > evals and trial_id in self.values[k]:
+                del self.values[k][trial_id]
+                self.promoted[k].discard(trial_id)
+                changed = True
+        return changed
 
     def goers(self, k: int, settled: bool = False) -> list[str]:
         """The trials of rung k that may go on now: the free places of the rung go to the best of its
@@ -199,6 +212,13 @@ class PromotionASHA(FIFOScheduler):
         retried, self._erred = self._erred == trial.trial_id, None
         if trial.status not in (Trial.ERROR, Trial.TERMINATED) and trial.trial_id in self.rungs.failed:
             self.rungs.failed.discard(trial.trial_id)
+            self._save()
+        # What Ray restores a trial to (its last result in Ray's snapshot, and the checkpoint of it)
+        # can be behind what these rules saw before the driver was killed: the trial runs those
+        # evaluations again (seeded: the same values), and arrives at those rungs again.
+        done = (getattr(trial, "last_result", None) or {}).get(self._time_attr)
+        if trial.status not in (Trial.ERROR, Trial.TERMINATED) and self.rungs.forget_after(trial.trial_id,
+                                                                                           int(done or 0)):
             self._save()
         if trial.status == Trial.PENDING and self.rungs.waiting_at(trial.trial_id) is not None:
             if retried:  # Ray filed it as PENDING already: re-filed, else Ray's next step starts it
@@ -341,8 +361,12 @@ class PromotionASHA(FIFOScheduler):
 class ReplayTrial:
     """A trial of `replay`: what the scheduler reads of a Ray trial."""
 
-    def __init__(self, trial_id: str, curve: list[float]):
-        self.trial_id, self.curve, self.status, self.evals = trial_id, curve, Trial.PENDING, 0
+    def __init__(self, trial_id: str, curve: list[float], evals: int = 0):
+        self.trial_id, self.curve, self.status, self.evals = trial_id, curve, Trial.PENDING, evals
+
+    @property
+    def last_result(self) -> dict[str, int]:  # what Ray's trial holds of its last report
+        return {"evals": self.evals} if self.evals else {}
 
     def set_status(self, status: str) -> None:
         self.status = status
@@ -383,8 +407,9 @@ class ReplayController:
             self.scheduler.on_trial_complete(self, trial, {})
         trial.status = Trial.TERMINATED
 
-    def add(self, curve: list[float]) -> ReplayTrial:
-        trial = ReplayTrial(str(len(self.trials)), curve)
+    def add(self, curve: list[float], evals: int = 0) -> ReplayTrial:
+        """A new trial; or, with `evals`, one Ray restores after that many evaluations."""
+        trial = ReplayTrial(str(len(self.trials)), curve, evals)
         self.trials.append(trial)
         self.search_alg.made += 1
         self.scheduler.on_trial_add(self, trial)
