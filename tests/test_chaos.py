@@ -40,6 +40,7 @@ def test_asha_search_killed_while_a_trial_waits_at_a_rung_resumes_with_nothing_l
 
     import yaml
 
+    from tune.folder import ASHA_RUNGS
     from tune.scheduler import Rungs, replay
     from tune.space import load_space
 
@@ -49,7 +50,7 @@ def test_asha_search_killed_while_a_trial_waits_at_a_rung_resumes_with_nothing_l
     space.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     settings = load_space(space).settings
     exp_dir, log = tmp_path / "results" / "killed", tmp_path / "chaos.log"
-    state, since = exp_dir / "asha_rungs.json", []
+    state, since = exp_dir / ASHA_RUNGS, []
 
     def a_trial_waits() -> bool:  # for a second (its pause is done), per the scheduler's own record
         if state.is_file():
@@ -76,6 +77,11 @@ def test_asha_search_killed_while_a_trial_waits_at_a_rung_resumes_with_nothing_l
         curves.append([values.get(e, values[max(values)]) for e in range(1, settings.max_evals + 1)])
     predicted = replay(curves, settings.max_evals, settings.grace_period, settings.reduction_factor, concurrency=1)
     assert [len(ran[n]) for n in sorted(ran)] == predicted
+    # The rungs' file holds what the resumed search decided too (every trial reached the first rung):
+    # Ray's restore and snapshots must not have put back the copy it found at the restore.
+    saved = Rungs.from_json(json.loads(state.read_text(encoding="utf-8")))
+    ray_ids = {_ray_id(exp_dir, n) for n in ran}
+    assert set(saved.values[0]) == ray_ids, (saved.values, ray_ids)
     assert sum(predicted) < 4 * settings.max_evals  # ASHA cut some
 
 

@@ -23,7 +23,10 @@ from afqmc.config import PRIMARY, SELECTION_METRICS
 SEARCH_JSON = "search.json"  # SearchState: how the search was started
 SPACE_COPY = "space.yaml"  # the space file as it was when the search started
 STUDY_DB = "optuna.db"  # the Optuna study (SQLite), written by the driver only
-ASHA_RUNGS = "asha_rungs.json"  # tune/scheduler.py's rungs: each trial's value there, who went on, who failed
+# tune/scheduler.py's rungs: each trial's value there, who went on, who failed. In a folder of its own:
+# on a resume, Ray copies the folder's top-level .json and .pkl files to its staging folder and copies
+# them back at every snapshot, which put the file back as it was at the restore.
+ASHA_RUNGS = "asha/rungs.json"
 TRIALS_CSV = "trials.csv"
 TRIALS_MD = "trials.md"
 SUMMARY = "summary.json"

@@ -340,6 +340,7 @@ class PromotionASHA(FIFOScheduler):
     def _save(self) -> None:
         if self.state_file is None:
             return
+        Path(self.state_file).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{self.state_file}.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(self.rungs.to_json(), fh)
