@@ -216,7 +216,7 @@ class PromotionASHA(FIFOScheduler):
         # What Ray restores a trial to (its last result in Ray's snapshot, and the checkpoint of it)
         # can be behind what these rules saw before the driver was killed: the trial runs those
         # evaluations again (seeded: the same values), and arrives at those rungs again.
-        done = (getattr(trial, "last_result", None) or {}).get(self._time_attr)
+        done = (trial.last_result or {}).get(self._time_attr)  # Ray's Trial and ReplayTrial both keep it
         if trial.status not in (Trial.ERROR, Trial.TERMINATED) and self.rungs.forget_after(trial.trial_id,
                                                                                            int(done or 0)):
             self._save()
