@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import random
 
 import pytest
@@ -15,10 +14,26 @@ from tune.scheduler import PauseAwareLimiter, PromotionASHA, ReplayController, R
 CONTINUE, PAUSE, STOP = TrialScheduler.CONTINUE, TrialScheduler.PAUSE, TrialScheduler.STOP
 
 
-def _script(num_samples: int, rf: float = 2, max_t: int = 4, grace: int = 1, concurrency: int = 1, state_file=None):
-    """A scheduler (rungs at 1 and 2 evaluations, half kept) and a controller of `num_samples` trials."""
-    scheduler = PromotionASHA("evals", "m", "max", max_t, grace, rf, concurrency, state_file=state_file)
+class MemoryStore:
+    """What the scheduler keeps in the study through StudySearch (`asha_records`, `save_asha`), in memory:
+    each trial's record, and its state in the study (RUNNING until `states` says otherwise)."""
+
+    def __init__(self):
+        self.records, self.states = {}, {}
+
+    def asha_records(self):
+        return {t: (r, self.states.get(t, "RUNNING")) for t, r in self.records.items()}
+
+    def save_asha(self, trial_id, record):
+        self.records[trial_id] = record
+
+
+def _script(num_samples: int, rf: float = 2, max_t: int = 4, grace: int = 1, concurrency: int = 1, store=None):
+    """A scheduler (rungs at 1 and 2 evaluations, half kept) and a controller of `num_samples` trials;
+    the scheduler keeps its rungs in `store` (the searcher Ray's search algorithm wraps)."""
+    scheduler = PromotionASHA("evals", "m", "max", max_t, grace, rf, concurrency)
     ctrl = ReplayController(scheduler, [[0.0]] * num_samples)
+    ctrl.search_alg.searcher = store
     return scheduler, ctrl
 
 
@@ -102,45 +117,25 @@ def test_a_trial_that_ray_retries_after_its_worker_died_has_not_failed():
     assert _arrive(scheduler, ctrl, a, 2, 0.8) == CONTINUE  # rung 2 holds it alone, and it is settled
 
 
-class FilingController(ReplayController):
-    """The stand-in controller, filing each trial under its status as Ray's TuneController does: a
-    change of a filed trial's status must go through `_set_trial_status` (Ray asserts it)."""
-
-    def __init__(self, scheduler, curves):
-        super().__init__(scheduler, curves)
-        self.filed = {}
-
-    def add(self, curve):
-        trial = super().add(curve)  # on_trial_add first, then Ray files it under its status
-        self.filed[trial.trial_id] = trial.status
-        return trial
-
-    def _set_trial_status(self, trial, status):
-        assert self.filed[trial.trial_id] == trial.status, (trial.trial_id, self.filed[trial.trial_id], trial.status)
-        self.filed[trial.trial_id] = trial.status = status
-
-
 def test_a_trial_whose_worker_died_while_it_waited_at_a_rung_waits_there_again():
     """Ray's retry of a trial whose worker died (TuneController._requeue_trial): on_trial_error, the
-    trial filed as PENDING, on_trial_add. A trial that waited at a rung must wait again, filed by Ray
-    as PAUSED (else Ray's next step starts it from its checkpoint past its rung, or asserts)."""
-    scheduler = PromotionASHA("evals", "m", "max", 4, 1, 2, 1)
-    ctrl = FilingController(scheduler, [[0.0]] * 3)
+    trial filed as PENDING, on_trial_add, and Ray starts every PENDING trial (no public way to file it
+    as PAUSED). At its next report it waits again at its rung, until it may go on."""
+    scheduler, ctrl = _script(num_samples=3)
     a, b = ctrl.add([]), ctrl.add([])
-    ctrl._set_trial_status(a, Trial.RUNNING)
-    a.evals = 1
-    assert scheduler.on_trial_result(ctrl, a, {"evals": 1, "m": 0.9}) == PAUSE  # alone at its rung
-    # Its worker dies during the pause's save: Ray retries it.
+    assert _arrive(scheduler, ctrl, a, 1, 0.9) == PAUSE  # alone at its rung
+    # Its worker dies during the pause's save: Ray retries it, and starts it from its checkpoint.
     scheduler.on_trial_error(ctrl, a)
-    ctrl._set_trial_status(a, Trial.PENDING)
+    a.status = Trial.PENDING
     scheduler.on_trial_add(ctrl, a)
-    assert a.status == ctrl.filed["0"] == Trial.PAUSED and scheduler.rungs.waiting_at("0") == 0
-    assert "0" not in scheduler.rungs.failed
+    assert a.status == Trial.PENDING and "0" not in scheduler.rungs.failed
+    assert scheduler.rungs.waiting_at("0") == 0
+    assert _arrive(scheduler, ctrl, a, 2, 0.95) == PAUSE  # one evaluation later, it waits again
+    assert scheduler.rungs.waiting_at("0") == 0 and scheduler.rungs.values[1] == {}  # rung 2 not reached
     assert scheduler.choose_trial_to_run(ctrl) is b  # the pending one; a waits for a peer
-    ctrl._set_trial_status(b, Trial.RUNNING)
-    assert scheduler.on_trial_result(ctrl, b, {"evals": 1, "m": 0.5}) == PAUSE
-    ctrl._set_trial_status(b, Trial.PAUSED)
+    assert _arrive(scheduler, ctrl, b, 1, 0.5) == PAUSE
     assert scheduler.choose_trial_to_run(ctrl) is a  # promoted: the best of two at its rung
+    assert _arrive(scheduler, ctrl, a, 3, 0.95) == PAUSE  # it reaches rung 2 (evaluation 2) now, alone
 
 
 def test_nothing_waits_forever_when_the_searcher_is_done():
@@ -195,59 +190,67 @@ def test_the_limiter_does_not_count_waiting_trials():
     assert limiter.suggest("d") is None
 
 
-def test_a_restored_scheduler_pauses_again_the_trials_that_waited(tmp_path):
+def test_a_restored_scheduler_pauses_again_the_trials_that_waited():
     """After the driver was killed, Ray restores unfinished trials as PENDING: those that waited at a
-    rung (the state file says so) wait again, those that went on run."""
-    state = tmp_path / "asha_rungs.json"
-    scheduler, ctrl = _script(num_samples=4, state_file=state)
+    rung (the study's records say so) wait again, those that went on run, and one the study holds as
+    finished is stopped rather than run again."""
+    store = MemoryStore()
+    scheduler, ctrl = _script(num_samples=5, store=store)
     a, b = ctrl.add([]), ctrl.add([])
     _arrive(scheduler, ctrl, a, 1, 0.9)
     _arrive(scheduler, ctrl, b, 1, 0.5)
     assert scheduler.choose_trial_to_run(ctrl) is a
-    c = ctrl.add([])
-    saved = json.loads(state.read_text())
-    assert saved["values"][0] == {"0": 0.9, "1": 0.5} and saved["promoted"][0] == ["0"]
+    c, d = ctrl.add([]), ctrl.add([])
+    _arrive(scheduler, ctrl, d, 1, 0.1)
+    assert store.records["0"] == {"values": {"1": 0.9}, "went_on": [1]}
+    assert store.records["1"] == {"values": {"1": 0.5}, "went_on": []}
+    store.states["3"] = "PRUNED"  # the study is ahead of Ray's snapshot: d was stopped before the kill
 
-    restored, ctrl2 = _script(num_samples=4, state_file=state)
-    for old in (a, b, c):
+    restored, ctrl2 = _script(num_samples=5, store=store)
+    for old in (a, b, c, d):
         trial = ctrl2.add([], evals=old.evals)  # as Ray's snapshot holds them
         assert trial.trial_id == old.trial_id
-    assert [t.status for t in ctrl2.trials] == [Trial.PENDING, Trial.PAUSED, Trial.PENDING]
-    assert restored.rungs.to_json() == scheduler.rungs.to_json()
+    assert [t.status for t in ctrl2.trials] == [Trial.PENDING, Trial.PAUSED, Trial.PENDING, Trial.PAUSED]
+    assert restored.rungs.values == scheduler.rungs.values and restored.rungs.promoted == scheduler.rungs.promoted
+    assert restored.rungs.ended == {"3"}
+    restored.choose_trial_to_run(ctrl2)
+    assert ctrl2.trials[3].status == Trial.TERMINATED and ctrl2.trials[1].status == Trial.PAUSED
 
 
-def test_a_restored_trial_behind_the_rungs_record_arrives_at_those_rungs_again(tmp_path):
-    """Ray's snapshot of the experiment (every few seconds) can be older than the rungs' file (written
-    at every decision): the driver was killed after a trial's evaluation 2 reached rung 2 and paused
+def test_a_restored_trial_behind_the_studys_record_arrives_at_those_rungs_again():
+    """Ray's snapshot of the experiment (every few seconds) can be older than the study (written at
+    every decision): the driver was killed after a trial's evaluation 2 reached rung 2 and paused
     it there, but Ray restores it from evaluation 1. It must not wait at a rung it has not reached
     in Ray's record (it would be stopped or promoted on a value of a report Ray never kept): the
     restored scheduler forgets that record, and the trial goes on from evaluation 1 (it was promoted
     at rung 1) and arrives at rung 2 again."""
-    state = tmp_path / "asha_rungs.json"
-    scheduler, ctrl = _script(num_samples=3, state_file=state)
+    store = MemoryStore()
+    scheduler, ctrl = _script(num_samples=3, store=store)
     a, b = ctrl.add([]), ctrl.add([])
     _arrive(scheduler, ctrl, a, 1, 0.4)
     assert _arrive(scheduler, ctrl, b, 1, 0.5) == CONTINUE  # the best of two at rung 1
     assert _arrive(scheduler, ctrl, b, 2, 0.6) == PAUSE  # alone at rung 2
     assert scheduler.rungs.waiting_at("1") == 1
 
-    restored, ctrl2 = _script(num_samples=3, state_file=state)
+    restored, ctrl2 = _script(num_samples=3, store=store)
     a2, b2 = ctrl2.add([], evals=1), ctrl2.add([], evals=1)  # Ray's snapshot: b at evaluation 1
     assert a2.status == Trial.PAUSED and b2.status == Trial.PENDING
     assert restored.rungs.values[1] == {} and restored.rungs.promoted[0] == {"1"}
-    assert json.loads(state.read_text())["values"][1] == {}  # and so does its file
+    assert store.records["1"] == {"values": {"1": 0.5}, "went_on": [1]}  # and so does the study
     assert restored.choose_trial_to_run(ctrl2) is b2
     assert _arrive(restored, ctrl2, b2, 2, 0.6) == PAUSE  # the same value again: it waits there again
 
 
-def test_rungs_round_trip_through_json():
+def test_rungs_round_trip_through_the_trials_records():
     rungs = Rungs([1, 3], 3.0)
-    for t, v in zip("abcd", (0.1, 0.4, 0.3, 0.2)):
+    for t, v in zip("abcde", (0.1, 0.4, 0.3, 0.2, 0.05)):
         rungs.record(0, t, v)
-    assert [rungs.may_go_on(0, t) for t in "abcd"] == [False, True, False, False]  # floor(4/3) = 1 place
+    assert [rungs.may_go_on(0, t) for t in "abcd"] == [False, True, False, False]  # floor(5/3) = 1 place
     rungs.promoted[0].add("b")
     rungs.failed.add("d")
-    again = Rungs.from_json(json.loads(json.dumps(rungs.to_json())))
+    rungs.ended.add("e")
+    states = {"d": "FAIL", "e": "PRUNED"}
+    again = Rungs.from_records([1, 3], 3.0, {t: (rungs.record_of(t), states.get(t, "RUNNING")) for t in "abcde"})
     assert again == rungs
     assert not any(again.may_go_on(0, t) for t in "abcd")  # b holds the one place
     again.failed.add("b")  # b failed after it went on: its place is free, and c is the best left
@@ -277,11 +280,11 @@ def test_a_trial_paused_by_something_else_runs_again_rather_than_wait_for_ever()
 
 def test_a_paused_multi_worker_trial_frees_its_workers_group_once(monkeypatch):
     """A Ray Train trial that waits at a rung must not hold its workers' CPUs and GPUs meanwhile."""
-    from tune import callbacks, internals
+    from tune import callbacks
     from tune.folder import TRAIN_GROUP
 
     removed = []
-    monkeypatch.setattr(internals, "remove_placement_group", removed.append)
+    monkeypatch.setattr(callbacks, "_remove_group", removed.append)
     release = callbacks.ReleaseTrainWorkers()
     waiting = type("T", (), {"status": "PAUSED", "last_result": {TRAIN_GROUP: "g1"}})()
     running = type("T", (), {"status": "RUNNING", "last_result": {TRAIN_GROUP: "g2"}})()
@@ -304,28 +307,38 @@ def test_a_trial_that_ends_on_its_own_at_a_rung_leaves_its_place_to_the_next_bes
     assert replay(curves, max_t=4, grace_period=1, reduction_factor=2) == [1, 4]
 
 
-def test_the_study_holds_a_waiting_trial_running_with_its_rung_then_pruned(tmp_path):
-    """The scheduler's decisions reach the Optuna study through the searcher Ray wraps: a waiting
-    trial is RUNNING with `paused_at_evals`, null once it goes on; one stopped while it waited is
-    PRUNED at its last value; the limiter frees the waiting trial's slot."""
+def _study_search(tmp_path, name="s", **kwargs):
     import optuna
 
-    from tune.folder import PAUSED_AT
-    from tune.searcher import StudySearch, TrialSeededTPE
+    from tune.searcher import StudySearch
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
-    study_search = StudySearch(space={"x": optuna.distributions.FloatDistribution(0.0, 1.0)}, metric="m", mode="max",
-                               sampler=TrialSeededTPE(seed=0, n_startup_trials=5), study_name="s", storage=storage,
-                               eval_metric="m", max_evals=4)
+    return StudySearch({"x": optuna.distributions.FloatDistribution(0.0, 1.0)}, metric="best_m", study_name=name,
+                       storage_url=f"sqlite:///{tmp_path / 's.db'}", eval_metric="m", max_evals=4, seed=0,
+                       n_startup_trials=5, **kwargs)
+
+
+class Generator:
+    """Ray's SearchGenerator around the limiter, as the scheduler reaches it."""
+
+    def __init__(self, limiter, num_samples):
+        self.searcher, self.num_samples, self.made = limiter, num_samples, 0
+
+    def is_finished(self):
+        return self.made >= self.num_samples
+
+
+def test_the_study_holds_a_waiting_trial_running_with_its_rung_then_pruned(tmp_path):
+    """The scheduler's decisions reach the Optuna study through the searcher Ray wraps: a waiting
+    trial is RUNNING with its ASHA record; one stopped while it waited is PRUNED at its last value;
+    the limiter frees the waiting trial's slot."""
+    import optuna
+
+    from tune.folder import ASHA_ATTR
+
+    study_search = _study_search(tmp_path)
     limiter = PauseAwareLimiter(study_search, max_concurrent=1)
     scheduler, ctrl = _script(num_samples=2)
-    class Generator:  # Ray's SearchGenerator around the limiter, as the scheduler reaches it
-        searcher, made = limiter, 0
-
-        def is_finished(self):
-            return self.made >= 2
-
-    ctrl.search_alg = Generator()
+    ctrl.search_alg = Generator(limiter, 2)
 
     def add() -> object:
         trial = ctrl.add([])
@@ -334,15 +347,17 @@ def test_the_study_holds_a_waiting_trial_running_with_its_rung_then_pruned(tmp_p
 
     a = add()
     assert limiter.suggest("extra") is None  # one slot, taken by a
-    limiter.on_trial_result("0", {"m": 0.4, "evals": 1})
     assert _arrive(scheduler, ctrl, a, 1, 0.4) == PAUSE
-    study = optuna.load_study(study_name="s", storage=storage)
-    assert study.trials[0].state == optuna.trial.TrialState.RUNNING and study.trials[0].user_attrs[PAUSED_AT] == 1
+    limiter.on_trial_result("0", {"m": 0.4, "evals": 1})
+    study = optuna.load_study(study_name="s", storage=study_search.storage_url)
+    assert study.trials[0].state == optuna.trial.TrialState.RUNNING
+    assert study.trials[0].user_attrs[ASHA_ATTR] == {"values": {"1": 0.4}, "went_on": []}
     assert limiter.waiting == {"0"}
     b = add()  # a's slot is free
-    limiter.on_trial_result("1", {"m": 0.9, "evals": 1})
     assert _arrive(scheduler, ctrl, b, 1, 0.9) == CONTINUE  # the one place of 2; a is stopped (rung settled)
+    limiter.on_trial_result("1", {"m": 0.9, "evals": 1})
     assert a.status == Trial.TERMINATED
     limiter.on_trial_complete("0")  # what Ray tells the searcher when it stops a PAUSED trial
-    study = optuna.load_study(study_name="s", storage=storage)
+    study = optuna.load_study(study_name="s", storage=study_search.storage_url)
     assert study.trials[0].state == optuna.trial.TrialState.PRUNED and study.trials[0].value == pytest.approx(0.4)
+    assert study.trials[1].user_attrs[ASHA_ATTR] == {"values": {"1": 0.9}, "went_on": [1]}

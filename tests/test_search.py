@@ -274,34 +274,36 @@ def test_bad_space_fails_before_ray_starts(tmp_path):
 # --- real searches (slow) ------------------------------------------------------------------------
 
 
-def test_random_search_draws_what_tpes_seeded_start_up_trials_draw():
-    """search.sampler: random (TrialSeededRandom) against TPE (TrialSeededTPE) on the shipped CPU
-    space: trial k of the random search has the parameters of TPE's k-th start-up trial, with any
-    trials finished before it; after TPE's start-up the two differ (TPE models, random does not)."""
-    import dataclasses
-    import warnings
+def _searcher(tmp_path: Path, name: str, space, sampler: str = "tpe", n_startup_trials: int = 5, baseline=None):
+    from tune.searcher import StudySearch
 
-    import optuna
+    return StudySearch(space, metric="best_m", study_name=name, storage_url=f"sqlite:///{tmp_path / (name + '.db')}",
+                       eval_metric="m", max_evals=1, sampler=sampler, seed=0, n_startup_trials=n_startup_trials,
+                       baseline=baseline)
 
-    from tune.searcher import make_sampler
+
+def test_random_search_draws_what_tpes_seeded_start_up_trials_draw(tmp_path):
+    """search.sampler: random against TPE on the shipped CPU space: trial k of the random search has
+    the parameters of TPE's k-th start-up trial, with any trials finished before it; after TPE's
+    start-up the two differ (TPE models, random does not)."""
+    from tune.folder import TRIAL_NUMBER
 
     space = load_space(SPACES / "afqmc_cpu.yaml")
     settings = space.settings
     n = settings.n_startup_trials + 3
 
-    def draws(sampler_name: str) -> list[dict]:
-        study = optuna.create_study(direction="maximize",
-                                    sampler=make_sampler(dataclasses.replace(settings, sampler=sampler_name)))
+    def draws(sampler_name: str, name: str) -> list[dict]:
+        searcher = _searcher(tmp_path, name, space.distributions(), sampler_name, settings.n_startup_trials)
         out = []
         for k in range(n):
-            trial = study.ask(space.distributions())
-            out.append(trial.params)
-            study.tell(trial, 0.5 + 0.01 * k)  # values that TPE can model
+            params = searcher.suggest(f"t{k}")
+            assert params.pop(TRIAL_NUMBER) == k
+            out.append(params)
+            # values that TPE can model: the trial ran its course (its one evaluation)
+            searcher.on_trial_complete(f"t{k}", {"m": 0.5 + 0.01 * k, "best_m": 0.5 + 0.01 * k, "evals": 1})
         return out
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # TPE's multivariate
-        tpe, rand, again = draws("tpe"), draws("random"), draws("random")
+    tpe, rand, again = draws("tpe", "tpe"), draws("random", "random"), draws("random", "again")
     start = settings.n_startup_trials
     assert rand[:start] == tpe[:start] and rand[start:] != tpe[start:]
     assert again == rand  # seeded: the same again
@@ -626,35 +628,68 @@ def test_demo_search_best_model_reloads_and_reproduces_its_val_metrics(demo_sear
 def test_a_study_trial_the_driver_never_handed_to_ray_is_adopted_not_left_running(tmp_path):
     """After a kill, the study can hold a RUNNING trial that Ray's last snapshot never saw: the next
     trial Ray asks for takes it (its parameters, its number), and the one after it gets what an
-    uninterrupted search would have drawn for that number (TrialSeededTPE)."""
+    uninterrupted search would have drawn for that number (each trial's sampler is seeded with its
+    number). The baseline is the first trial of both."""
     import optuna
 
-    from tune import internals
     from tune.folder import RAY_TRIAL_ID
-    from tune.searcher import StudySearch, TrialSeededTPE
 
     space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0), "y": optuna.distributions.FloatDistribution(0.0, 1.0)}
-
-    def searcher(name):
-        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / (name + '.db')}")
-        return StudySearch(space=space, metric="m", mode="max", sampler=TrialSeededTPE(seed=0, n_startup_trials=5),
-                           study_name=name, storage=storage, eval_metric="m", max_evals=3), storage
-
-    plain, _ = searcher("plain")
+    baseline = {"x": 0.5, "y": 0.25}
+    plain = _searcher(tmp_path, "plain", space, baseline=baseline)
     drawn = [plain.suggest(f"p{i}") for i in range(3)]  # an uninterrupted search's first three trials
-    killed, storage = searcher("killed")
+    assert {k: drawn[0][k] for k in baseline} == baseline
+    killed = _searcher(tmp_path, "killed", space, baseline=baseline)
     assert killed.suggest("a") == drawn[0]
+    killed.save(str(tmp_path / "snapshot.pkl"))  # Ray's last snapshot of the searcher: it knows trial "a"
+    killed.on_trial_result("a", {"m": 0.7, "evals": 1})
     assert killed.suggest("lost") == drawn[1]  # the study holds it RUNNING; then the driver is killed
-    # Ray's last snapshot held trial "a" only: its restored searcher (a new one over the same study,
-    # with "a" as the snapshot had it, stands in for it) knows nothing of the second.
-    restored, _ = searcher("killed")
-    internals.adopt(restored, "a", internals.optuna_trial(killed, "a"))
+    # Ray restores its searcher from tuner.pkl (pickled before the first trial) and its last snapshot.
+    import pickle
+
+    restored = pickle.loads(pickle.dumps(_searcher(tmp_path, "killed", space, baseline=baseline)))
+    restored.restore(str(tmp_path / "snapshot.pkl"))
     assert restored.suggest("b") == drawn[1]  # the orphan, adopted: its number and parameters
     assert restored.suggest("c") == drawn[2]  # then what the uninterrupted search drew
-    study = optuna.load_study(study_name="killed", storage=storage)
+    restored.on_trial_result("a", {"m": 0.7, "evals": 1})  # "a" reports its evaluation 1 again: once in the study
+    restored.on_trial_complete("a", {"m": 0.8, "best_m": 0.8, "evals": 1})
+    study = optuna.load_study(study_name="killed", storage=restored.storage_url)
     assert [t.number for t in study.trials] == [0, 1, 2]
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING] * 3  # none left behind
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING", "RUNNING"]  # none left behind
+    assert study.trials[0].intermediate_values == {1: 0.7} and study.trials[0].value == 0.8
     assert [t.user_attrs.get(RAY_TRIAL_ID) for t in study.trials] == ["a", "b", "c"]
+
+
+def test_the_searcher_tells_the_study_how_each_trial_ended(tmp_path):
+    """COMPLETE with its best value when it ran its course; PRUNED when ASHA stopped it (while it ran,
+    or while it waited); FAIL with the reason when it failed on its own or its worker kept dying; a
+    finished trial's record stays as it is when Ray reports on it again after a restore."""
+    import math
+
+    import optuna
+
+    from tune.folder import FAILED, failure_report
+
+    space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    searcher = _searcher(tmp_path, "ends", space)
+    searcher.max_evals = 3
+    for t in "abcde":
+        searcher.suggest(t)
+    for t in "abcd":
+        searcher.on_trial_result(t, {"m": 0.5, "evals": 1})
+    searcher.on_trial_complete("a", {"m": 0.6, "best_m": 0.6, "evals": 3, "planned_evals": 3})
+    searcher.on_trial_complete("b", {"m": 0.4, "best_m": 0.5, "evals": 2, "planned_evals": 3})  # ASHA's cut
+    searcher.on_trial_complete("c")  # stopped while it waited at a rung
+    searcher.on_trial_complete("d", failure_report("loss is nan", {"evals": 1}))
+    searcher.on_trial_complete("e", error=True)  # its worker kept dying
+    searcher.on_trial_complete("a", {"m": 0.1, "best_m": 0.1, "evals": 3, "planned_evals": 3})  # again: ignored
+    searcher.on_trial_result("b", {"m": 0.9, "evals": 3})
+    study = optuna.load_study(study_name="ends", storage=searcher.storage_url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "PRUNED", "FAIL", "FAIL"]
+    assert study.trials[0].value == 0.6 and study.trials[1].value == 0.4 and study.trials[2].value == 0.5
+    assert study.trials[1].intermediate_values == {1: 0.5, 2: 0.4}
+    assert study.trials[3].user_attrs[FAILED] == "loss is nan" and FAILED not in study.trials[4].user_attrs
+    assert not any(math.isnan(v) for t in study.trials for v in t.intermediate_values.values())
 
 
 def _resume_and_count(resume_arg: str, exp_dir: Path, num_samples: int):

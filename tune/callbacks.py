@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ray import tune
 
-from tune import internals
 from tune.folder import TRAIN_GROUP, TRAIN_RUNS
 from tune.results import keep_best_checkpoint
 
@@ -51,8 +50,13 @@ class ReleaseTrainWorkers(tune.Callback):
 
 
 def _remove_group(group: str) -> None:
+    """Remove the placement group whose id a worker reported (as `group.id.hex()`), through Ray's public
+    PlacementGroup handle."""
+    import ray
+    from ray.util.placement_group import PlacementGroup
+
     try:
-        internals.remove_placement_group(group)
+        ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group)))
     except Exception:  # noqa: BLE001 -- already removed by Ray Train when its run ended normally
         pass
 

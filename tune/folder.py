@@ -23,10 +23,6 @@ from afqmc.config import PRIMARY, SELECTION_METRICS
 SEARCH_JSON = "search.json"  # SearchState: how the search was started
 SPACE_COPY = "space.yaml"  # the space file as it was when the search started
 STUDY_DB = "optuna.db"  # the Optuna study (SQLite), written by the driver only
-# tune/scheduler.py's rungs: each trial's value there, who went on, who failed. In a folder of its own:
-# on a resume, Ray copies the folder's top-level .json and .pkl files to its staging folder and copies
-# them back at every snapshot, which put the file back as it was at the restore.
-ASHA_RUNGS = "asha/rungs.json"
 TRIALS_CSV = "trials.csv"
 TRIALS_MD = "trials.md"
 SUMMARY = "summary.json"
@@ -54,8 +50,9 @@ def trial_dirname(trial) -> str:
 # PRIMARY (afqmc.config): the default ranking metric (search.metric), F1-macro at the trial's threshold.
 FAILED = "failed"  # the key of a trial's last report when it failed on its own (NaN loss): the reason
 TEST_F1 = "test/f1_macro"  # the held-out F1 of a scored model, in trials.csv
-PAUSED_AT = "paused_at_evals"  # user attribute of a trial waiting at an ASHA rung: the rung's evaluation (else None)
+ASHA_ATTR = "asha"  # user attribute of a trial in optuna.db: its values at ASHA's rungs and the rungs it went on from
 RAY_TRIAL_ID = "ray_trial_id"  # user attribute of each trial in optuna.db: the Ray trial it belongs to
+TRIAL_NUMBER = "trial_number"  # in a Ray trial's config (params.json): its number in the study (0: the baseline)
 TRAIN_GROUP = "train_placement_group"  # in a multi-worker trial's reports: its Ray Train workers' placement group
 
 

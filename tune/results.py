@@ -1,10 +1,11 @@
-"""Reading a finished (or interrupted) search back from what Ray stored in results/NAME/.
+"""Reading a finished (or interrupted, or running) search back from results/NAME/.
 
-`collect_trials(experiment_dir)` needs no running Ray: it reads the experiment state and each
-trial's result.json through `ray.tune.ExperimentAnalysis` (and the folders of trials that started
-after Ray's last snapshot), so the reports (tune/reports.py) and comparisons (tune/compare.py)
-work on a finished, interrupted or running search. A trial's number is the Optuna study's
-(optuna.db; 0 is the baseline), the one optuna-dashboard shows.
+`collect_trials(experiment_dir)` needs no running Ray and reads no file of Ray's own format: the
+Optuna study (optuna.db) says which trials there are, their numbers (0 is the baseline; the ones
+optuna-dashboard shows), their parameters and how each ended; each trial's folder (`trial_<Ray
+id>/`, named by the search) holds its reports (result.json, one line per evaluation) and its kept
+checkpoint. So the reports (tune/reports.py) and comparisons (tune/compare.py) work on a finished,
+interrupted or running search.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from typing import Any
 from afqmc.checkpoint import METRICS_NAME
 from afqmc.config import PRIMARY, SELECTION_METRICS
 from afqmc.metrics import best_key
-from tune import internals
-from tune.folder import (RAY_TRIAL_ID, STUDY_DB, TRIAL_PREFIX, SearchState, TrialState,
+from tune.folder import (FAILED, RAY_TRIAL_ID, STUDY_DB, TRIAL_NUMBER, TRIAL_PREFIX, SearchState, TrialState,
                          failure_reason)
 
 # Metrics of a trial's best evaluation kept in the table.
@@ -37,7 +37,7 @@ def searcher_metric(metric: str) -> str:
 class TrialRecord:
     trial_id: str
     number: int  # the Optuna study's: 0, 1, ... in the order the searcher suggested them; 0 is the baseline
-    status: str  # Ray's: TERMINATED, ERROR, RUNNING, PENDING, PAUSED
+    status: str  # the study's: COMPLETE, PRUNED, FAIL, RUNNING ("" for a trial the study does not hold)
     state: TrialState  # ours: finished, stopped early (by ASHA), failed, or unfinished
     evals: int
     params: dict[str, Any]
@@ -93,50 +93,55 @@ def state_reason(rec: "TrialRecord", max_evals: float) -> str:
             return f"reached the search budget ({rec.evals} evaluations; its schedule had {planned})"
         return f"ran its {rec.evals} evaluations"
     so_far = f"{rec.evals} evaluations so far"
-    return f"{rec.status.lower()}: {so_far}" if rec.status not in ("", "UNLISTED") else f"not yet in Ray's state: {so_far}"
+    return f"running or interrupted: {so_far}" if rec.status else f"not in the study: {so_far}"
 
 
 def trial_number(trial) -> int:
-    """The study's number of a Ray trial (0 is the baseline). The searcher asks the study for one
-    trial per suggestion, in the order Ray counts them; collect_trials reads the study's own record."""
-    return internals.suggestion_index(trial)
+    """The study's number of a Ray trial (0 is the baseline): the searcher puts it in the trial's config."""
+    return int(trial.config[TRIAL_NUMBER])
+
+
+def searched_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A Ray trial's sampled values (its config, less its study number)."""
+    return {k: v for k, v in config.items() if k != TRIAL_NUMBER}
+
+
+STUDY_STATES = {"COMPLETE": TrialState.FINISHED, "PRUNED": TrialState.STOPPED, "FAIL": TrialState.FAILED}
 
 
 @dataclass
-class RayTrial:
-    """A trial as Ray stored it: in its experiment state, or only in its folder (`status` UNLISTED)."""
+class StoredTrial:
+    """A trial as the search stored it: its study trial (None if optuna.db cannot be read) and its folder."""
 
     trial_id: str
-    order: int  # Ray's suggestion index (0, 1, ...): the trial's number where the study does not have it
-    status: str
-    last_result: dict[str, Any] | None
+    number: int
+    state: str  # the study's TrialState name ("" without the study)
     params: dict[str, Any]
+    failed: str | None  # the reason the study holds for a FAIL
     path: Path
     rows: list[dict[str, Any]]  # every report, in order
 
 
-def ray_trials(experiment_dir: Path) -> list[RayTrial]:
-    """Every trial Ray stored: those of its last experiment snapshot, then the folders of trials
-    that started after it (a running search), in the order they were created."""
-    from ray.tune import ExperimentAnalysis  # imported here: reading results needs no running Ray
-
-    try:
-        analysis = ExperimentAnalysis(str(experiment_dir))
-        listed = []
-        for t in analysis.trials:
-            df = analysis.trial_dataframes.get(t.trial_id)
-            listed.append(RayTrial(t.trial_id, trial_number(t), t.status, t.last_result, dict(t.config), Path(t.path),
-                                   df.to_dict("records") if df is not None and len(df) else []))
-    except ValueError:  # no experiment snapshot yet: a search that has just started
-        listed = []
-    known = {t.trial_id for t in listed}
-    for n, trial_dir in enumerate(_unlisted_trial_dirs(experiment_dir, known),
-                                  start=max((t.order for t in listed), default=-1) + 1):
-        rows = _read_result_rows(trial_dir / "result.json")
-        params = json.loads((trial_dir / "params.json").read_text(encoding="utf-8"))
-        listed.append(RayTrial(trial_dir.name.removeprefix(TRIAL_PREFIX), n, "UNLISTED", rows[-1] if rows else None,
-                               params, trial_dir, rows))
-    return listed
+def stored_trials(experiment_dir: Path) -> list[StoredTrial]:
+    """Every trial of the search: those of the study, with their folders (a trial asked for just before
+    the driver was killed has none yet), and any folder the study does not hold (optuna.db unreadable:
+    the numbers are then those in the trials' configs)."""
+    study = _study_or_warn(experiment_dir)
+    folders = {d.name.removeprefix(TRIAL_PREFIX): d for d in experiment_dir.glob(f"{TRIAL_PREFIX}*")
+               if (d / "params.json").is_file()}
+    out = []
+    for t in (study.get_trials(deepcopy=False) if study is not None else []):
+        trial_id = t.user_attrs.get(RAY_TRIAL_ID)
+        if trial_id is None:  # the baseline enqueued, never asked for: not a trial yet
+            continue
+        folder = folders.pop(trial_id, experiment_dir / f"{TRIAL_PREFIX}{trial_id}")
+        out.append(StoredTrial(trial_id, t.number, t.state.name, dict(t.params), t.user_attrs.get(FAILED), folder,
+                               _read_result_rows(folder / "result.json")))
+    for trial_id, folder in folders.items():
+        config = json.loads((folder / "params.json").read_text(encoding="utf-8"))
+        out.append(StoredTrial(trial_id, int(config.get(TRIAL_NUMBER, -1)), "", searched_params(config), None, folder,
+                               _read_result_rows(folder / "result.json")))
+    return out
 
 
 def load_study(experiment_dir: Path):
@@ -154,33 +159,26 @@ def load_study(experiment_dir: Path):
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def study_numbers(experiment_dir: Path) -> dict[str, int]:
-    """The study's number of each Ray trial it holds (by the user attribute `ray_trial_id`); empty,
-    with a warning, when optuna.db cannot be read (the numbers are then Ray's order, the same in a
-    search that ran as it should)."""
+def _study_or_warn(experiment_dir: Path):
+    """The study, or None with a warning when optuna.db cannot be read."""
     import warnings
 
     import optuna
     import sqlalchemy
 
     try:
-        study = load_study(experiment_dir)
+        return load_study(experiment_dir)
     except (OSError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError) as exc:
-        warnings.warn(f"{experiment_dir / STUDY_DB}: not readable ({type(exc).__name__}: {exc}); trial numbers "
-                      f"in Ray's order", stacklevel=2)
-        return {}
-    if study is None:
-        return {}
-    return {t.user_attrs[RAY_TRIAL_ID]: t.number for t in study.get_trials(deepcopy=False)
-            if RAY_TRIAL_ID in t.user_attrs}
+        warnings.warn(f"{experiment_dir / STUDY_DB}: not readable ({type(exc).__name__}: {exc}); trials from their "
+                      f"folders alone, their states unknown", stacklevel=3)
+        return None
 
 
 def collect_trials(experiment_dir: str | Path) -> list[TrialRecord]:
     """Every trial of the search, by its number (the study's)."""
     experiment_dir = Path(experiment_dir).resolve()
     state = SearchState.load(experiment_dir)
-    numbers = study_numbers(experiment_dir)
-    records = [_record(t, numbers.get(t.trial_id, t.order), state) for t in ray_trials(experiment_dir)]
+    records = [_record(t, state) for t in stored_trials(experiment_dir)]
     for rec in sorted(records, key=lambda r: r.number):  # the baseline is the first trial with its values
         if state.baseline and _same_params(rec.params, state.baseline):
             rec.is_baseline = True
@@ -188,21 +186,23 @@ def collect_trials(experiment_dir: str | Path) -> list[TrialRecord]:
     return sorted(records, key=lambda r: r.number)
 
 
-def _record(trial: RayTrial, number: int, state: SearchState) -> TrialRecord:
-    """A trial's record: its state and why, and its best evaluation by the search's ranking metric."""
+def _record(trial: StoredTrial, state: SearchState) -> TrialRecord:
+    """A trial's record: its state (the study's) and why, and its best evaluation by the search's
+    ranking metric (its reports)."""
     metric, max_evals = state.metric, state.max_evals
     # One row per evaluation. After an interrupt, an evaluation whose report reached the driver
     # after Ray's last state snapshot is done again on resume, from the checkpoint before it (with
     # the same result: training is seeded): keep the later row.
     rows = list({r.get("evals"): r for r in trial.rows if _finite(r.get(metric))}.values())
     rows.sort(key=lambda r: r.get("evals", 0))
-    last = trial.last_result or {}
-    # The snapshot may be older than result.json (a running search): the later of the two counts.
-    evals = max([int(last.get("evals", 0) or 0)] + [int(r.get("evals", 0)) for r in rows])
+    last = trial.rows[-1] if trial.rows else {}
+    own_state = STUDY_STATES.get(trial.state, TrialState.UNFINISHED)
+    if not trial.state and failure_reason(last):  # no study to ask: a failure's last report says so
+        own_state = TrialState.FAILED
     rec = TrialRecord(
-        trial_id=trial.trial_id, number=number, status=trial.status,
-        state=trial_state(trial.status, trial.last_result, max_evals),
-        evals=evals, params=trial.params, path=str(trial.path),
+        trial_id=trial.trial_id, number=trial.number, status=trial.state, state=own_state,
+        evals=max([int(last.get("evals", 0) or 0)] + [int(r.get("evals", 0)) for r in rows]),
+        params=trial.params, path=str(trial.path),
         history=[{k: v for k, v in r.items() if k != "config"} for r in rows],
     )
     if rows:
@@ -218,7 +218,7 @@ def _record(trial: RayTrial, number: int, state: SearchState) -> TrialRecord:
         if kept:
             rec.best_checkpoint = str(trial.path / best["checkpoint_dir_name"])
     if rec.state == TrialState.FAILED:
-        rec.error = (failure_reason(last) if trial.status == "TERMINATED" else None) or _error_reason(trial.path)
+        rec.error = trial.failed or failure_reason(last) or _error_reason(trial.path)
     rec.reason = state_reason(rec, max_evals)
     return rec
 
@@ -250,12 +250,6 @@ def keep_best_checkpoint(trial_dir: str | Path, metric: str = PRIMARY) -> None:
     for ckpt in checkpoints:
         if ckpt != keep:
             shutil.rmtree(ckpt, ignore_errors=True)
-
-
-def _unlisted_trial_dirs(experiment_dir: Path, known: set[str]) -> list[Path]:
-    dirs = [d for d in experiment_dir.glob(f"{TRIAL_PREFIX}*") if (d / "params.json").is_file()
-            and d.name.removeprefix(TRIAL_PREFIX) not in known]
-    return sorted(dirs, key=lambda d: (d / "params.json").stat().st_mtime)
 
 
 def _read_result_rows(path: Path) -> list[dict[str, Any]]:

@@ -34,28 +34,31 @@ The rules (`Rungs`; the same object decides in a search and in `replay`):
 - No worker idles while a trial could run: waiting trials do not count against the search's
   concurrency (`PauseAwareLimiter`), so the searcher makes a new trial in their place.
 
-The state (every rung's values, who went on, who failed or ended) is written to `state_file` after
-every change, so that a search whose driver was killed resumes with its paused trials still paused at
-their rungs: Ray restores them as pending, and `on_trial_add` pauses them again. A waiting trial whose
-worker died (Ray retries it from its checkpoint) waits again too, rather than run on past its rung.
-Ray's own snapshot of a trial can be older than the state file: a restored trial's records at rungs
-beyond its last result in Ray's record are dropped, and it arrives at them again.
+The state (every trial's values at its rungs and the rungs it went on from) is the Optuna study's:
+after every change the scheduler writes each changed trial's record as a user attribute of its
+study trial (through the searcher's `save_asha`), and a restarted driver rebuilds the rungs from
+the study (`asha_records`), whose trial states say who failed or ended. So a search whose driver
+was killed resumes with its waiting trials still waiting at their rungs: Ray restores them as
+pending, and `on_trial_add` pauses them again (a trial the study holds as finished is stopped
+rather than run again). Ray's own snapshot of a trial can be older than the study: a restored
+trial's records at rungs beyond its last result in Ray's record are dropped, and it arrives at
+them again. A waiting trial whose worker died is filed by Ray as pending and started again (Ray
+starts every pending trial; there is no public way to file it as paused): at its next report it
+waits again, one evaluation later, unless it may go on.
+
+Only Ray's public scheduler API: CONTINUE/PAUSE/STOP, `choose_trial_to_run`, `stop_trial`, the
+`supports_buffered_results` property, `Trial.set_status` of a trial being added.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
-
-from tune import internals
 
 
 def milestones(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
@@ -146,15 +149,33 @@ class Rungs:
         hopeless = {t for t, k in waiting.items() if settled[k] and t not in goers[k]}
         return promotable, hopeless
 
-    def to_json(self) -> dict[str, Any]:
-        return {"milestones": self.milestones, "reduction_factor": self.reduction_factor, "values": self.values,
-                "promoted": [sorted(p) for p in self.promoted], "failed": sorted(self.failed),
-                "ended": sorted(self.ended)}
+    def record_of(self, trial_id: str) -> dict[str, Any]:
+        """The trial's record (what the study keeps): its value at each rung it reached, by the rung's
+        evaluation, and the rungs it went on from."""
+        return {"values": {str(m): self.values[k][trial_id] for k, m in enumerate(self.milestones)
+                           if trial_id in self.values[k]},
+                "went_on": [m for k, m in enumerate(self.milestones) if trial_id in self.promoted[k]]}
+
+    def trials(self) -> set[str]:
+        return set().union(*self.values) if self.values else set()
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Rungs:
-        return cls(list(data["milestones"]), float(data["reduction_factor"]), [dict(v) for v in data["values"]],
-                   [set(p) for p in data["promoted"]], set(data["failed"]), set(data.get("ended", ())))
+    def from_records(cls, milestones: list[int], reduction_factor: float,
+                     records: dict[str, tuple[dict[str, Any], str]]) -> Rungs:
+        """The rungs rebuilt from each trial's record and its state in the study (FAIL: failed; COMPLETE
+        or PRUNED while waiting at a rung: ended there)."""
+        rungs = cls(list(milestones), reduction_factor)
+        for trial_id, (record, state) in records.items():
+            for k, m in enumerate(milestones):
+                if str(m) in (record.get("values") or {}):
+                    rungs.record(k, trial_id, float(record["values"][str(m)]))
+                if m in (record.get("went_on") or ()):
+                    rungs.promoted[k].add(trial_id)
+            if state == "FAIL":
+                rungs.failed.add(trial_id)
+            elif state in ("COMPLETE", "PRUNED") and rungs.waiting_at(trial_id) is not None:
+                rungs.ended.add(trial_id)
+        return rungs
 
 
 class PauseAwareLimiter(ConcurrencyLimiter):
@@ -186,55 +207,63 @@ def _find(search_alg, attribute: str):
 
 class PromotionASHA(FIFOScheduler):
     """The search's `--scheduler asha`: see the module's docstring. `max_concurrent` is the search's
-    concurrency (the same as PauseAwareLimiter's): a waiting trial resumes only into a free slot."""
-
-    _supports_buffered_results = False  # one decision per evaluation: a rung is never skipped
+    concurrency (the same as PauseAwareLimiter's): a waiting trial resumes only into a free slot. The
+    rungs are kept in the study of the searcher that has `asha_records`/`save_asha` (StudySearch);
+    without one (`replay`) they live in memory only."""
 
     def __init__(self, time_attr: str, metric: str, mode: str, max_t: int, grace_period: int,
-                 reduction_factor: float, max_concurrent: int, state_file: str | os.PathLike | None = None):
+                 reduction_factor: float, max_concurrent: int):
         super().__init__()
         if mode != "max":
             raise ValueError("PromotionASHA ranks trials by a metric to maximise (mode 'max')")
         self._time_attr, self._metric, self.max_concurrent = time_attr, metric, max_concurrent
         self.rungs = Rungs(milestones(grace_period, reduction_factor, max_t), reduction_factor)
-        self.state_file = None if state_file is None else str(state_file)
         self._loaded = False
         self._settling = False
+        self._closed: set[str] = set()  # trials the study holds as finished when the driver (re)started
+        self._written: dict[str, dict[str, Any]] = {}  # each trial's record as the study has it
         self._erred: str | None = None  # the trial of the last on_trial_error
+
+    @property
+    def supports_buffered_results(self) -> bool:  # one decision per evaluation: a rung is never skipped
+        return False
 
     # --- Ray's scheduler API -------------------------------------------------------------------
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
-        """A trial Ray restored (after the driver was killed) that waited at a rung waits again. Ray
-        also adds again a trial whose worker died and that it retries (right after `on_trial_error`):
-        it has not failed, and if it waited at a rung it waits there again."""
-        self._load()
+        """A trial Ray restored (after the driver was killed) that waited at a rung waits again; one the
+        study holds as finished is stopped (`_settle`). Ray also adds again a trial whose worker died
+        and that it retries (right after `on_trial_error`): it has not failed."""
+        self._load(tune_controller)
         retried, self._erred = self._erred == trial.trial_id, None
-        if trial.status not in (Trial.ERROR, Trial.TERMINATED) and trial.trial_id in self.rungs.failed:
+        if trial.status not in (Trial.ERROR, Trial.TERMINATED):
             self.rungs.failed.discard(trial.trial_id)
-            self._save()
-        # What Ray restores a trial to (its last result in Ray's snapshot, and the checkpoint of it)
-        # can be behind what these rules saw before the driver was killed: the trial runs those
-        # evaluations again (seeded: the same values), and arrives at those rungs again.
-        done = (trial.last_result or {}).get(self._time_attr)  # Ray's Trial and ReplayTrial both keep it
-        if trial.status not in (Trial.ERROR, Trial.TERMINATED) and self.rungs.forget_after(trial.trial_id,
-                                                                                           int(done or 0)):
-            self._save()
-        if trial.status == Trial.PENDING and self.rungs.waiting_at(trial.trial_id) is not None:
-            if retried:  # Ray filed it as PENDING already: re-filed, else Ray's next step starts it
-                internals.refile_paused(tune_controller, trial)
-            else:  # restored: Ray files it under its status after this call
-                trial.set_status(Trial.PAUSED)
-            self._note(tune_controller, trial.trial_id, paused=True)
+            # What Ray restores a trial to (its last result in Ray's snapshot, and the checkpoint of it)
+            # can be behind what these rules saw before the driver was killed: the trial runs those
+            # evaluations again (seeded: the same values), and arrives at those rungs again.
+            done = (trial.last_result or {}).get(self._time_attr)  # Ray's Trial and ReplayTrial both keep it
+            self.rungs.forget_after(trial.trial_id, int(done or 0))
+            self._save(tune_controller)
+        # Restored (not retried: Ray has filed that one as PENDING already, and starts it; it waits
+        # again at its next report): Ray files it under the status it has after this call.
+        if trial.status == Trial.PENDING and not retried and (
+                trial.trial_id in self._closed or self.rungs.waiting_at(trial.trial_id) is not None):
+            trial.set_status(Trial.PAUSED)
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict[str, Any]) -> str:
         value, evals = result.get(self._metric), result.get(self._time_attr)
+        waits = self.rungs.waiting_at(trial.trial_id)
+        if waits is not None:  # it waited at a rung, and Ray started it again (its worker had died)
+            return self._decide(tune_controller, trial, waits)
         k = None if evals is None else self.rungs.rung_reached(trial.trial_id, int(evals))
         if k is None or not isinstance(value, (int, float)) or not math.isfinite(value):
             return TrialScheduler.CONTINUE
         self.rungs.record(k, trial.trial_id, float(value))
-        active, waiting = self._live(tune_controller)  # this trial waits at rung k, unless it goes on
-        promotable, hopeless = self.rungs.verdicts(active, waiting, tune_controller.search_alg.is_finished())
+        return self._decide(tune_controller, trial, k)
+
+    def _decide(self, tune_controller, trial: Trial, k: int) -> str:
+        """Go on from rung k, stop, or wait there (the trial waits at rung k, unless it goes on)."""
+        promotable, hopeless = self._verdicts(tune_controller)
         if (k, trial.trial_id) in promotable:
             self.rungs.promoted[k].add(trial.trial_id)
             decision = TrialScheduler.CONTINUE
@@ -242,15 +271,13 @@ class PromotionASHA(FIFOScheduler):
             decision = TrialScheduler.STOP
         else:
             decision = TrialScheduler.PAUSE
-            self._note(tune_controller, trial.trial_id, paused=True)
-        self._save()
+        self._save(tune_controller)
         self._settle(tune_controller, exclude=trial)
         return decision
 
     def on_trial_error(self, tune_controller, trial: Trial) -> None:
         self._erred = trial.trial_id  # if Ray retries it, its on_trial_add comes next
         self.rungs.failed.add(trial.trial_id)
-        self._save()
         self._settle(tune_controller)
 
     def on_trial_complete(self, tune_controller, trial: Trial, result: dict[str, Any]) -> None:
@@ -264,11 +291,11 @@ class PromotionASHA(FIFOScheduler):
         candidacy for its places."""
         if self.rungs.waiting_at(trial.trial_id) is not None:
             self.rungs.ended.add(trial.trial_id)
-            self._save()
         self._settle(tune_controller)
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
         """A waiting trial that may go on (into a free slot), else the first pending trial."""
+        self._load(tune_controller)
         promotable = self._settle(tune_controller)
         trials = tune_controller.get_trials()
         busy = sum(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)
@@ -277,12 +304,12 @@ class PromotionASHA(FIFOScheduler):
         if promotable and busy < self.max_concurrent:
             k, trial_id = max(promotable, key=lambda kt: (kt[0], self.rungs.values[kt[0]][kt[1]]))
             self.rungs.promoted[k].add(trial_id)
-            self._save()
-            self._note(tune_controller, trial_id, paused=False)
+            self._save(tune_controller)
             return paused[trial_id]
         # A paused trial that waits at no rung was not paused by these rules (a pause the rules do not
         # know of): it runs like a pending one rather than wait for ever.
-        strays = [t for t in paused.values() if self.rungs.waiting_at(t.trial_id) is None]
+        strays = [t for t in paused.values() if self.rungs.waiting_at(t.trial_id) is None
+                  and t.trial_id not in self._closed]
         if strays and busy < self.max_concurrent:
             return strays[0]
         return next((t for t in trials if t.status == Trial.PENDING), None)
@@ -298,7 +325,7 @@ class PromotionASHA(FIFOScheduler):
         """Live trials: (running or pending, {waiting trial: its rung})."""
         active, waiting = set(), {}
         for t in tune_controller.get_live_trials():
-            if t.status in (Trial.TERMINATED, Trial.ERROR):
+            if t.status in (Trial.TERMINATED, Trial.ERROR) or t.trial_id in self._closed:
                 continue
             k = self.rungs.waiting_at(t.trial_id)
             if k is None:
@@ -312,17 +339,19 @@ class PromotionASHA(FIFOScheduler):
         return self.rungs.verdicts(active, waiting, tune_controller.search_alg.is_finished())
 
     def _settle(self, tune_controller, exclude: Trial | None = None) -> list[tuple[int, str]]:
-        """Stop each waiting trial whose rung is settled and that may not go on; tell the limiter
-        which trials wait (they free their slot). Returns the waiting trials that may go on (stopping
-        the others does not change them: those hold no place)."""
+        """Stop each waiting trial whose rung is settled and that may not go on, and each paused one
+        the study holds as finished; tell the limiter which trials wait (they free their slot).
+        Returns the waiting trials that may go on (stopping the others does not change them: those
+        hold no place)."""
         if self._settling:  # stop_trial below calls on_trial_remove
             return []
         self._settling = True
         try:
             promotable, hopeless = self._verdicts(tune_controller)
             for trial in list(tune_controller.get_live_trials()):
-                if trial.trial_id in hopeless and trial is not exclude and trial.status == Trial.PAUSED:
-                    internals.stop_paused_trial(tune_controller, trial)
+                if (trial.trial_id in hopeless or trial.trial_id in self._closed) and trial is not exclude \
+                        and trial.status == Trial.PAUSED:
+                    tune_controller.stop_trial(trial)
             limiter = _find(tune_controller.search_alg, "waiting")
             if limiter is not None:  # those that may go on keep their slot
                 limiter.waiting = set(self._live(tune_controller)[1]) - {t for _, t in promotable}
@@ -330,30 +359,29 @@ class PromotionASHA(FIFOScheduler):
             self._settling = False
         return promotable
 
-    def _note(self, tune_controller, trial_id: str, paused: bool) -> None:
-        """The study's record of the trial: waiting at its rung (PAUSED_AT), or not any more."""
-        searcher = _find(tune_controller.search_alg, "note_paused")
-        if searcher is not None:
-            k = self.rungs.waiting_at(trial_id)
-            searcher.note_paused(trial_id, self.rungs.milestones[k] if paused and k is not None else None)
-
-    def _save(self) -> None:
-        if self.state_file is None:
+    def _save(self, tune_controller) -> None:
+        """Write each trial's record that changed to the study (a trial Ray reports on is RUNNING there)."""
+        store = _find(tune_controller.search_alg, "save_asha")
+        if store is None:
             return
-        Path(self.state_file).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{self.state_file}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.rungs.to_json(), fh)
-        os.replace(tmp, self.state_file)
+        for trial_id in self.rungs.trials():
+            record = self.rungs.record_of(trial_id)
+            if self._written.get(trial_id) != record:
+                store.save_asha(trial_id, record)
+                self._written[trial_id] = record
 
-    def _load(self) -> None:
+    def _load(self, tune_controller) -> None:
+        """Once, before the first decision: the rungs as the study has them (empty in a new search)."""
         if self._loaded:
             return
         self._loaded = True
-        if self.state_file is not None and Path(self.state_file).is_file():
-            saved = Rungs.from_json(json.loads(Path(self.state_file).read_text(encoding="utf-8")))
-            if saved.milestones == self.rungs.milestones:
-                self.rungs = saved
+        store = _find(tune_controller.search_alg, "asha_records")
+        if store is None:
+            return
+        records = store.asha_records()
+        self.rungs = Rungs.from_records(self.rungs.milestones, self.rungs.reduction_factor, records)
+        self._closed = {t for t, (_, state) in records.items() if state in ("COMPLETE", "PRUNED", "FAIL")}
+        self._written = {t: self.rungs.record_of(t) for t in self.rungs.trials()}
 
 
 # --- replay: the same rules on given learning curves, without Ray ---------------------------------
@@ -385,8 +413,7 @@ class ReplaySearch:
 
 
 class ReplayController:
-    """Ray's TuneController as a scheduler sees it (get_trials, get_live_trials, stop_trial,
-    _set_trial_status, search_alg)."""
+    """Ray's TuneController as a scheduler sees it (get_trials, get_live_trials, stop_trial, search_alg)."""
 
     def __init__(self, scheduler: PromotionASHA, curves: list[list[float]]):
         self.scheduler, self.search_alg, self.trials = scheduler, ReplaySearch(len(curves)), []
@@ -397,9 +424,6 @@ class ReplayController:
 
     def get_live_trials(self) -> list[ReplayTrial]:
         return [t for t in self.trials if t.status not in (Trial.TERMINATED, Trial.ERROR)]
-
-    def _set_trial_status(self, trial: ReplayTrial, status: str) -> None:
-        trial.status = status
 
     def stop_trial(self, trial: ReplayTrial) -> None:
         if trial.status in (Trial.PENDING, Trial.PAUSED):

@@ -42,8 +42,8 @@ from tune.ensemble import ensemble_lines
 from tune.reports import test_lines, write_reports
 from tune.results import collect_trials, searcher_metric
 from tune.space import SearchSpace, folder_space, load_space, search_base
-from tune.folder import (ASHA_RUNGS, BEST_CONFIG, BEST_MODEL, DONE_STATES, LOGS, PLOTS, SPACE_COPY, STUDY_DB, TRAIN_RUNS,
-                         TRIALS_CSV, TRIALS_MD, NotASearchError, SearchState, TrialState, trial_dirname)
+from tune.folder import (BEST_CONFIG, BEST_MODEL, DONE_STATES, LOGS, PLOTS, SPACE_COPY, STUDY_DB, TRAIN_RUNS,
+                         TRIALS_CSV, TRIALS_MD, TRIAL_PREFIX, NotASearchError, SearchState, TrialState, trial_dirname)
 
 RESULTS_DIR = "results"
 SPACES_DIR = Path(__file__).resolve().parent / "spaces"  # the shipped spaces (package data; search_spaces/ links here)
@@ -87,18 +87,24 @@ def _search(args: argparse.Namespace, exp_dir: Path, state: SearchState, space: 
     import ray
     from ray import tune
 
-    _init_ray(args.address, exp_dir, args.verbose)
+    try:
+        _init_ray(args.address, exp_dir, args.verbose)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         resources = _trial_resources(space)
         trainable = _trainable(data, base, resources, space.settings.workers_per_trial, exp_dir,
                                log_dir=None if args.verbose else str(exp_dir / LOGS))
-        if args.resume and internals.ray_saved_state(exp_dir):
+        if args.resume and tune.Tuner.can_restore(str(exp_dir)):
+            # Ray restores its experiment from its last snapshot; killed before Ray's first snapshot, it
+            # starts the experiment again (with the study: its trials are taken up, not asked for again).
             print(f"resuming {_rel(exp_dir)}: finished trials are kept, unfinished ones continue from "
                   f"their last checkpoint")
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
                                        resume_errored=False)
         else:
-            if args.resume:  # killed before Ray's first snapshot (its first step): nothing had run yet
+            if args.resume:  # killed before Ray saved its Tuner: nothing had run yet
                 print(f"resuming {_rel(exp_dir)}: it was stopped before Ray saved its state; it starts "
                       f"again with its study")
             tuner = _new_tuner(space, state, exp_dir, trainable, resources)
@@ -127,12 +133,16 @@ def ray_environment(address: str | None) -> None:
     # Tune's own progress output (a configuration box, a TensorBoard hint into a temporary folder) stays
     # off: LiveView prints the search (Tune's older reporter respects verbose=0, the new one does not).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Multi-worker trials run a Ray Train V2 TorchTrainer (tune/trial.py): the default from Ray 2.51, the
+    # documented switch before it.
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if (address or "127.0.0.1").split(":")[0] in ("127.0.0.1", "localhost"):
         # The local Ray binds every process to loopback only. On Linux Ray would take the machine's
         # network address as the node's (even when given 127.0.0.1) and listen on all interfaces;
         # this switch, read when Ray is imported, makes it use 127.0.0.1 as it does on macOS. The
-        # same holds to attach to a loopback-only cluster (--address 127.0.0.1:PORT).
-        os.environ.setdefault(internals.LOOPBACK_SWITCH, "0")
+        # same holds to attach to a loopback-only cluster (--address 127.0.0.1:PORT). Checked after the
+        # start (internals.check_loopback).
+        internals.loopback_environment()
 
 
 def _start_or_resume(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Path, SearchState, SearchSpace]:
@@ -141,7 +151,7 @@ def _start_or_resume(args: argparse.Namespace, overrides: dict[str, Any]) -> tup
         exp_dir = Path(args.resume).resolve()
         state = _load_state(exp_dir)
         _refuse_if_running(exp_dir)
-        if internals.ray_saved_state(exp_dir) or (exp_dir / STUDY_DB).exists():  # else: killed before either
+        if (exp_dir / STUDY_DB).exists() or any(exp_dir.glob(f"{TRIAL_PREFIX}*")):  # else: killed before either
             _check_study(exp_dir)
         space = folder_space(exp_dir, state)
         space.settings.workers_per_trial = state.workers_per_trial
@@ -185,12 +195,13 @@ def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable,
 
     concurrent = _max_concurrent(settings, resources)
     # Ray's ConcurrencyLimiter, except that trials paused at a rung leave their slot to a new trial.
-    searcher = PauseAwareLimiter(_searcher(space, exp_dir), max_concurrent=concurrent)
+    searcher = PauseAwareLimiter(_searcher(space, state, exp_dir), max_concurrent=concurrent)
     if scheduler_name == "asha":
-        # ASHA compares trials at its rungs by asha_metric at that evaluation; too few peers: the trial waits.
+        # ASHA compares trials at its rungs by asha_metric at that evaluation; too few peers: the trial
+        # waits. Its rungs are kept in the study (StudySearch.save_asha).
         scheduler = PromotionASHA(time_attr="evals", metric=settings.asha_metric, mode="max", max_t=settings.max_evals,
                                   grace_period=settings.grace_period, reduction_factor=settings.reduction_factor,
-                                  max_concurrent=concurrent, state_file=exp_dir / ASHA_RUNGS)
+                                  max_concurrent=concurrent)
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(
@@ -216,27 +227,19 @@ def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable,
     )
 
 
-def _searcher(space: SearchSpace, exp_dir: Path):
-    """StudySearch with the space's sampler (TrialSeededTPE unless search.sampler: random) on the
-    study in the experiment folder (optuna.db)."""
-    import optuna
-
-    from tune.searcher import StudySearch, make_sampler
+def _searcher(space: SearchSpace, state: SearchState, exp_dir: Path):
+    """StudySearch with the space's sampler (TPE unless search.sampler: random) on the study in the
+    experiment folder (optuna.db). Every search contains the baseline it must beat: it is enqueued
+    as the study's first trial when the study is created."""
+    from tune.searcher import StudySearch
 
     settings = space.settings
     # The study lives in the experiment folder; the driver is its only writer (SQLite is fine).
-    storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / STUDY_DB}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = make_sampler(settings)  # search.sampler: TPE (TrialSeededTPE), or random
-    # Every search contains the baseline it must beat; a study that has it already (a search killed
-    # before Ray's first snapshot) has it WAITING or RUNNING, and StudySearch takes it from there.
-    started = optuna.get_all_study_names(storage)
     return StudySearch(
-        space=space.distributions(), metric=searcher_metric(settings.metric), mode="max",
-        points_to_evaluate=None if exp_dir.name in started else [space.baseline()],
-        sampler=sampler, study_name=exp_dir.name, storage=storage,
-        eval_metric=settings.metric, max_evals=settings.max_evals,
+        space.distributions(), metric=searcher_metric(settings.metric), study_name=exp_dir.name,
+        storage_url=f"sqlite:///{exp_dir / STUDY_DB}", eval_metric=settings.metric, max_evals=settings.max_evals,
+        sampler=settings.sampler, seed=settings.seed, n_startup_trials=settings.n_startup_trials,
+        baseline=state.baseline,
     )
 
 
@@ -308,7 +311,12 @@ def _init_ray(address: str | None, exp_dir: Path, verbose: bool) -> None:
     else:
         # A private local Ray for this run: no dashboard, everything bound to loopback.
         ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1",
-                 logging_level="warning", **quiet, **internals.local_ray_init_kwargs())
+                 logging_level="warning", **quiet)
+        try:
+            internals.check_loopback()  # the switch set in ray_environment, checked
+        except RuntimeError as exc:
+            ray.shutdown()
+            raise ConfigError(str(exc)) from None
     if handler is not None:  # after init: Ray sets up its logger's console handler during it
         ray_logger = logging.getLogger("ray")
         ray_logger.handlers = [handler]
@@ -511,10 +519,11 @@ def _check_study(exp_dir: Path) -> None:
     except Exception as exc:  # sqlite3.DatabaseError, OperationalError, Optuna's errors
         raise ConfigError(f"{db}: cannot use the search's Optuna study ({type(exc).__name__}: {exc}); it is "
                           f"left as it is") from None
-    # A database without the study, and no snapshot of Ray's: killed between creating the two, before
-    # any trial; the resumed search creates the study, as a new one would.
-    if not names and internals.ray_saved_state(exp_dir):
-        raise ConfigError(f"{db}: holds no Optuna study; it cannot be resumed")
+    # A database without the study: killed before the searcher asked for the first trial (every trial
+    # is asked of the study first); the resumed search creates the study, as a new one would. Trial
+    # folders beside it would belong to a study that is lost.
+    if not names and any(exp_dir.glob(f"{TRIAL_PREFIX}*")):
+        raise ConfigError(f"{db}: holds no Optuna study, but the folder holds trials; it cannot be resumed")
 
 
 def resolve_space(given: str) -> Path:

@@ -1,148 +1,192 @@
-"""The driver's searcher: Optuna TPE behind Ray Tune's OptunaSearch, keeping the study true.
+"""The driver's searcher: Optuna's ask-and-tell behind Ray Tune's public `Searcher` interface.
 
-`StudySearch` (the search algorithm the Tuner asks for each trial's parameters) records in the
-Optuna study what happened to each trial, and `TrialSeededTPE` (its sampler) makes a trial's
-parameters depend on its number, not on the draws made before a driver's kill and resume. Both run
-in the search's driver only; what runs inside a trial is tune/trial.py.
+The Optuna study (optuna.db) is the one record of the search's trials: what was suggested (each
+trial's parameters and number), every evaluation's value (intermediate values, which
+optuna-dashboard draws), how each trial ended (COMPLETE, PRUNED by ASHA, FAIL with its reason) and
+where ASHA placed it (user attributes written by tune/scheduler.py through `save_asha`). Everything
+else (the tables, the live view, ASHA's rungs after a restart) reads it from here; Ray's own
+snapshot only serves Ray's restore.
+
+Only public Ray and Optuna API: `study.ask`/`trial.report`/`study.tell`, `study.enqueue_trial` for
+the baseline, a fresh seeded sampler set on the study (`study.sampler`) before each ask, and
+`optuna.Trial(study, id)` with the id from the storage's public methods to continue a trial the
+driver did not ask for itself (after a restart).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
+import numpy as np
 import optuna
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
-from tune import internals
-from tune.folder import FAILED, PAUSED_AT, RAY_TRIAL_ID, failure_reason
+from tune.folder import ASHA_ATTR, FAILED, RAY_TRIAL_ID, TRIAL_NUMBER, failure_reason
 from tune.results import ran_its_course
 
 
-class TrialSeededTPE(optuna.samplers.TPESampler):
-    """Optuna's TPE, its random draws for each trial seeded with the search's seed and the trial's
-    number: a trial's parameters depend on its number and on the trials finished before it, not on
-    how many draws the sampler made before. A driver killed and resumed restores the sampler Ray
-    saved last, which may be some draws behind; the trials it suggests next are the same as in an
-    uninterrupted search (exactly for the seeded random start-up trials)."""
-
-    def __init__(self, *, seed: int | None = None, **kwargs: Any):
-        super().__init__(seed=seed, **kwargs)
-        self.search_seed = seed
-
-    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if self.search_seed is not None:
-            internals.seed_tpe(self, [self.search_seed, trial.number])
-        super().before_trial(study, trial)
+def trial_seed(search_seed: int | None, number: int) -> int | None:
+    """The seed of trial `number`'s draws: from the search's seed and the trial's number alone, so that a
+    trial's parameters do not depend on how many draws were made before a driver's kill and resume."""
+    if search_seed is None:
+        return None
+    return int(np.random.SeedSequence([search_seed, number]).generate_state(1)[0])
 
 
-class TrialSeededRandom(optuna.samplers.RandomSampler):
-    """Optuna's RandomSampler, seeded per trial as TrialSeededTPE: trial k draws what TPE's k-th
-    start-up trial draws (search.sampler: random, the baseline against TPE)."""
-
-    def __init__(self, *, seed: int | None = None):
-        super().__init__(seed=seed)
-        self.search_seed = seed
-
-    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if self.search_seed is not None:
-            internals.seed_random(self, [self.search_seed, trial.number])
-        super().before_trial(study, trial)
+def make_sampler(kind: str, seed: int | None, n_startup_trials: int = 10) -> optuna.samplers.BaseSampler:
+    """search.sampler (tune.space.SearchSettings): TPE (multivariate) or random. With the same seed, the
+    random sampler draws what TPE draws for its start-up trials (TPE's start-up sampler is a
+    RandomSampler of the same seed)."""
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate
+        return optuna.samplers.TPESampler(multivariate=True, seed=seed, n_startup_trials=n_startup_trials)
 
 
-def make_sampler(settings) -> optuna.samplers.BaseSampler:
-    """The sampler search.sampler names (tune.space.SearchSettings), seeded with search.seed."""
-    if settings.sampler == "random":
-        return TrialSeededRandom(seed=settings.seed)
-    return TrialSeededTPE(multivariate=True, seed=settings.seed, n_startup_trials=settings.n_startup_trials)
+class StudySearch(Searcher):
+    """Ray Tune's Searcher on an Optuna study (ask-and-tell):
 
-
-class StudySearch(OptunaSearch):
-    """Ray's OptunaSearch, so that the study says what happened to each trial:
-
-    - every evaluation's value of the ranking metric (`eval_metric`, at that evaluation, not the
-      best so far) is the trial's intermediate value at step `evals`: optuna-dashboard draws the
-      learning curves;
-    - a trial that ASHA stopped is PRUNED (Optuna takes its last intermediate value as its value),
-      not COMPLETE with a truncated value; one that ran its course is COMPLETE with its best value
-      (`metric`, the searcher's);
-    - a trial that failed on its own (its last report names the reason) is FAIL with that reason,
-      rather than a NaN value that Optuna refuses (which would leave the trial RUNNING forever);
-    - after the driver was killed, the study (written at once) can be ahead of Ray's last snapshot
-      of the experiment (taken every 10 s or so). A trial the study already holds as finished may
-      run again on resume: its new reports leave the study's record as it is, instead of stopping
-      the search. A trial the study holds as RUNNING that the snapshot never saw (suggested just
-      before the kill) is given, with its parameters, to the next trial Ray asks for, instead of a
-      new one: the study never keeps a trial RUNNING forever, nor more trials than the search.
-    Each Optuna trial records the Ray trial it belongs to (user attribute `ray_trial_id`).
+    - `suggest` asks the study for the next trial, with a sampler seeded for that trial's number; the
+      first trial is the baseline (enqueued when the study is created). The study's number travels
+      in the trial's config (`TRIAL_NUMBER`), and the Ray trial's id in the study (`ray_trial_id`).
+    - every evaluation's value of `eval_metric` is the trial's intermediate value at step `evals`,
+      once (a report seen again, after a restore, is not reported twice);
+    - a trial that ran its course is COMPLETE with its best value (`metric`); one that ASHA stopped
+      is PRUNED (Optuna takes its last intermediate value); one that failed on its own (its last
+      report names the reason) or whose worker kept dying is FAIL, with the reason as `failed`;
+    - after the driver was killed, the study can be ahead of Ray's snapshot: a trial the study holds
+      as finished leaves its record as it is, and a trial it holds as RUNNING that Ray's snapshot
+      never saw (asked for just before the kill) is handed, with its parameters, to the next Ray
+      trial instead of a new one: the study never keeps a trial RUNNING forever.
     """
 
-    def __init__(self, *args: Any, study_name: str, storage: optuna.storages.BaseStorage, eval_metric: str,
-                 max_evals: int, **kwargs: Any):
-        super().__init__(*args, study_name=study_name, storage=storage, **kwargs)
-        self.study_name, self.storage = study_name, storage
+    def __init__(self, space: dict[str, optuna.distributions.BaseDistribution], *, metric: str, study_name: str,
+                 storage_url: str, eval_metric: str, max_evals: float, sampler: str = "tpe", seed: int | None = None,
+                 n_startup_trials: int = 10, baseline: dict[str, Any] | None = None):
+        super().__init__(metric=metric, mode="max")
+        self.space, self.study_name, self.storage_url = space, study_name, storage_url
         self.eval_metric, self.max_evals = eval_metric, max_evals
+        self.sampler_kind, self.seed, self.n_startup_trials = sampler, seed, n_startup_trials
+        self.baseline = baseline
+        self._handed: set[str] = set()  # the Ray trials given a study trial (saved with Ray's snapshot)
+        self._study: optuna.Study | None = None
+        self._storage: optuna.storages.BaseStorage | None = None
+        self._handles: dict[str, optuna.Trial] = {}
+
+    # --- the study ---------------------------------------------------------------------------------
 
     @property
     def study(self) -> optuna.Study:
-        """The search's study, through Optuna's public API on the storage the search passed in; loaded
-        once (loading it again for every report re-read every trial: the driver's time per trial
-        doubled over a 200-trial search, benchmarks/soak.py). Its storage cache re-reads unfinished
-        trials, so what OptunaSearch writes through its own handle is seen."""
-        if getattr(self, "_study", None) is None:
-            self._study = optuna.load_study(study_name=self.study_name, storage=self.storage)
+        """The search's study, created with the baseline enqueued as its first trial, else loaded."""
+        if self._study is None:
+            self._storage = optuna.storages.RDBStorage(self.storage_url)
+            self._study = optuna.create_study(study_name=self.study_name, storage=self._storage,
+                                              direction="maximize", load_if_exists=True)
+            if self.baseline is not None and not self._study.get_trials(deepcopy=False):
+                self._study.enqueue_trial(self.baseline)
         return self._study
 
+    def __getstate__(self) -> dict[str, Any]:  # Ray pickles the searcher: the study is loaded again
+        return {**self.__dict__, "_study": None, "_storage": None, "_handles": {}}
+
+    def _frozen(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
+        return next((t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get(RAY_TRIAL_ID) == trial_id),
+                    None)
+
+    def _handle(self, number: int) -> tuple[optuna.Trial, int]:
+        """The study's trial `number` to report to and tell, and its storage id (from the storage's
+        public methods: Optuna's Trial takes the id, not the number)."""
+        study_id = self._storage.get_study_id_from_name(self.study.study_name)
+        storage_id = self._storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        return optuna.Trial(self.study, storage_id), storage_id
+
+    def _trial(self, trial_id: str) -> optuna.Trial | None:
+        """The study's trial of a Ray trial, if it is still RUNNING (a finished one keeps its record)."""
+        if trial_id not in self._handles:
+            frozen = self._frozen(trial_id)
+            if frozen is None:
+                return None
+            self._handles[trial_id] = self._handle(frozen.number)
+        handle, storage_id = self._handles[trial_id]
+        return None if self._storage.get_trial(storage_id).state.is_finished() else handle
+
+    # --- Ray's Searcher API ------------------------------------------------------------------------
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        orphan = None if internals.optuna_trial(self, trial_id) else self._orphan()
+        study = self.study
+        orphan = self._orphan()
         if orphan is not None:
-            internals.adopt(self, trial_id, optuna.Trial(self.study, internals.storage_trial_id(orphan)))
-        params = super().suggest(trial_id)
-        trial = internals.optuna_trial(self, trial_id)
-        if trial is not None:
-            trial.set_user_attr(RAY_TRIAL_ID, trial_id)
-        return params
+            handle, storage_id = self._handle(orphan.number)
+        else:
+            study.sampler = make_sampler(self.sampler_kind, trial_seed(self.seed, len(study.get_trials(deepcopy=False))),
+                                         self.n_startup_trials)
+            handle = study.ask(self.space)
+            storage_id = self._handle(handle.number)[1]
+        handle.set_user_attr(RAY_TRIAL_ID, trial_id)
+        self._handles[trial_id] = (handle, storage_id)
+        self._handed.add(trial_id)
+        return {**handle.params, TRIAL_NUMBER: handle.number}
 
     def _orphan(self) -> optuna.trial.FrozenTrial | None:
-        """The first trial the study holds as RUNNING that no Ray trial of this searcher owns."""
-        owned = {t.number for t in internals.known_trials(self)}
+        """The first trial the study holds as RUNNING that no Ray trial this searcher knows of owns:
+        asked for after Ray's last snapshot, by a driver that was killed."""
         running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        return next((t for t in running if t.number not in owned), None)
+        return next((t for t in running if t.user_attrs.get(RAY_TRIAL_ID) not in self._handed), None)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        trial = internals.optuna_trial(self, trial_id)
-        if trial is None or internals.is_closed(self, trial_id) or self._finished_in_study(trial):
+        handle = self._trial(trial_id)
+        if handle is not None:
+            self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict[str, Any]) -> None:
+        handle, storage_id = self._handles[trial_id]
+        value, step = result.get(self.eval_metric), result.get("evals")
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and step is not None):
             return
-        value = result.get(self.eval_metric)
-        if isinstance(value, (int, float)) and math.isfinite(value) and "evals" in result:
-            trial.report(float(value), int(result["evals"]))
+        if int(step) not in self._storage.get_trial(storage_id).intermediate_values:  # a report Ray delivers again after a restore: already here
+            handle.report(float(value), int(step))
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        trial = internals.optuna_trial(self, trial_id)
-        if trial is not None and self._finished_in_study(trial):
-            internals.close(self, trial_id)
+        handle = self._trial(trial_id)
+        if handle is None:
             return
-        if result and trial is not None:
-            # Ray passes the report that ended the trial (ASHA's cut, the budget) here, not to on_trial_result.
-            self.on_trial_result(trial_id, result)
+        if result:  # Ray passes the report that ended the trial (ASHA's cut, the budget) here only
+            self._report(trial_id, result)
         reason = failure_reason(result)
-        if reason:
-            if trial is not None:
-                trial.set_user_attr(FAILED, reason)
-            result, error = None, True
-        if result and not error and trial is not None and not ran_its_course(result, self.max_evals):
-            self.study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
-            internals.close(self, trial_id)
-            return
-        super().on_trial_complete(trial_id, result, error)
+        value = (result or {}).get(self.metric)
+        if reason or error:
+            if reason:
+                handle.set_user_attr(FAILED, reason)
+            self.study.tell(handle.number, state=optuna.trial.TrialState.FAIL)
+        elif result and ran_its_course(result, self.max_evals) and isinstance(value, (int, float)) \
+                and math.isfinite(value):
+            self.study.tell(handle.number, float(value))
+        else:  # stopped by ASHA: while it ran (with its last report), or while it waited at a rung
+            self.study.tell(handle.number, state=optuna.trial.TrialState.PRUNED)
 
-    def note_paused(self, trial_id: str, evals: int | None) -> None:
-        """The study's record of a trial that waits at an ASHA rung (tune/scheduler.py): RUNNING (Optuna
-        has no paused state) with `paused_at_evals` = the rung's evaluation; None once it goes on."""
-        trial = internals.optuna_trial(self, trial_id)
-        if trial is not None and not self._finished_in_study(trial):
-            trial.set_user_attr(PAUSED_AT, evals)
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
 
-    def _finished_in_study(self, trial: optuna.Trial) -> bool:
-        frozen = next((t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number), None)
-        return frozen is not None and frozen.state.is_finished()
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump({"handed": sorted(self._handed)}, fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "rb") as fh:
+            self._handed = set(pickle.load(fh)["handed"])
+
+    # --- ASHA's record (tune/scheduler.py) ----------------------------------------------------------
+
+    def asha_records(self) -> dict[str, tuple[dict[str, Any], str]]:
+        """Each Ray trial's ASHA record in the study, and the trial's state there."""
+        return {t.user_attrs[RAY_TRIAL_ID]: (t.user_attrs.get(ASHA_ATTR) or {}, t.state.name)
+                for t in self.study.get_trials(deepcopy=False) if RAY_TRIAL_ID in t.user_attrs}
+
+    def save_asha(self, trial_id: str, record: dict[str, Any]) -> None:
+        handle = self._trial(trial_id)
+        if handle is not None:
+            handle.set_user_attr(ASHA_ATTR, record)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 from afqmc.config import (DATA_FIELDS, FIELDS, ConfigError, TrainConfig, absolute_paths, coerce_value, from_dict,
                           normalize_metric, parse_number, read_yaml_mapping)
-from tune.folder import SPACE_COPY, SearchState
+from tune.folder import SPACE_COPY, TRIAL_NUMBER, SearchState
 
 TYPES = ("loguniform", "uniform", "int", "choice")
 DIST_KEYS = {"type", "low", "high", "values", "baseline", "log"}
@@ -146,7 +146,9 @@ def search_base(space: SearchSpace, cwd: str) -> TrainConfig:
 def trial_config(base: TrainConfig, sampled: dict[str, Any], source: str = "trial") -> TrainConfig:
     """A trial's TrainConfig: the search's `base` (search_base) with the sampled values. Every trial
     keeps its best model (the export copies one) and predicts no test_file (the driver keeps the
-    held-out pairs; best_config.yaml gets the space's test_file back)."""
+    held-out pairs; best_config.yaml gets the space's test_file back). A Ray trial's config also
+    carries its study number (TRIAL_NUMBER), which is no TrainConfig field."""
+    sampled = {k: v for k, v in sampled.items() if k != TRIAL_NUMBER}
     return from_dict(sampled, source=source, base=base).replace(save_best_model=True, test_file=None)
 
 

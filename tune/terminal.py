@@ -11,7 +11,7 @@ from ray import tune
 from afqmc.metrics import best_key
 from afqmc.config import PRIMARY
 from tune.folder import SHORT, TrialState, failure_reason, fmt_param, format_params
-from tune.results import TrialRecord, trial_number, trial_state
+from tune.results import TrialRecord, searched_params, trial_number, trial_state
 
 
 def progress(elapsed_s: float, num_samples: int, trials: list[tuple[int, bool]], per_trial: int | None) -> str:
@@ -80,7 +80,7 @@ class LiveView(tune.Callback):
         if done:  # it waited at an ASHA rung, or its worker died: it goes on from its checkpoint
             self._print(f"trial {trial_number(trial)}{tag} goes on from its checkpoint of eval {done}")
             return
-        self._print(f"trial {trial_number(trial)} started{tag}: {format_params(trial.config)}")
+        self._print(f"trial {trial_number(trial)} started{tag}: {format_params(searched_params(trial.config))}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._trials = trials
@@ -139,7 +139,7 @@ class LiveView(tune.Callback):
         if scored:
             best = max(scored, key=lambda t: (t.last_result[self.best], -trial_number(t)))
             counts += (f" | best so far: trial {trial_number(best)} {self.metric} "
-                       f"{best.last_result[self.best]:.4f} ({format_params(best.config)})")
+                       f"{best.last_result[self.best]:.4f} ({format_params(searched_params(best.config))})")
         self._print(counts, ended=ended[0] if ended else None)
 
 

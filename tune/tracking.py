@@ -17,7 +17,7 @@ from typing import Any
 from ray import tune
 
 from tune.folder import TrialState, failure_reason
-from tune.results import trial_number, trial_state
+from tune.results import searched_params, trial_number, trial_state
 
 # The report keys logged as metrics: the evaluation's figures and where the trial is.
 METRIC_PREFIXES = ("val/", "train/", "best/")
@@ -62,7 +62,7 @@ class MLflowTrials(tune.Callback):
                                               "baseline": str(number == 0).lower()})
                 from mlflow.entities import Param
 
-                client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in trial.config.items()])
+                client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in searched_params(trial.config).items()])
                 self._runs[trial.trial_id] = run.info.run_id
         return self._runs[trial.trial_id]
 

@@ -178,7 +178,7 @@ def _run_workers(cfg: TrainConfig, data: TaskData, workers: int, per_worker: dic
     run_name = f"{trial_id}-{uuid.uuid4().hex[:8]}"
     with contextlib.ExitStack() as scratch:  # Train's storage, unless given: a scratch folder
         storage = train_storage or scratch.enter_context(scratch_dir("train"))
-        trainer = internals.torch_trainer_without_placement_group_cleaner()(
+        trainer = internals.torch_trainer()(
             _worker_loop,
             # The Tune checkpoint to go on from (a retried trial, or one that waited at an ASHA rung) goes
             # in the loop's config: Train V2 refuses `resume_from_checkpoint`.
@@ -188,7 +188,7 @@ def _run_workers(cfg: TrainConfig, data: TaskData, workers: int, per_worker: dic
             scaling_config=ray_train.ScalingConfig(num_workers=workers, use_gpu=bool(per_worker.get("GPU")),
                                                    resources_per_worker=per_worker),
             run_config=ray_train.RunConfig(
-                name=run_name, storage_path=storage, callbacks=[_ForwardReports(queue, ack)],
+                name=run_name, storage_path=storage, callbacks=[_forward_reports_callback(queue, ack)],
                 failure_config=ray_train.FailureConfig(max_failures=0),
                 checkpoint_config=ray_train.CheckpointConfig(num_to_keep=None),  # this driver deletes each once copied
             ),
@@ -230,16 +230,18 @@ def _forward_reports(thread: threading.Thread, queue, ack) -> None:
     thread.join()
 
 
-class _ForwardReports(ray.train.UserCallback):
-    """Runs in the Train controller: sends each report (the workers' metrics, the checkpoint's
-    path) to the trial's driver and waits until it has copied the checkpoint."""
+def _forward_reports_callback(queue, ack):
+    """A Ray Train `UserCallback` (public with Train V2, which search.py switches on for Ray releases
+    before 2.51; defined here, not at import, so that importing this module needs no Train V2) that
+    runs in the Train controller: it sends each report (the workers' metrics, the checkpoint's path)
+    to the trial's driver and waits until it has copied the checkpoint."""
 
-    def __init__(self, queue, ack):
-        self.queue, self.ack = queue, ack
+    class ForwardReports(ray.train.UserCallback):
+        def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+            queue.put((dict(metrics[0]), None if checkpoint is None else checkpoint.path))
+            ack.get(timeout=3600)
 
-    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        self.queue.put((dict(metrics[0]), None if checkpoint is None else checkpoint.path))
-        self.ack.get(timeout=3600)
+    return ForwardReports()
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
