@@ -169,17 +169,23 @@ def hf_search(space_path: Path, b: dict[str, Any], backend: str, workdir: Path, 
     trainer = Trainer(model_init=model_init, args=arguments(f"hf_{backend}"), train_dataset=PairDataset(data.train),
                       eval_dataset=PairDataset(data.val), data_collator=collator,
                       compute_loss_func=compute_loss, compute_metrics=compute_metrics, callbacks=[Record()])
-    # Our search's sampler (Optuna's TPE, its draws seeded per trial number), so that the peer's
-    # random start-up trials are the same as ours.
-    from tune.searcher import TrialSeededTPE
+    # Our search's sampler (Optuna's TPE), with the random start-up trials our search draws (each seeded
+    # with its number, tune/searcher.py) given first, after the baseline: the same start as ours.
+    from tune.searcher import make_sampler, trial_seed
 
-    sampler = TrialSeededTPE(multivariate=True, seed=settings.seed, n_startup_trials=settings.n_startup_trials)
+    sampler = make_sampler("tpe", settings.seed, settings.n_startup_trials)
+    start_up = []
+    for k in range(1, settings.n_startup_trials):
+        draw = optuna.create_study(sampler=make_sampler("random", trial_seed(settings.seed, k)))
+        start_up.append(draw.ask(space.distributions()).params)
     objective = lambda metrics: metrics["eval_f1_macro"]  # noqa: E731
     if backend == "optuna":
         # The study hyperparameter_search creates is loaded from this storage, so that the baseline
         # goes first, as in our search (OptunaSearch's points_to_evaluate also enqueues it).
         storage = optuna.storages.InMemoryStorage()
-        optuna.create_study(storage=storage, study_name="hf", direction="maximize").enqueue_trial(baseline)
+        peer = optuna.create_study(storage=storage, study_name="hf", direction="maximize")
+        for point in [baseline, *start_up]:
+            peer.enqueue_trial(point)
         best = trainer.hyperparameter_search(hp_space=hp_space, compute_objective=objective,
                                              n_trials=settings.num_samples, direction="maximize", backend="optuna",
                                              storage=storage, study_name="hf", load_if_exists=True, sampler=sampler)
@@ -196,7 +202,8 @@ def hf_search(space_path: Path, b: dict[str, Any], backend: str, workdir: Path, 
     else:
         from ray.tune.search.optuna import OptunaSearch
 
-        searcher = OptunaSearch(metric="objective", mode="max", sampler=sampler, points_to_evaluate=[as_ray_point(baseline)])
+        searcher = OptunaSearch(metric="objective", mode="max", sampler=sampler,
+                                points_to_evaluate=[as_ray_point(p) for p in [baseline, *start_up]])
         best = trainer.hyperparameter_search(hp_space=hp_space, compute_objective=objective,
                                              n_trials=settings.num_samples, direction="maximize", backend="ray",
                                              search_alg=searcher, storage_path=str(workdir / "hf_ray_results"),

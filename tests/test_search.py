@@ -928,7 +928,7 @@ def test_held_out_labels_are_never_read_for_a_choice(label_searches):
 
 
 def _fake_search(tmp_path: Path) -> Path:
-    """A search folder as tune/search.py leaves it before its first trial: space copy, search.json, study."""
+    """A search folder as tune/search.py leaves it at its first trial: space copy, search.json, study."""
     import optuna
 
     from tune.folder import SearchState
@@ -939,8 +939,7 @@ def _fake_search(tmp_path: Path) -> Path:
     SearchState(space=str(SPACES / "demo.yaml"), num_samples=8, scheduler="asha", cwd=str(ROOT),
                 settings={"max_evals": 6}).save(exp)
     optuna.create_study(study_name="s", storage=f"sqlite:///{exp / 'optuna.db'}")
-    (exp / "tuner.pkl").write_bytes(b"")  # as if Ray had saved its state: there is something to resume
-    (exp / "experiment_state-2026-11-30_00-00-00.json").write_text("{}")
+    (exp / "trial_aaa").mkdir()  # as if a trial had started: there is something to resume
     return exp
 
 
@@ -1000,7 +999,8 @@ def test_resume_with_a_corrupt_or_locked_study_stops_and_keeps_it(tmp_path, caps
 
 def test_a_study_database_killed_before_its_study_existed_is_no_reason_to_refuse_a_resume(tmp_path):
     """The driver can die after SQLite created optuna.db and before Optuna created the study in it
-    (benchmarks/chaos.py found it): with no Ray snapshot either, nothing ran, and resume goes on."""
+    (benchmarks/chaos.py found it): no trial was asked for (each is asked of the study first), and
+    resume goes on. With trial folders beside it, their study is lost: refused."""
     import optuna
 
     import tune.search as search
@@ -1009,8 +1009,7 @@ def test_a_study_database_killed_before_its_study_existed_is_no_reason_to_refuse
     exp.mkdir()
     optuna.storages.RDBStorage(f"sqlite:///{exp / 'optuna.db'}")  # the schema, no study
     search._check_study(exp)  # no error
-    (exp / "tuner.pkl").write_bytes(b"")  # with Ray's state saved, a missing study is an error
-    (exp / "experiment_state-2026-12-01_00-00-00.json").write_text("{}")
+    (exp / "trial_aaa").mkdir()  # with trials, a missing study is an error
     with pytest.raises(ConfigError, match="holds no Optuna study"):
         search._check_study(exp)
 

@@ -137,9 +137,16 @@ def stored_trials(experiment_dir: Path) -> list[StoredTrial]:
         folder = folders.pop(trial_id, experiment_dir / f"{TRIAL_PREFIX}{trial_id}")
         out.append(StoredTrial(trial_id, t.number, t.state.name, dict(t.params), t.user_attrs.get(FAILED), folder,
                                _read_result_rows(folder / "result.json")))
-    for trial_id, folder in folders.items():
+    # Folders the study does not hold (it cannot be read, or the trial started before it was written):
+    # numbered as in their configs, else after the others in the order they were made.
+    unheld = sorted(folders.items(), key=lambda kv: (kv[1] / "params.json").stat().st_mtime)
+    next_number = max([t.number for t in out] + [-1]) + 1
+    for trial_id, folder in unheld:
         config = json.loads((folder / "params.json").read_text(encoding="utf-8"))
-        out.append(StoredTrial(trial_id, int(config.get(TRIAL_NUMBER, -1)), "", searched_params(config), None, folder,
+        number = config.get(TRIAL_NUMBER)
+        if number is None:
+            number, next_number = next_number, next_number + 1
+        out.append(StoredTrial(trial_id, int(number), "", searched_params(config), None, folder,
                                _read_result_rows(folder / "result.json")))
     return out
 
