@@ -266,7 +266,7 @@ def test_trial_numbers_are_the_studys_in_the_tables_and_the_live_view(search):
     view's lines give the trial with the same parameters the same number; 0 is the baseline."""
     import optuna
 
-    from tune.folder import format_params
+    from tune.folder import TRIAL_NUMBER, format_params
 
     exp_dir = search["exp_dir"]
     rows = _csv(exp_dir / "trials.csv")
@@ -278,6 +278,7 @@ def test_trial_numbers_are_the_studys_in_the_tables_and_the_live_view(search):
         assert [t.number for t in same] == [int(r["trial"])], r["trial"]
     started = dict(re.findall(r"trial (\d+) started(?: \(baseline\))?: (.*)", search["stdout"]))
     params = {r["trial"]: json.loads((exp_dir / f"trial_{r['trial_id']}" / "params.json").read_text()) for r in rows}
+    assert all(p.pop(TRIAL_NUMBER) == int(n) for n, p in params.items())  # each Ray trial carries its number
     assert {n: set(line.split()) for n, line in started.items()} == \
         {n: set(format_params(p).split()) for n, p in params.items()}
     assert re.search(r"trial 0 started \(baseline\)", search["stdout"])
@@ -593,12 +594,18 @@ def test_compare_two_searches_and_a_running_one(search, tmp_path):
     body = [line for line in out_md.read_text().splitlines() if line.startswith("| ")][2:]
     assert len(body) == finished and all("finished" in line for line in body)
 
-    # A search still running: Ray has not written its experiment state yet, and a trial is midway
-    # (its last line half written).
+    # A search still running: the study holds every trial RUNNING, and a trial is midway (its last line
+    # half written).
+    import optuna
+
+    from tune.folder import RAY_TRIAL_ID
+
     running = tmp_path / "running"
     shutil.copytree(exp_dir, running)
-    for state_file in running.glob("experiment_state-*.json"):
-        state_file.unlink()
+    (running / "optuna.db").unlink()
+    study = optuna.create_study(study_name="running", storage=f"sqlite:///{running / 'optuna.db'}")
+    for r in sorted(rows, key=lambda r: int(r["trial"])):
+        study.ask().set_user_attr(RAY_TRIAL_ID, r["trial_id"])
     for name in TABLES:
         (running / name).unlink()
     trial = running / f"trial_{rows[0]['trial_id']}" / "result.json"

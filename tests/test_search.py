@@ -437,6 +437,7 @@ def test_demo_search_writes_tensorboard_files_and_one_mlflow_run_per_trial(demo_
         assert run.info.run_name == f"trial {t['trial']}" and run.data.tags["state"] == t["state"]
         assert run.info.status == "FINISHED"
         params = json.loads((exp_dir / f"trial_{t['trial_id']}" / "params.json").read_text())
+        assert params.pop("trial_number") == int(t["trial"])
         assert run.data.params == {k: str(v) for k, v in params.items()}
         history = client.get_metric_history(run.info.run_id, PRIMARY)
         assert [(m.step, m.value) for m in history] == [(r["step"], pytest.approx(r[PRIMARY])) for r in rows]
@@ -481,7 +482,7 @@ def test_demo_search_contains_the_baseline_and_reports_the_true_best(demo_search
     baseline = [t for t in trials.values() if t["baseline"] == "1"]
     assert len(baseline) == 1 and baseline[0]["trial"] == "0"
     params = json.loads((exp_dir / f"trial_{baseline[0]['trial_id']}" / "params.json").read_text())
-    assert params == space.baseline()
+    assert params == {**space.baseline(), "trial_number": 0}
 
     # The maximum over every evaluation of every trial, read from Ray's own result files.
     every = [(r[PRIMARY], tid) for tid in trials for r in _rows(exp_dir / f"trial_{tid}")]
@@ -513,6 +514,7 @@ def test_demo_search_study_holds_pruned_and_complete_trials_with_their_curves(de
     states = []
     for t in _trials_csv(exp_dir):
         params = json.loads((exp_dir / f"trial_{t['trial_id']}" / "params.json").read_text())
+        assert params.pop("trial_number") == int(t["trial"])
         ot = by_params[json.dumps(params, sort_keys=True)]
         rows = _rows(exp_dir / f"trial_{t['trial_id']}")
         assert ot.intermediate_values == pytest.approx({r["evals"]: r[PRIMARY] for r in rows}, abs=1e-12)
