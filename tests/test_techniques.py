@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification
 
-from afqmc.config import ConfigError, from_dict, load_config
+from afqmc.config import FIELDS, TECHNIQUES, ConfigError, from_dict, load_config
 from afqmc.data import Encoded
 from afqmc.predict import predict_probs
 from afqmc.techniques import (FGM, PairOrderDataset, classification_loss, layer_depth, make_ema, make_objective,
@@ -298,7 +298,33 @@ def test_bad_technique_values_name_the_file_line_and_field(tmp_path, field, valu
         load_config(None, {field: str(value)})
 
 
+def outside(tech) -> list:
+    """Values just outside a technique's declared range (none for a switch)."""
+    if tech.low is None:
+        return []
+    below = [tech.low - 0.5] + ([tech.low] if tech.ends[0] == "(" else [])
+    above = [] if tech.high == math.inf else [tech.high + 0.5] + ([tech.high] if tech.ends[1] == ")" else [])
+    return below + above
+
+
+def test_the_technique_table_is_each_fields_declaration_and_the_checks_follow_it():
+    assert set(TECHNIQUES) >= {"augment_pair_order", "average_pair_orders", "focal_gamma", "fgm_epsilon",
+                               "rdrop_alpha", "layerwise_lr_decay", "ema_decay"}
+    shorts = [t.short for t in TECHNIQUES.values()]
+    assert len(set(shorts)) == len(shorts)  # one column per technique in a table
+    for name, tech in TECHNIQUES.items():
+        assert FIELDS[name].default == tech.off, name  # off by default
+        assert from_dict({name: tech.off}).to_dict()[name] == tech.off  # off is a valid value
+        assert tech.short and tech.label and FIELDS[name].metadata["help"]
+        for value in outside(tech):
+            with pytest.raises(ConfigError, match=rf"command line: field '{name}' must be .*\({tech.off:g} = off\)"):
+                load_config(None, {name: str(value)})
+
+
 # --- real runs -----------------------------------------------------------------------------------
+
+# Every technique's off value, from the one table (afqmc.config.TECHNIQUES: each field's declaration).
+OFF = {name: tech.off for name, tech in TECHNIQUES.items()}
 
 # The run before the techniques existed (commit 197d4f4, this machine's torch 2.13 CPU build), to the
 # last digit: dropout, the batch order and the initialisation draw from the streams they drew from.
@@ -321,10 +347,10 @@ def off_cfg(tmp_path, **changes):
 @pytest.mark.slow
 def test_every_technique_off_reproduces_the_run_from_before_them_exactly(tmp_path):
     torch.set_num_threads(1)
-    off = dict(augment_pair_order=False, average_pair_orders=False, focal_gamma=0.0, fgm_epsilon=0.0, rdrop_alpha=0.0,
-               layerwise_lr_decay=1.0, ema_decay=0.0, gradient_checkpointing=False)
+    # Every technique in the table at its off value, set explicitly (so a new one is covered by its row).
     history = []
-    summary = train(off_cfg(tmp_path, **off), report=lambda m, c: history.append(m), progress=False)
+    summary = train(off_cfg(tmp_path, **OFF, gradient_checkpointing=False), report=lambda m, c: history.append(m),
+                    progress=False)
     assert [{k: m[k] for k in BEFORE["history"][0]} for m in history] == BEFORE["history"]
     assert (summary["test"]["f1_macro"], summary["test"]["auc"]) == (BEFORE["test_f1"], BEFORE["test_auc"])
 
@@ -409,10 +435,6 @@ def test_bf16_and_gradient_checkpointing_with_the_techniques(tmp_path):
 
 # --- in a search ---------------------------------------------------------------------------------
 
-OFF = {"augment_pair_order": False, "average_pair_orders": False, "focal_gamma": 0.0, "fgm_epsilon": 0.0,
-       "rdrop_alpha": 0.0, "layerwise_lr_decay": 1.0, "ema_decay": 0.0}
-
-
 @pytest.mark.parametrize("name", ["default", "afqmc_cpu"])
 def test_the_afqmc_spaces_search_every_technique_with_off_as_a_value(name):
     """Each technique is one choice whose first value (the baseline's) is off: TPE spends no trial
@@ -422,9 +444,11 @@ def test_the_afqmc_spaces_search_every_technique_with_off_as_a_value(name):
     from tune.space import load_space, trial_config
 
     space = load_space(ROOT / "search_spaces" / f"{name}.yaml")
-    for field, off in OFF.items():
+    for field, off in OFF.items():  # every technique of the table (afqmc.config.TECHNIQUES)
+        assert field in space.params, f"{name}.yaml does not search the technique {field}"
         param = space.params[field]
         assert param.type == "choice" and param.values[0] == off == param.baseline, field
-        assert len(param.values) >= 2 and field in SHORT and field in LABEL
+        assert len(param.values) >= 2
+        assert (SHORT[field], LABEL[field]) == (TECHNIQUES[field].short, TECHNIQUES[field].label)
     baseline = trial_config(space.base, space.baseline())
     assert all(getattr(baseline, f) == v for f, v in OFF.items())
