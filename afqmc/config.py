@@ -150,6 +150,12 @@ class TrainConfig:
     focal_gamma: float = technique(
         0.0, "Focal loss's gamma (the class weights act as its alpha); 0 = the class-weighted cross-entropy.",
         "focal", "focal gamma", low=0.0)
+    label_smoothing: float = technique(
+        0.0, "Label smoothing: each pair's target is 1 - eps on its label plus eps / 2 on each class (so the "
+        "label keeps 1 - eps / 2); its class weight still weighs the pair, and focal_gamma applies to every "
+        "class's term (afqmc.techniques.classification_loss). Training only: val/loss stays the weighted "
+        "cross-entropy of the labels. 0 = off (0.1 is a common choice).", "ls", "label smoothing",
+        low=0.0, high=1.0, ends="[)")
     fgm_epsilon: float = technique(
         0.0, "FGM adversarial training: the size of the word-embedding perturbation (epsilon * g / ||g||); "
         "0 = off.", "fgm", "FGM epsilon", low=0.0)

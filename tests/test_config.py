@@ -124,6 +124,7 @@ def test_help_lists_every_field_with_type_default_and_description():
     for name, f in FIELDS.items():
         assert f"  --{name} " in text and f"(default {f.default!r})" in text
     assert "  --threshold float | str (default 'tuned')" in text and "cross-fitted" in text
+    assert "  --label_smoothing float (default 0.0)" in text and "Label smoothing:" in text
 
 
 def test_every_field_carries_its_help_in_its_metadata_and_help_needs_no_source(monkeypatch, capsys):

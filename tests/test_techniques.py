@@ -56,6 +56,51 @@ def test_focal_loss_with_gamma_0_is_the_weighted_cross_entropy_and_follows_its_f
     assert classification_loss(logits, labels, w, 2.0) < classification_loss(logits, labels, w, 0.0)
 
 
+def test_label_smoothing_equals_a_hand_computation_with_class_weights_and_focal():
+    """q_ic = (1 - eps) [c = y_i] + eps / 2; loss = sum_i w_yi sum_c q_ic (1 - p_ic)^gamma (-log p_ic) / sum_i w_yi."""
+    rows, labels, w, eps = [[2.0, -1.0], [0.3, 0.1], [-0.5, 1.5]], [0, 1, 1], [1.0, 2.5], 0.1
+
+    def by_hand(gamma: float, weights: list[float]) -> float:
+        total = norm = 0.0
+        for (a, b), y in zip(rows, labels):
+            p = [math.exp(a) / (math.exp(a) + math.exp(b)), math.exp(b) / (math.exp(a) + math.exp(b))]
+            q = [eps / 2 + (1 - eps if c == y else 0.0) for c in (0, 1)]
+            total += weights[y] * sum(q[c] * (1 - p[c]) ** gamma * -math.log(p[c]) for c in (0, 1))
+            norm += weights[y]
+        return total / norm
+
+    logits, y, wt = torch.tensor(rows), torch.tensor(labels), torch.tensor(w)
+    for gamma in (0.0, 2.0):
+        for weights, tensor in ((w, wt), ([1.0, 1.0], None)):
+            got = classification_loss(logits, y, tensor, gamma, smoothing=eps).item()
+            assert got == pytest.approx(by_hand(gamma, weights), rel=1e-6), (gamma, weights)
+    # Unweighted, it is PyTorch's label smoothing; weighted, PyTorch weighs a pair's smoothed part by the
+    # other class's weight too, which this loss does not (a pair's weight is its label's).
+    assert classification_loss(logits, y, None, 0.0, eps).item() == pytest.approx(
+        F.cross_entropy(logits, y, label_smoothing=eps).item(), rel=1e-6)
+    assert classification_loss(logits, y, wt, 0.0, eps).item() != pytest.approx(
+        F.cross_entropy(logits, y, weight=wt, label_smoothing=eps).item(), rel=1e-3)
+    # Smoothing pulls a confident right answer's loss up: the target is no longer all on the label.
+    assert classification_loss(logits, y, wt, 0.0, eps) > classification_loss(logits, y, wt, 0.0)
+
+
+def test_label_smoothing_0_is_the_loss_without_it_exactly():
+    logits = torch.tensor([[2.0, -1.0], [0.3, 0.1], [-0.5, 1.5], [0.0, 0.0]])
+    labels, w = torch.tensor([0, 1, 1, 0]), torch.tensor([1.0, 2.5])
+    assert torch.equal(classification_loss(logits, labels, w, 0.0, 0.0), F.cross_entropy(logits, labels, weight=w))
+    assert torch.equal(classification_loss(logits, labels, None, 0.0, 0.0), F.cross_entropy(logits, labels))
+    assert torch.equal(classification_loss(logits, labels, w, 2.0, 0.0), classification_loss(logits, labels, w, 2.0))
+    a, b = logits, logits.flip(0)
+    assert torch.equal(rdrop_loss(a, b, labels, w, 1.0, 2.0, 0.0), rdrop_loss(a, b, labels, w, 1.0, 2.0))
+    # ...and the objective passes it on: R-Drop's two passes both use the smoothed target.
+    model = tiny_bert(dropout=0.0).eval()
+    batch, y = a_batch()
+    smoothed = make_objective(0.0, 0.0, w, smoothing=0.2)(model, batch, y)
+    assert torch.equal(smoothed, classification_loss(model(**batch).logits.float(), y, w, 0.0, 0.2))
+    both = make_objective(0.0, 1.0, w, smoothing=0.2)(model, batch, y)  # no dropout: KL 0, both passes equal
+    assert both.item() == pytest.approx(smoothed.item(), rel=1e-6)
+
+
 def test_rdrop_loss_equals_a_hand_computation():
     a = torch.tensor([[1.0, 0.0], [0.2, 0.9], [-1.0, 0.5]])
     b = torch.tensor([[0.5, 0.2], [0.0, 1.4], [-0.3, 0.1]])
@@ -309,7 +354,7 @@ def outside(tech) -> list:
 
 def test_the_technique_table_is_each_fields_declaration_and_the_checks_follow_it():
     assert set(TECHNIQUES) >= {"augment_pair_order", "average_pair_orders", "focal_gamma", "fgm_epsilon",
-                               "rdrop_alpha", "layerwise_lr_decay", "ema_decay"}
+                               "rdrop_alpha", "layerwise_lr_decay", "ema_decay", "label_smoothing"}
     shorts = [t.short for t in TECHNIQUES.values()]
     assert len(set(shorts)) == len(shorts)  # one column per technique in a table
     for name, tech in TECHNIQUES.items():
@@ -356,7 +401,7 @@ def test_every_technique_off_reproduces_the_run_from_before_them_exactly(tmp_pat
 
 
 ALL_ON = dict(augment_pair_order=True, average_pair_orders=True, focal_gamma=1.0, fgm_epsilon=0.5, rdrop_alpha=1.0,
-              layerwise_lr_decay=0.8, ema_decay=0.9)
+              layerwise_lr_decay=0.8, ema_decay=0.9, label_smoothing=0.1)
 
 
 @pytest.mark.slow
