@@ -365,6 +365,9 @@ def _loop(run: Run, state: TrainerState, train_loader, optimizer) -> None:
     cfg, accelerator, model = run.cfg, run.accelerator, run.model
     _probe_forward_dtype(run)
     window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
+    # The first update whose loss was not finite (0: none yet), kept on the device: no host sync per
+    # update; `_stop_if_not_finite` reads it every FINITE_CHECK_EVERY updates and before every evaluation.
+    bad_step = torch.zeros((), dtype=torch.long, device=accelerator.device)
     stop = state.step >= run.schedule.total_steps
     model.train()
     while not stop:
@@ -395,9 +398,11 @@ def _loop(run: Run, state: TrainerState, train_loader, optimizer) -> None:
                     run.ema.update_parameters(accelerator.unwrap_model(model))
             state.step += 1
             run.bar.update(1)
-            if not _finite_everywhere(accelerator, window_loss):  # stop at once: nothing good comes after a NaN/inf loss
-                raise TrainingError(f"training loss is {float(window_loss)} at step {state.step} "
-                                    f"(learning_rate {cfg.learning_rate:g}); stopping this run")
+            # A NaN or inf stays in the window's sum until the evaluation, which checks first: nothing
+            # computed after a non-finite loss is evaluated, saved or reported.
+            bad_step = torch.where((bad_step == 0) & ~torch.isfinite(window_loss), state.step, bad_step)
+            if state.step % FINITE_CHECK_EVERY == 0 or run.schedule.is_eval_step(state.step):
+                _stop_if_not_finite(run, bad_step, window_loss, state.step)
             if run.schedule.is_eval_step(state.step):
                 state.train_seconds += time.perf_counter() - started
                 train_loss = accelerator.reduce(window_loss, "mean").item() / window_batches
@@ -440,13 +445,31 @@ def _probe_forward_dtype(run: Run) -> None:
     handle = layer.register_forward_hook(hook)
 
 
-def _finite_everywhere(accelerator: Accelerator, loss: torch.Tensor) -> bool:
-    """The loss is finite on every process. With several, one NaN makes every model NaN after the
-    next gradient all-reduce, so all must stop at the same update (not one waiting for the others)."""
-    finite = torch.isfinite(loss).float()
-    if accelerator.num_processes > 1:
-        finite = accelerator.reduce(finite, "sum") / accelerator.num_processes
-    return bool(finite.item() == 1.0)
+# How often, in optimizer updates, the loop reads whether the loss stayed finite (besides before every
+# evaluation, where it syncs anyway). Reading it is a host sync: on a GPU the CPU waits for the queued
+# work to finish and the GPU then idles while the CPU queues the next kernels, a stall of up to one
+# step's launch time; every 32 updates bounds that to ~3% of the launch time of the steps (nanoGPT reads
+# its loss every 10 iterations; the Hugging Face Trainer every logging_steps, 500 by default). A NaN then
+# stops the run at most 31 updates late: seconds on a GPU, and nothing after the NaN is saved.
+FINITE_CHECK_EVERY = 32
+
+
+def _stop_if_not_finite(run: Run, bad_step: torch.Tensor, window_loss: torch.Tensor, step: int) -> None:
+    """Raise TrainingError when a training loss was NaN or inf on any process since the run (re)started.
+
+    One host sync, and with several processes one gather. Every process calls this at the same updates
+    and reads the same gathered steps, so all stop at the same update: after a NaN on one process, the
+    next gradient all-reduce makes every model NaN, and a process that went on would wait forever."""
+    accelerator = run.accelerator
+    steps = accelerator.gather(bad_step.reshape(1)) if accelerator.num_processes > 1 else bad_step.reshape(1)
+    bad = [s for s in steps.tolist() if s]
+    if not bad:
+        return
+    losses = accelerator.gather(window_loss.reshape(1)) if accelerator.num_processes > 1 else window_loss.reshape(1)
+    value = next((x for x in losses.tolist() if not math.isfinite(x)), float("nan"))
+    raise TrainingError(f"training loss is {value} at step {min(bad)} (learning_rate {run.cfg.learning_rate:g}); "
+                        f"stopping this run (seen at step {step}: the loss is read every {FINITE_CHECK_EVERY} "
+                        "updates and before every evaluation; any checkpoint is from an evaluation before it)")
 
 
 def _predict_and_score_test(cfg: TrainConfig, data: TaskData, best_model: Path, device, log) -> dict[str, Any]:
