@@ -680,6 +680,26 @@ def logging_reporter(output_dir: str) -> Reporter:
     return report
 
 
+# Set by `accelerate launch` (single and multi-process) for the script it starts.
+LAUNCHED = "ACCELERATE_DYNAMO_BACKEND"
+# Under `accelerate launch`, the launcher follows a failed script with its own traceback (ending in
+# subprocess.CalledProcessError, or torch's ChildFailedError with several processes) unless given -q;
+# it says only that the script exited with a non-zero status, and is what a user reads first.
+LAUNCHER_NOTE = ("(the error above stopped the run; a traceback that `accelerate launch` prints after it only "
+                 "reports that this script exited with status 2, and `accelerate launch -q` leaves it out)")
+
+
+def fail(exc: Exception) -> int:
+    """The CLI's one-line error (`error: ...`, naming the file, line and field where there is one), and
+    under `accelerate launch` a pointer back to it from the launcher's traceback; exit status 2."""
+    text = f"error: {exc}\n"
+    if os.environ.get(LAUNCHED) is not None and int(os.environ.get("RANK", "0")) == 0:
+        text += LAUNCHER_NOTE + "\n"
+    sys.stderr.write(text)  # one write: the lines of several processes do not interleave
+    sys.stderr.flush()
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Fine-tune a sentence-pair classifier. Any TrainConfig field can be overridden "
@@ -691,8 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, parse_overrides(rest))
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch / torchrun
     if main_process:  # the resolved config comes first
         print("resolved config:\n" + "".join(f"  {k}: {v!r}\n" for k, v in cfg.to_dict().items()), end="")
@@ -701,8 +720,7 @@ def main(argv: list[str] | None = None) -> int:
             (Path(cfg.output_dir) / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
         summary = train_with_oom_retry(cfg, logging_reporter(cfg.output_dir), resume_from=args.resume_from)
     except (ConfigError, DataError, TrainingError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     best = summary["best"]
     if best and main_process:
         metric = cfg.metric_for_best_model
