@@ -102,17 +102,21 @@ class FGM:
     `.grad`: it is this micro-batch's own gradient under accumulation (not the sum so far) and the
     process's own under DDP (whose all-reduce comes after). Normalising removes the fp16 loss scale
     and the accumulation divisor, so the direction depends on neither. A zero or non-finite g (an fp16
-    overflow) skips the adversarial pass; with several processes they skip together, since the
-    adversarial backward all-reduces gradients and all must take part."""
+    overflow) skips the pass: r is 0 and the adversarial loss is weighted 0. The pass still runs, so
+    that the decision stays on the device (no host sync per micro-batch) and, with several processes,
+    every one takes part in the all-reduce of the adversarial backward whatever the others decided."""
 
-    def __init__(self, embedding: torch.nn.Parameter, epsilon: float, num_processes: int = 1,
-                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(self, embedding: torch.nn.Parameter, epsilon: float):
         self.embedding, self.epsilon = embedding, epsilon
-        self.num_processes, self.reduce = num_processes, reduce
         self._grad: torch.Tensor | None = None
         self._armed = False  # the next backward's embedding gradient is the direction
-        self.skipped = 0  # adversarial passes skipped (zero or non-finite gradient)
+        self._skipped = torch.zeros((), dtype=torch.long, device=embedding.device)
         embedding.register_hook(self._catch)
+
+    @property
+    def skipped(self) -> int:
+        """Adversarial passes skipped (zero or non-finite gradient); reading it is a host sync."""
+        return int(self._skipped)
 
     def _catch(self, grad: torch.Tensor) -> None:
         if self._armed:
@@ -122,29 +126,26 @@ class FGM:
         """Call before the normal backward: its embedding gradient is the direction."""
         self._armed, self._grad = True, None
 
-    def perturbation(self) -> torch.Tensor | None:
-        """epsilon * g / ||g|| for the gradient caught, or None when the pass is skipped."""
+    def perturbation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """r = epsilon * g / ||g|| for the gradient caught and the adversarial loss's weight, 1.0; or
+        r = 0 and weight 0.0 when g is zero or not finite (the pass is skipped). Both on the device."""
         self._armed = False
         g = self._grad if self._grad is not None else torch.zeros_like(self.embedding)
         self._grad = None
         norm = torch.linalg.vector_norm(g.float())
-        ok = (torch.isfinite(norm) & (norm > 0)).float()
-        if self.num_processes > 1 and self.reduce is not None:
-            ok = (self.reduce(ok) == self.num_processes).float()  # every process has a usable gradient
-        if ok.item() != 1.0:
-            self.skipped += 1
-            return None
-        return (self.epsilon * g / norm).to(self.embedding.dtype)
+        ok = torch.isfinite(norm) & (norm > 0)
+        self._skipped += (~ok).long()
+        r = torch.where(ok, self.epsilon * g / norm, torch.zeros_like(g))
+        return r.to(self.embedding.dtype), ok.float()
 
-    def attack(self, adversarial_backward: Callable[[], None]) -> None:
-        """Perturb, run `adversarial_backward` (forward and backward on the perturbed model), restore."""
-        r = self.perturbation()
-        if r is None:
-            return
+    def attack(self, adversarial_backward: Callable[[torch.Tensor], None]) -> None:
+        """Perturb, run `adversarial_backward(weight)` (forward, and backward of weight times the loss on
+        the perturbed model; weight 0 when the pass is skipped), restore the embeddings bit for bit."""
+        r, weight = self.perturbation()
         backup = self.embedding.data.clone()
         self.embedding.data.add_(r)
         try:
-            adversarial_backward()
+            adversarial_backward(weight)
         finally:
             self.embedding.data.copy_(backup)
 

@@ -332,8 +332,7 @@ def _setup_techniques(cfg: TrainConfig, accelerator: Accelerator, model, weights
     ema = make_ema(accelerator.unwrap_model(model), cfg.ema_decay) if cfg.ema_decay else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
-    fgm = FGM(accelerator.unwrap_model(model).get_input_embeddings().weight, cfg.fgm_epsilon,
-              accelerator.num_processes, lambda t: accelerator.reduce(t, "sum")) if cfg.fgm_epsilon else None
+    fgm = FGM(accelerator.unwrap_model(model).get_input_embeddings().weight, cfg.fgm_epsilon) if cfg.fgm_epsilon else None
     return {"objective": make_objective(cfg.focal_gamma, cfg.rdrop_alpha, weights, cfg.label_smoothing),
             "adversarial": make_objective(cfg.focal_gamma, 0.0, weights, cfg.label_smoothing), "fgm": fgm, "ema": ema}
 
@@ -428,7 +427,7 @@ def _backward(run: Run, batch: dict[str, torch.Tensor], labels: torch.Tensor) ->
     loss = run.objective(run.model, batch, labels)
     run.accelerator.backward(loss)
     if run.fgm is not None:
-        run.fgm.attack(lambda: run.accelerator.backward(run.adversarial(run.model, batch, labels)))
+        run.fgm.attack(lambda weight: run.accelerator.backward(weight * run.adversarial(run.model, batch, labels)))
     return loss
 
 

@@ -144,9 +144,9 @@ def fgm_step(model, batch, labels, epsilon: float, scale: float = 1.0):
     (scale * objective(model, batch, labels)).backward()
     before = embedding.detach().clone()
 
-    def adversarial():
+    def adversarial(weight):
         seen["perturbed"] = embedding.detach().clone()
-        (scale * objective(model, batch, labels)).backward()
+        (weight * scale * objective(model, batch, labels)).backward()
 
     fgm.attack(adversarial)
     return fgm, before, seen.get("perturbed")
@@ -177,15 +177,22 @@ def test_fgm_direction_ignores_the_loss_scale_and_a_zero_gradient_is_skipped():
     assert torch.allclose(p1 - b1, p2 - b2, atol=1e-6)
     model = tiny_bert()
     fgm = FGM(model.get_input_embeddings().weight, 1.0)
+    embedding = model.get_input_embeddings().weight
+    before = embedding.detach().clone()
+    called = []
+
+    def adversarial(weight):  # a skipped pass still runs (no host sync decides it), unperturbed, weighted 0
+        called.append((weight.item(), torch.equal(embedding.detach(), before)))
+
     fgm.catch_next_backward()
     (0.0 * F.cross_entropy(model(**batch).logits, labels)).backward()  # a zero gradient
-    called = []
-    fgm.attack(lambda: called.append(1))
-    assert not called and fgm.skipped == 1
+    fgm.attack(adversarial)
+    assert called == [(0.0, True)] and fgm.skipped == 1
     fgm.catch_next_backward()
     (math.inf * F.cross_entropy(model(**batch).logits, labels)).backward()  # an overflow
-    fgm.attack(lambda: called.append(1))
-    assert not called and fgm.skipped == 2
+    fgm.attack(adversarial)
+    assert called == [(0.0, True)] * 2 and fgm.skipped == 2
+    assert torch.equal(embedding.detach(), before)
 
 
 def test_fgm_under_accumulation_perturbs_along_this_micro_batchs_own_gradient():
