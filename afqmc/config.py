@@ -36,98 +36,155 @@ class ConfigError(ValueError):
         self.field = field
 
 
+def option(default: Any, help: str) -> Any:
+    """A TrainConfig field with its help text in its metadata (what --help prints; HfArgumentParser's
+    `field(metadata={"help": ...})` convention)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Technique:
+    """A fine-tuning technique (afqmc/techniques.py) as its TrainConfig field declares it: the one
+    place that names it. The config checks its value here, tune/folder.py takes its short name and
+    label from here, the tests' "everything off" run and the check that the AFQMC search spaces search
+    every technique read `TECHNIQUES`."""
+
+    off: Any  # the value that turns it off: the field's default (a run without it is bit for bit the old run)
+    short: str  # its name in tables and the live view (tune/folder.py SHORT)
+    label: str  # its name on plot axes (tune/folder.py LABEL)
+    low: float | None = None  # the allowed values: None for a switch (a bool), else an interval of numbers
+    high: float = math.inf
+    ends: str = "[]"  # which ends of the interval are allowed: "[)" is low <= value < high
+
+    def why_invalid(self, value: Any) -> str | None:
+        """Why `value` is out of range (a message for ConfigError), or None when it is fine."""
+        if self.low is None:
+            return None  # a switch: coerce_value checked that it is a bool
+        above = value >= self.low if self.ends[0] == "[" else value > self.low
+        below = value <= self.high if self.ends[1] == "]" else value < self.high
+        if above and below:
+            return None
+        off = f" ({self.off:g} = off)"
+        if self.high == math.inf:
+            return f"must be {'>=' if self.ends[0] == '[' else '>'} {self.low:g}{off}"
+        return f"must be in {self.ends[0]}{self.low:g}, {self.high:g}{self.ends[1]}{off}"
+
+
+def technique(off: Any, help: str, short: str, label: str, low: float | None = None, high: float = math.inf,
+              ends: str = "[]") -> Any:
+    """A TrainConfig field that is a fine-tuning technique: off by default, its `Technique` in its metadata."""
+    return dataclasses.field(default=off, metadata={"help": help,
+                                                    "technique": Technique(off, short, label, low, high, ends)})
+
+
 @dataclass
 class TrainConfig:
     # --- model -------------------------------------------------------------------------------
-    model_name_or_path: str = "hfl/chinese-macbert-base"  # hub name, local save_pretrained dir or "tiny"
-    vocab_file: str | None = None  # tiny only: WordPiece vocab.txt; None builds a character vocab
-    tiny_hidden_size: int = 128  # tiny only: hidden size
-    tiny_num_layers: int = 2  # tiny only: transformer layers
-    tiny_num_heads: int = 2  # tiny only: attention heads
-    trust_remote_code: bool = False  # never on unless the user asks
+    model_name_or_path: str = option("hfl/chinese-macbert-base", "hub name, local save_pretrained dir or \"tiny\"")
+    vocab_file: str | None = option(None, "tiny only: WordPiece vocab.txt; None builds a character vocab")
+    tiny_hidden_size: int = option(128, "tiny only: hidden size")
+    tiny_num_layers: int = option(2, "tiny only: transformer layers")
+    tiny_num_heads: int = option(2, "tiny only: attention heads")
+    trust_remote_code: bool = option(False, "never on unless the user asks")
     # --- data --------------------------------------------------------------------------------
-    train_file: str = "afqmc/demo_data/train.jsonl"  # labelled pairs: JSON lines, TSV or CSV (README, "Data")
-    val_file: str | None = None  # None: a seeded stratified split of train_file
-    val_ratio: float = 0.1  # share of train_file held out as val (without val_file)
-    # A held-out test split of train_file (seeded, stratified, disjoint from train and val), as a
-    # fraction of the whole file; 0 = none. Nothing that trains or chooses reads its labels: the
-    # best model is scored on it once, at the end, at its saved threshold.
-    test_ratio: float = 0.0
-    # Pairs to predict with the best model at the end (predictions.jsonl). A labelled file is also
-    # the held-out test set (then test_ratio must be 0).
-    test_file: str | None = None
-    max_train_samples: int | None = None  # first N rows of train_file (quick runs)
-    skip_empty: bool = False  # skip (and count) pairs with an empty sentence instead of failing
-    # How the data files are read: auto (.tsv and .csv by their extension; JSON lines or one JSON
-    # array otherwise, or TSV where the first line is not JSON and holds a tab), json, jsonl, tsv, csv.
-    data_format: str = "auto"
-    # The data files' text encoding: utf-8 (a byte-order mark is fine), or the one they are in, e.g.
-    # gb18030 for GBK files (a file that is UTF-8 is then refused, as it would read garbled).
-    encoding: str = "utf-8"
-    max_length: int = 64  # tokens of a pair, [CLS] and [SEP]s included; longer pairs are truncated
-    # Batches of pairs of similar length (shuffled; seeded per epoch), so dynamic padding pads little:
-    # 1.6-1.8x samples/s on AFQMC (benchmarks/README.md). A speed option, not one to search.
-    group_by_length: bool = False
+    train_file: str = option("afqmc/demo_data/train.jsonl",
+                             "labelled pairs: JSON lines, TSV or CSV (README, \"Data\")")
+    val_file: str | None = option(None, "None: a seeded stratified split of train_file")
+    val_ratio: float = option(0.1, "share of train_file held out as val (without val_file)")
+    test_ratio: float = option(
+        0.0, "A held-out test split of train_file (seeded, stratified, disjoint from train and val), as a "
+        "fraction of the whole file; 0 = none. Nothing that trains or chooses reads its labels: the best model "
+        "is scored on it once, at the end, at its saved threshold.")
+    test_file: str | None = option(
+        None, "Pairs to predict with the best model at the end (predictions.jsonl). A labelled file is also the "
+        "held-out test set (then test_ratio must be 0).")
+    max_train_samples: int | None = option(None, "first N rows of train_file (quick runs)")
+    skip_empty: bool = option(False, "skip (and count) pairs with an empty sentence instead of failing")
+    data_format: str = option(
+        "auto", "How the data files are read: auto (.tsv and .csv by their extension; JSON lines or one JSON "
+        "array otherwise, or TSV where the first line is not JSON and holds a tab), json, jsonl, tsv, csv.")
+    encoding: str = option(
+        "utf-8", "The data files' text encoding: utf-8 (a byte-order mark is fine), or the one they are in, e.g. "
+        "gb18030 for GBK files (a file that is UTF-8 is then refused, as it would read garbled).")
+    max_length: int = option(64, "tokens of a pair, [CLS] and [SEP]s included; longer pairs are truncated")
+    group_by_length: bool = option(
+        False, "Batches of pairs of similar length (shuffled; seeded per epoch), so dynamic padding pads little: "
+        "1.6-1.8x samples/s on AFQMC (benchmarks/README.md). A speed option, not one to search.")
     # --- optimisation ------------------------------------------------------------------------
-    learning_rate: float = 2e-5  # AdamW peak learning rate
-    weight_decay: float = 0.01  # AdamW weight decay (not on biases and LayerNorm)
-    warmup_ratio: float = 0.1  # share of the updates with a linear warm-up, then linear decay to 0
-    max_grad_norm: float = 1.0  # gradient clipping (global L2 norm)
-    per_device_batch_size: int = 32  # pairs per micro-batch and process
-    eval_batch_size: int = 128  # pairs per evaluation batch
-    # Micro-batches per optimizer update. None: the launcher's (Accelerate's ACCELERATE_GRADIENT_
-    # ACCUMULATION_STEPS, set by accelerate launch for DeepSpeed), else 1; a value here wins, with a warning.
-    gradient_accumulation_steps: int | None = None
-    num_epochs: float = 3.0  # passes over the training pairs (fractions allowed)
-    max_steps: int = 0  # optimizer updates; > 0 overrides num_epochs
-    # no | fp16 | bf16. None: what Accelerate resolves (`accelerate launch --mixed_precision`, `accelerate
-    # config`, the environment), else no; a value here wins, with a warning. fp16 falls back to no on CPU.
-    mixed_precision: str | None = None
-    seed: int = 42  # seeds the splits, the initialisation, dropout and the batch order
+    learning_rate: float = option(2e-5, "AdamW peak learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)")
+    warmup_ratio: float = option(0.1, "share of the updates with a linear warm-up, then linear decay to 0")
+    max_grad_norm: float = option(1.0, "gradient clipping (global L2 norm)")
+    per_device_batch_size: int = option(32, "pairs per micro-batch and process")
+    eval_batch_size: int = option(128, "pairs per evaluation batch")
+    gradient_accumulation_steps: int | None = option(
+        None, "Micro-batches per optimizer update. None: the launcher's (Accelerate's ACCELERATE_GRADIENT_"
+        "ACCUMULATION_STEPS, set by accelerate launch for DeepSpeed), else 1; a value here wins, with a warning.")
+    num_epochs: float = option(3.0, "passes over the training pairs (fractions allowed)")
+    max_steps: int = option(0, "optimizer updates; > 0 overrides num_epochs")
+    mixed_precision: str | None = option(
+        None, "no | fp16 | bf16. None: what Accelerate resolves (`accelerate launch --mixed_precision`, "
+        "`accelerate config`, the environment), else no; a value here wins, with a warning. fp16 falls back to "
+        "no on CPU.")
+    seed: int = option(42, "seeds the splits, the initialisation, dropout and the batch order")
     # --- task --------------------------------------------------------------------------------
-    # [w0, w1] weights of labels 0 and 1 in the cross-entropy; one number r means [1, r]; "balanced"
-    # derives them from the training labels; None is unweighted. Only the ratio matters.
-    class_weights: list[float] | str | None = None
-    dropout: float = 0.1  # hidden and classifier dropout
-    attention_dropout: float | None = None  # dropout on attention probabilities; None keeps the model's (0.1 in BERT)
-    # Predict label 1 when P(label = 1) >= threshold. A number in (0, 1), or "tuned": chosen on the
-    # val probabilities after every evaluation (F1-macro, cross-fitted on two halves of val, is then
-    # the run's val/f1_macro; the saved model keeps the threshold chosen on all of val).
-    threshold: float | str = "tuned"
+    class_weights: list[float] | str | None = option(
+        None, "[w0, w1] weights of labels 0 and 1 in the cross-entropy; one number r means [1, r]; \"balanced\" "
+        "derives them from the training labels; None is unweighted. Only the ratio matters.")
+    dropout: float = option(0.1, "hidden and classifier dropout")
+    attention_dropout: float | None = option(
+        None, "dropout on attention probabilities; None keeps the model's (0.1 in BERT)")
+    threshold: float | str = option(
+        "tuned", "Predict label 1 when P(label = 1) >= threshold. A number in (0, 1), or \"tuned\": chosen on the "
+        "val probabilities after every evaluation (F1-macro, cross-fitted on two halves of val, is then the "
+        "run's val/f1_macro; the saved model keeps the threshold chosen on all of val).")
     # --- fine-tuning techniques (afqmc/techniques.py), each off by default ----------------------
-    # Train on each pair in a random order per epoch (AFQMC's relation is symmetric): seeded by seed
-    # and epoch, exact on resume; both orders come from one tokenization.
-    augment_pair_order: bool = False
-    # Average P(same) over both orders of each pair at evaluation, held-out test scoring and predict
-    # (the saved model records it in config.json, so afqmc.predict applies it).
-    average_pair_orders: bool = False
-    # Focal loss's gamma (the class weights act as its alpha); 0 = the class-weighted cross-entropy.
-    focal_gamma: float = 0.0
-    # FGM adversarial training: the size of the word-embedding perturbation (epsilon * g / ||g||); 0 = off.
-    fgm_epsilon: float = 0.0
-    # R-Drop: the weight of the symmetric KL divergence between two dropout passes of a batch; 0 = off.
-    rdrop_alpha: float = 0.0
-    # Layer-wise learning-rate decay: the head at learning_rate, each layer below at this times the
-    # rate of the one above, the embeddings lowest; 1 = off (one rate for all).
-    layerwise_lr_decay: float = 1.0
-    # EMA of the weights, updated after every optimizer update; evaluation, the checkpoint and
-    # best_model/ use the average; 0 = off (0.999 is a common choice).
-    ema_decay: float = 0.0
-    # Recompute activations during backward instead of keeping them: less memory (what lets a large
-    # model train on 8 GB), slower updates, the same losses. A memory option, not one to search.
-    gradient_checkpointing: bool = False
+    # Each is declared with `technique(...)`: its off value, short name, plot label and range live here
+    # and nowhere else (TECHNIQUES below); a new one is a field here and its code in techniques.py/train.py.
+    augment_pair_order: bool = technique(
+        False, "Train on each pair in a random order per epoch (AFQMC's relation is symmetric): seeded by seed "
+        "and epoch, exact on resume; both orders come from one tokenization.", "swap", "pair-order swap")
+    average_pair_orders: bool = technique(
+        False, "Average P(same) over both orders of each pair at evaluation, held-out test scoring and predict "
+        "(the saved model records it in config.json, so afqmc.predict applies it).", "avg2", "both orders")
+    focal_gamma: float = technique(
+        0.0, "Focal loss's gamma (the class weights act as its alpha); 0 = the class-weighted cross-entropy.",
+        "focal", "focal gamma", low=0.0)
+    label_smoothing: float = technique(
+        0.0, "Label smoothing: each pair's target is 1 - eps on its label plus eps / 2 on each class (so the "
+        "label keeps 1 - eps / 2); its class weight still weighs the pair, and focal_gamma applies to every "
+        "class's term (afqmc.techniques.classification_loss). Training only: val/loss stays the weighted "
+        "cross-entropy of the labels. 0 = off (0.1 is a common choice).", "ls", "label smoothing",
+        low=0.0, high=1.0, ends="[)")
+    fgm_epsilon: float = technique(
+        0.0, "FGM adversarial training: the size of the word-embedding perturbation (epsilon * g / ||g||); "
+        "0 = off.", "fgm", "FGM epsilon", low=0.0)
+    rdrop_alpha: float = technique(
+        0.0, "R-Drop: the weight of the symmetric KL divergence between two dropout passes of a batch; 0 = off.",
+        "rdrop", "R-Drop alpha", low=0.0)
+    layerwise_lr_decay: float = technique(
+        1.0, "Layer-wise learning-rate decay: the head at learning_rate, each layer below at this times the "
+        "rate of the one above, the embeddings lowest; 1 = off (one rate for all).", "llrd", "layer-wise LR decay",
+        low=0.0, high=1.0, ends="(]")
+    ema_decay: float = technique(
+        0.0, "EMA of the weights, updated after every optimizer update; evaluation, the checkpoint and "
+        "best_model/ use the average; 0 = off (0.999 is a common choice).", "ema", "EMA decay",
+        low=0.0, high=1.0, ends="[)")
+    gradient_checkpointing: bool = option(
+        False, "Recompute activations during backward instead of keeping them: less memory (what lets a large "
+        "model train on 8 GB), slower updates, the same losses. A memory option, not one to search.")
     # --- evaluation, early stopping, outputs ------------------------------------------------
-    eval_steps: int = 0  # evaluate every N optimizer updates; 0 = once per epoch
-    # The val metric that early stopping, the kept best model and a search's ranking follow (higher
-    # is better): val/f1_macro, val/f1_macro_tuned, val/auc, val/ap or val/accuracy.
-    metric_for_best_model: str = PRIMARY
-    patience: int = 0  # stop after N evaluations without a better metric_for_best_model; 0 = never
-    output_dir: str = "results/run"  # checkpoint/, best_model/, metrics.jsonl, summary.json
-    # Experiment trackers of a single run, through Accelerate: none, tensorboard (output_dir/afqmc),
-    # mlflow (MLFLOW_TRACKING_URI, else output_dir/mlflow.db), wandb; a list for several. A search
-    # has its own (search.loggers; Tune's TensorBoard files are always written).
-    report_to: str | list[str] = "none"
-    save_best_model: bool = True  # keep best_model/ (a save_pretrained folder)
+    eval_steps: int = option(0, "evaluate every N optimizer updates; 0 = once per epoch")
+    metric_for_best_model: str = option(
+        PRIMARY, "The val metric that early stopping, the kept best model and a search's ranking follow (higher "
+        "is better): val/f1_macro, val/f1_macro_tuned, val/auc, val/ap or val/accuracy.")
+    patience: int = option(0, "stop after N evaluations without a better metric_for_best_model; 0 = never")
+    output_dir: str = option("results/run", "checkpoint/, best_model/, metrics.jsonl, summary.json")
+    report_to: str | list[str] = option(
+        "none", "Experiment trackers of a single run, through Accelerate: none, tensorboard (output_dir/afqmc), "
+        "mlflow (MLFLOW_TRACKING_URI, else output_dir/mlflow.db), wandb; a list for several. A search has its "
+        "own (search.loggers; Tune's TensorBoard files are always written).")
+    save_best_model: bool = option(True, "keep best_model/ (a save_pretrained folder)")
 
     # -----------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -205,14 +262,11 @@ class TrainConfig:
             self.class_weights = [float(w) for w in cw]
 
     def _check_techniques(self, bad) -> None:
-        """The techniques' strengths: each in its range, its "off" value included."""
-        for name in ("focal_gamma", "fgm_epsilon", "rdrop_alpha"):
-            if not getattr(self, name) >= 0:
-                raise bad(name, "must be >= 0 (0 = off)")
-        if not 0.0 < self.layerwise_lr_decay <= 1.0:
-            raise bad("layerwise_lr_decay", "must be in (0, 1] (1 = off)")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise bad("ema_decay", "must be in [0, 1) (0 = off)")
+        """The techniques' strengths: each in the range its field declares (TECHNIQUES), "off" included."""
+        for name, tech in TECHNIQUES.items():
+            why = tech.why_invalid(getattr(self, name))
+            if why:
+                raise bad(name, why)
 
     # --- conversions -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -229,27 +283,14 @@ class TrainConfig:
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# The fine-tuning techniques, by field name, in TrainConfig's order: what each field's `technique(...)` declares.
+TECHNIQUES: dict[str, Technique] = {name: f.metadata["technique"] for name, f in FIELDS.items()
+                                    if "technique" in f.metadata}
 
 
 def field_docs() -> dict[str, str]:
-    """Each field's description, read from TrainConfig's own source (one source, no second copy):
-    its trailing comment, or else the comment lines just above it."""
-    import inspect
-
-    docs: dict[str, str] = {}
-    above: list[str] = []
-    for line in inspect.getsource(TrainConfig).splitlines():
-        text = line.strip()
-        if text.startswith("# ---") or not text:
-            above = []
-        elif text.startswith("#"):
-            above.append(text.lstrip("# "))
-        elif ":" in text and text.split(":")[0] in FIELDS:
-            name = text.split(":")[0]
-            trailing = text.split("  # ", 1)[1] if "  # " in text else ""
-            docs[name] = trailing or " ".join(above)
-            above = []
-    return docs
+    """Each field's help text, from its metadata (`option` / `technique`): no source needed at run time."""
+    return {name: f.metadata.get("help", "") for name, f in FIELDS.items()}
 
 
 def fields_help() -> str:
@@ -262,8 +303,10 @@ def fields_help() -> str:
         kind = " | ".join("null" if t is type(None) else t.__name__ for t in _allowed_types(name))
         head = f"  --{name} {kind} (default {f.default!r})"
         lines.append(head)
-        lines += textwrap.wrap(docs.get(name, ""), width=100, initial_indent=" " * 6, subsequent_indent=" " * 6)
+        lines += textwrap.wrap(docs[name], width=100, initial_indent=" " * 6, subsequent_indent=" " * 6)
     return "\n".join(lines)
+
+
 _HINTS = typing.get_type_hints(TrainConfig)
 
 

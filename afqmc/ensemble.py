@@ -9,7 +9,7 @@
                             safetensors weights; what prediction needs, nothing else
 
 `python -m afqmc.predict --checkpoint results/NAME/ensemble ...` predicts with it (afqmc/predict.py
-dispatches on ensemble.json): each member's P(same) through `afqmc.predict.predict_probs` (so a
+dispatches on ensemble.json): each member's P(same) through `afqmc.saved.predict_probs` (so a
 member saved with average_pair_orders averages both orders, as it was evaluated), their weighted
 mean, `pred` at the ensemble's threshold. The members are copies, so the folder stands alone.
 Choosing an ensemble is the search's business (tune/ensemble.py); this module only writes and reads
@@ -28,6 +28,7 @@ from typing import Any
 from afqmc.card import CARD_NAME
 from afqmc.checkpoint import (METRICS_NAME, TRAINER_STATE_NAME, THRESHOLD_ATTR, CheckpointError, atomic_directory,
                               resolve_directory, write_json, write_text_atomic)
+from afqmc.saved import load_saved_model, model_directory, predict_probs
 
 ENSEMBLE_JSON = "ensemble.json"
 MEMBERS_DIR = "members"
@@ -43,14 +44,6 @@ def is_ensemble(path: str | Path) -> bool:
         return (resolve_directory(path) / ENSEMBLE_JSON).is_file()
     except CheckpointError:
         return False
-
-
-def model_directory(path: str | Path) -> Path:
-    """The saved-model folder of `path`: itself, or the model/ of a training checkpoint."""
-    path = resolve_directory(path)
-    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
-        return path / "model"
-    return path
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -149,9 +142,7 @@ class Ensemble:
         return all(cfg.skip_empty for _, _, cfg, _ in self.members)
 
     def predict_probs(self, pairs, device="cpu") -> list[float]:
-        """The weighted mean of the members' P(same) (each through afqmc.predict.predict_probs)."""
-        from afqmc.predict import predict_probs
-
+        """The weighted mean of the members' P(same) (each through afqmc.saved.predict_probs)."""
         total = [0.0] * len(pairs)
         for model, tokenizer, cfg, weight in self.members:
             probs = predict_probs(model, tokenizer, pairs, cfg.max_length, cfg.eval_batch_size, device)
@@ -178,9 +169,7 @@ def read_spec(path: str | Path) -> dict[str, Any]:
 
 
 def load_ensemble(path: str | Path, device="cpu") -> Ensemble:
-    """Load every member of the ensemble folder `path` (afqmc.predict.load_saved_model each)."""
-    from afqmc.predict import load_saved_model
-
+    """Load every member of the ensemble folder `path` (afqmc.saved.load_saved_model each)."""
     root = resolve_directory(path)
     spec = read_spec(root)
     members = []

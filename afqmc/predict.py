@@ -21,58 +21,15 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from afqmc.checkpoint import PAIR_ORDERS_ATTR, THRESHOLD_ATTR, CheckpointError, load_model_config, write_json
-from afqmc.config import ConfigError, TrainConfig
-from afqmc.data import DataError, PairData, PairDataset, collate, encode, load_pairs, parse_pairs
-from afqmc.ensemble import is_ensemble, load_ensemble, model_directory
+from afqmc.checkpoint import CheckpointError, write_json
+from afqmc.config import ConfigError
+from afqmc.data import DataError, PairData, load_pairs, parse_pairs
+from afqmc.ensemble import is_ensemble, load_ensemble
 from afqmc.metrics import classification_metrics, ranking_metrics, tune_threshold
-from afqmc.techniques import swapped
-
-
-def load_saved_model(checkpoint: str | Path, device: str | torch.device = "cpu"):
-    """Model, tokenizer and TrainConfig from a saved model dir (or a training checkpoint holding one)."""
-    path = model_directory(checkpoint)  # a training checkpoint: the model of that evaluation
-    cfg = load_model_config(path)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-    return model.to(device).eval(), tokenizer, cfg
-
-
-def saved_threshold(model, cfg: TrainConfig, where: str | Path = "model") -> float:
-    """The decision threshold the model was saved with (config.json), else its config's fixed one."""
-    value = getattr(model.config, THRESHOLD_ATTR, None)
-    if value is not None:
-        return float(value)
-    if not isinstance(cfg.threshold, str):
-        return float(cfg.threshold)
-    raise CheckpointError(f"{where}: no decision threshold saved with the model ({THRESHOLD_ATTR} in config.json) "
-                          f"and its config says threshold: {cfg.threshold}; give one with --threshold")
-
-
-def predict_probs(model, tokenizer, pairs, max_length: int, batch_size: int = 128,
-                  device: str | torch.device = "cpu") -> list[float]:
-    """P(same) of each pair; the mean over both orders of the pair when the model was saved with
-    `average_pair_orders` (config.json), as its evaluation was."""
-    encoded = encode(tokenizer, pairs, max_length)
-    encoded.labels = None
-    probs = _encoded_probs(model, tokenizer, encoded, batch_size, device)
-    if getattr(model.config, PAIR_ORDERS_ATTR, False):
-        other = _encoded_probs(model, tokenizer, swapped(encoded, tokenizer.sep_token_id), batch_size, device)
-        probs = [(a + b) / 2 for a, b in zip(probs, other)]
-    return probs
-
-
-@torch.no_grad()
-def _encoded_probs(model, tokenizer, encoded, batch_size: int, device) -> list[float]:
-    loader = torch.utils.data.DataLoader(PairDataset(encoded), batch_size=batch_size,
-                                         collate_fn=lambda b: collate(b, tokenizer.pad_token_id or 0))
-    probs: list[float] = []
-    for batch in loader:
-        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
-        probs.extend(logits.softmax(-1)[:, 1].cpu().tolist())
-    return probs
+# A saved model's loading and P(same) live in afqmc.saved, which afqmc.ensemble uses too (one way:
+# predict -> ensemble -> saved); they are imported here as well, where callers have always found them.
+from afqmc.saved import load_saved_model, predict_probs, saved_threshold
 
 
 def labelled_metrics(labels, probs, threshold: float) -> dict[str, Any]:

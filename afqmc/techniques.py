@@ -1,5 +1,5 @@
 """Fine-tuning techniques beyond the plain loop, each off by default (afqmc/config.py says how to
-turn each on): the loss (class-weighted cross-entropy, or focal), R-Drop, FGM adversarial training,
+turn each on): the loss (class-weighted cross-entropy, or focal; label smoothing), R-Drop, FGM adversarial training,
 layer-wise learning-rate decay, an EMA of the weights, and pair-order augmentation.
 
 The training step in `afqmc/train.py` calls these; each is a small function or class that computes
@@ -22,17 +22,35 @@ from afqmc.data import Encoded, PairDataset
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None,
-                        gamma: float = 0.0) -> torch.Tensor:
+                        gamma: float = 0.0, smoothing: float = 0.0) -> torch.Tensor:
     """The class-weighted cross-entropy (gamma 0) or the focal loss (Lin et al., 2017), averaged
     the way `torch.nn.CrossEntropyLoss(weight)` averages: sum_i w_yi (1 - p_i)^gamma (-log p_i) /
     sum_i w_yi, where p_i is the predicted probability of the true class and the class weights w act
-    as focal's alpha. Gamma 0 is exactly the weighted cross-entropy (the same kernel is called)."""
-    if gamma == 0:
-        return F.cross_entropy(logits, labels, weight=weights)
-    log_p = F.log_softmax(logits, dim=-1).gather(1, labels[:, None]).squeeze(1)
-    focal = (1.0 - log_p.exp()).pow(gamma) * -log_p
-    w = torch.ones_like(focal) if weights is None else weights[labels]
-    return (w * focal).sum() / w.sum()
+    as focal's alpha. Gamma 0 is exactly the weighted cross-entropy (the same kernel is called).
+
+    With label smoothing eps > 0 (Szegedy et al., 2016), pair i's target over the C classes is
+    q_ic = (1 - eps) [c = y_i] + eps / C, and the loss is
+
+        sum_i w_yi sum_c q_ic (1 - p_ic)^gamma (-log p_ic) / sum_i w_yi
+
+    the pair still weighted by its own label's class weight, and focal's factor on each class's term.
+    This is not `F.cross_entropy(weight=w, label_smoothing=eps)`: that weighs the smoothed part of a
+    pair's target by the weights of the other classes, so a pair's weight would depend on more than its
+    label (the two agree without class weights). eps 0 is exactly the loss without smoothing."""
+    if smoothing == 0:
+        if gamma == 0:
+            return F.cross_entropy(logits, labels, weight=weights)
+        log_p = F.log_softmax(logits, dim=-1).gather(1, labels[:, None]).squeeze(1)
+        focal = (1.0 - log_p.exp()).pow(gamma) * -log_p
+        w = torch.ones_like(focal) if weights is None else weights[labels]
+        return (w * focal).sum() / w.sum()
+    log_p = F.log_softmax(logits, dim=-1)
+    classes = log_p.shape[-1]
+    target = torch.full_like(log_p, smoothing / classes).scatter_(1, labels[:, None], 1.0 - smoothing + smoothing / classes)
+    terms = -log_p if gamma == 0 else (1.0 - log_p.exp()).pow(gamma) * -log_p
+    per_pair = (target * terms).sum(-1)
+    w = torch.ones_like(per_pair) if weights is None else weights[labels]
+    return (w * per_pair).sum() / w.sum()
 
 
 def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
@@ -45,26 +63,28 @@ def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor
 
 
 def rdrop_loss(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None,
-               alpha: float, gamma: float = 0.0) -> torch.Tensor:
+               alpha: float, gamma: float = 0.0, smoothing: float = 0.0) -> torch.Tensor:
     """R-Drop (Liang et al., 2021): the classification loss of two forward passes of the same batch
     with different dropout masks, averaged, plus alpha times their symmetric KL divergence."""
-    task = (classification_loss(logits_a, labels, weights, gamma) + classification_loss(logits_b, labels, weights, gamma))
+    task = (classification_loss(logits_a, labels, weights, gamma, smoothing)
+            + classification_loss(logits_b, labels, weights, gamma, smoothing))
     return task / 2 + alpha * symmetric_kl(logits_a, logits_b)
 
 
-def make_objective(gamma: float, alpha: float, weights: torch.Tensor | None) -> Callable[..., torch.Tensor]:
+def make_objective(gamma: float, alpha: float, weights: torch.Tensor | None,
+                   smoothing: float = 0.0) -> Callable[..., torch.Tensor]:
     """`objective(model, batch, labels)`: the training loss of one micro-batch, focal with `gamma`
-    (0: the weighted cross-entropy) and R-Drop with `alpha` (0: off).
+    (0: the weighted cross-entropy), label smoothing `smoothing` (0: off) and R-Drop with `alpha` (0: off).
 
     R-Drop runs the batch twice in one forward pass (the batch stacked on itself: each copy gets its
     own dropout masks, and one pass of 2B pairs is faster than two of B)."""
 
     def objective(model, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         if alpha == 0:
-            return classification_loss(model(**batch).logits.float(), labels, weights, gamma)
+            return classification_loss(model(**batch).logits.float(), labels, weights, gamma, smoothing)
         doubled = {k: torch.cat([v, v]) for k, v in batch.items()}
         logits_a, logits_b = model(**doubled).logits.float().chunk(2)
-        return rdrop_loss(logits_a, logits_b, labels, weights, alpha, gamma)
+        return rdrop_loss(logits_a, logits_b, labels, weights, alpha, gamma, smoothing)
 
     return objective
 
@@ -82,17 +102,21 @@ class FGM:
     `.grad`: it is this micro-batch's own gradient under accumulation (not the sum so far) and the
     process's own under DDP (whose all-reduce comes after). Normalising removes the fp16 loss scale
     and the accumulation divisor, so the direction depends on neither. A zero or non-finite g (an fp16
-    overflow) skips the adversarial pass; with several processes they skip together, since the
-    adversarial backward all-reduces gradients and all must take part."""
+    overflow) skips the pass: r is 0 and the adversarial loss is weighted 0. The pass still runs, so
+    that the decision stays on the device (no host sync per micro-batch) and, with several processes,
+    every one takes part in the all-reduce of the adversarial backward whatever the others decided."""
 
-    def __init__(self, embedding: torch.nn.Parameter, epsilon: float, num_processes: int = 1,
-                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(self, embedding: torch.nn.Parameter, epsilon: float):
         self.embedding, self.epsilon = embedding, epsilon
-        self.num_processes, self.reduce = num_processes, reduce
         self._grad: torch.Tensor | None = None
         self._armed = False  # the next backward's embedding gradient is the direction
-        self.skipped = 0  # adversarial passes skipped (zero or non-finite gradient)
+        self._skipped = torch.zeros((), dtype=torch.long, device=embedding.device)
         embedding.register_hook(self._catch)
+
+    @property
+    def skipped(self) -> int:
+        """Adversarial passes skipped (zero or non-finite gradient); reading it is a host sync."""
+        return int(self._skipped)
 
     def _catch(self, grad: torch.Tensor) -> None:
         if self._armed:
@@ -102,29 +126,26 @@ class FGM:
         """Call before the normal backward: its embedding gradient is the direction."""
         self._armed, self._grad = True, None
 
-    def perturbation(self) -> torch.Tensor | None:
-        """epsilon * g / ||g|| for the gradient caught, or None when the pass is skipped."""
+    def perturbation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """r = epsilon * g / ||g|| for the gradient caught and the adversarial loss's weight, 1.0; or
+        r = 0 and weight 0.0 when g is zero or not finite (the pass is skipped). Both on the device."""
         self._armed = False
         g = self._grad if self._grad is not None else torch.zeros_like(self.embedding)
         self._grad = None
         norm = torch.linalg.vector_norm(g.float())
-        ok = (torch.isfinite(norm) & (norm > 0)).float()
-        if self.num_processes > 1 and self.reduce is not None:
-            ok = (self.reduce(ok) == self.num_processes).float()  # every process has a usable gradient
-        if ok.item() != 1.0:
-            self.skipped += 1
-            return None
-        return (self.epsilon * g / norm).to(self.embedding.dtype)
+        ok = torch.isfinite(norm) & (norm > 0)
+        self._skipped += (~ok).long()
+        r = torch.where(ok, self.epsilon * g / norm, torch.zeros_like(g))
+        return r.to(self.embedding.dtype), ok.float()
 
-    def attack(self, adversarial_backward: Callable[[], None]) -> None:
-        """Perturb, run `adversarial_backward` (forward and backward on the perturbed model), restore."""
-        r = self.perturbation()
-        if r is None:
-            return
+    def attack(self, adversarial_backward: Callable[[torch.Tensor], None]) -> None:
+        """Perturb, run `adversarial_backward(weight)` (forward, and backward of weight times the loss on
+        the perturbed model; weight 0 when the pass is skipped), restore the embeddings bit for bit."""
+        r, weight = self.perturbation()
         backup = self.embedding.data.clone()
         self.embedding.data.add_(r)
         try:
-            adversarial_backward()
+            adversarial_backward(weight)
         finally:
             self.embedding.data.copy_(backup)
 

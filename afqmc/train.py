@@ -327,15 +327,14 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
 
 
 def _setup_techniques(cfg: TrainConfig, accelerator: Accelerator, model, weights) -> dict[str, Any]:
-    """The step's loss (focal, R-Drop), FGM's adversarial loss and the FGM itself, and the EMA of the
+    """The step's loss (focal, label smoothing, R-Drop), FGM's adversarial loss and the FGM itself, and the EMA of the
     weights, registered for checkpointing (afqmc/techniques.py; each None or plain when off)."""
     ema = make_ema(accelerator.unwrap_model(model), cfg.ema_decay) if cfg.ema_decay else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
-    fgm = FGM(accelerator.unwrap_model(model).get_input_embeddings().weight, cfg.fgm_epsilon,
-              accelerator.num_processes, lambda t: accelerator.reduce(t, "sum")) if cfg.fgm_epsilon else None
-    return {"objective": make_objective(cfg.focal_gamma, cfg.rdrop_alpha, weights),
-            "adversarial": make_objective(cfg.focal_gamma, 0.0, weights), "fgm": fgm, "ema": ema}
+    fgm = FGM(accelerator.unwrap_model(model).get_input_embeddings().weight, cfg.fgm_epsilon) if cfg.fgm_epsilon else None
+    return {"objective": make_objective(cfg.focal_gamma, cfg.rdrop_alpha, weights, cfg.label_smoothing),
+            "adversarial": make_objective(cfg.focal_gamma, 0.0, weights, cfg.label_smoothing), "fgm": fgm, "ema": ema}
 
 
 def _setup_loaders(cfg: TrainConfig, data: TaskData) -> list[Any]:
@@ -365,6 +364,9 @@ def _loop(run: Run, state: TrainerState, train_loader, optimizer) -> None:
     cfg, accelerator, model = run.cfg, run.accelerator, run.model
     _probe_forward_dtype(run)
     window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
+    # The first update whose loss was not finite (0: none yet), kept on the device: no host sync per
+    # update; `_stop_if_not_finite` reads it every FINITE_CHECK_EVERY updates and before every evaluation.
+    bad_step = torch.zeros((), dtype=torch.long, device=accelerator.device)
     stop = state.step >= run.schedule.total_steps
     model.train()
     while not stop:
@@ -395,9 +397,11 @@ def _loop(run: Run, state: TrainerState, train_loader, optimizer) -> None:
                     run.ema.update_parameters(accelerator.unwrap_model(model))
             state.step += 1
             run.bar.update(1)
-            if not _finite_everywhere(accelerator, window_loss):  # stop at once: nothing good comes after a NaN/inf loss
-                raise TrainingError(f"training loss is {float(window_loss)} at step {state.step} "
-                                    f"(learning_rate {cfg.learning_rate:g}); stopping this run")
+            # A NaN or inf stays in the window's sum until the evaluation, which checks first: nothing
+            # computed after a non-finite loss is evaluated, saved or reported.
+            bad_step = torch.where((bad_step == 0) & ~torch.isfinite(window_loss), state.step, bad_step)
+            if state.step % FINITE_CHECK_EVERY == 0 or run.schedule.is_eval_step(state.step):
+                _stop_if_not_finite(run, bad_step, window_loss, state.step)
             if run.schedule.is_eval_step(state.step):
                 state.train_seconds += time.perf_counter() - started
                 train_loss = accelerator.reduce(window_loss, "mean").item() / window_batches
@@ -423,7 +427,7 @@ def _backward(run: Run, batch: dict[str, torch.Tensor], labels: torch.Tensor) ->
     loss = run.objective(run.model, batch, labels)
     run.accelerator.backward(loss)
     if run.fgm is not None:
-        run.fgm.attack(lambda: run.accelerator.backward(run.adversarial(run.model, batch, labels)))
+        run.fgm.attack(lambda weight: run.accelerator.backward(weight * run.adversarial(run.model, batch, labels)))
     return loss
 
 
@@ -440,13 +444,31 @@ def _probe_forward_dtype(run: Run) -> None:
     handle = layer.register_forward_hook(hook)
 
 
-def _finite_everywhere(accelerator: Accelerator, loss: torch.Tensor) -> bool:
-    """The loss is finite on every process. With several, one NaN makes every model NaN after the
-    next gradient all-reduce, so all must stop at the same update (not one waiting for the others)."""
-    finite = torch.isfinite(loss).float()
-    if accelerator.num_processes > 1:
-        finite = accelerator.reduce(finite, "sum") / accelerator.num_processes
-    return bool(finite.item() == 1.0)
+# How often, in optimizer updates, the loop reads whether the loss stayed finite (besides before every
+# evaluation, where it syncs anyway). Reading it is a host sync: on a GPU the CPU waits for the queued
+# work to finish and the GPU then idles while the CPU queues the next kernels, a stall of up to one
+# step's launch time; every 32 updates bounds that to ~3% of the launch time of the steps (nanoGPT reads
+# its loss every 10 iterations; the Hugging Face Trainer every logging_steps, 500 by default). A NaN then
+# stops the run at most 31 updates late: seconds on a GPU, and nothing after the NaN is saved.
+FINITE_CHECK_EVERY = 32
+
+
+def _stop_if_not_finite(run: Run, bad_step: torch.Tensor, window_loss: torch.Tensor, step: int) -> None:
+    """Raise TrainingError when a training loss was NaN or inf on any process since the run (re)started.
+
+    One host sync, and with several processes one gather. Every process calls this at the same updates
+    and reads the same gathered steps, so all stop at the same update: after a NaN on one process, the
+    next gradient all-reduce makes every model NaN, and a process that went on would wait forever."""
+    accelerator = run.accelerator
+    steps = accelerator.gather(bad_step.reshape(1)) if accelerator.num_processes > 1 else bad_step.reshape(1)
+    bad = [s for s in steps.tolist() if s]
+    if not bad:
+        return
+    losses = accelerator.gather(window_loss.reshape(1)) if accelerator.num_processes > 1 else window_loss.reshape(1)
+    value = next((x for x in losses.tolist() if not math.isfinite(x)), float("nan"))
+    raise TrainingError(f"training loss is {value} at step {min(bad)} (learning_rate {run.cfg.learning_rate:g}); "
+                        f"stopping this run (seen at step {step}: the loss is read every {FINITE_CHECK_EVERY} "
+                        "updates and before every evaluation; any checkpoint is from an evaluation before it)")
 
 
 def _predict_and_score_test(cfg: TrainConfig, data: TaskData, best_model: Path, device, log) -> dict[str, Any]:
@@ -657,6 +679,26 @@ def logging_reporter(output_dir: str) -> Reporter:
     return report
 
 
+# Set by `accelerate launch` (single and multi-process) for the script it starts.
+LAUNCHED = "ACCELERATE_DYNAMO_BACKEND"
+# Under `accelerate launch`, the launcher follows a failed script with its own traceback (ending in
+# subprocess.CalledProcessError, or torch's ChildFailedError with several processes) unless given -q;
+# it says only that the script exited with a non-zero status, and is what a user reads first.
+LAUNCHER_NOTE = ("(the error above stopped the run; a traceback that `accelerate launch` prints after it only "
+                 "reports that this script exited with status 2, and `accelerate launch -q` leaves it out)")
+
+
+def fail(exc: Exception) -> int:
+    """The CLI's one-line error (`error: ...`, naming the file, line and field where there is one), and
+    under `accelerate launch` a pointer back to it from the launcher's traceback; exit status 2."""
+    text = f"error: {exc}\n"
+    if os.environ.get(LAUNCHED) is not None and int(os.environ.get("RANK", "0")) == 0:
+        text += LAUNCHER_NOTE + "\n"
+    sys.stderr.write(text)  # one write: the lines of several processes do not interleave
+    sys.stderr.flush()
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Fine-tune a sentence-pair classifier. Any TrainConfig field can be overridden "
@@ -668,8 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, parse_overrides(rest))
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch / torchrun
     if main_process:  # the resolved config comes first
         print("resolved config:\n" + "".join(f"  {k}: {v!r}\n" for k, v in cfg.to_dict().items()), end="")
@@ -678,8 +719,7 @@ def main(argv: list[str] | None = None) -> int:
             (Path(cfg.output_dir) / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
         summary = train_with_oom_retry(cfg, logging_reporter(cfg.output_dir), resume_from=args.resume_from)
     except (ConfigError, DataError, TrainingError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     best = summary["best"]
     if best and main_process:
         metric = cfg.metric_for_best_model

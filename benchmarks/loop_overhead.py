@@ -3,6 +3,8 @@ doing the same work: same model init, same batches in the same order (same colla
 class-weighted loss, backward, gradient clipping, AdamW (same parameter groups) and linear schedule.
 
     python benchmarks/loop_overhead.py [--quick] [--data ../shared/data] [--json OUT]
+    python benchmarks/loop_overhead.py --syncs [--json OUT]        # host syncs and collectives per 100 updates
+    accelerate launch --multi_gpu --num_processes 2 benchmarks/loop_overhead.py --syncs    # ... under 2 processes
 
 Goal: ours >= 0.95 x the plain loop. The two are measured alternately in one process (ours first
 in even pairs, plain first in odd ones, so drift of the shared machine cancels) and the median
@@ -33,6 +35,7 @@ import _benchutil as bu  # noqa: E402  (sets up sys.path for afqmc)
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+import afqmc
 import afqmc.train as afqmc_train
 from afqmc.data import PairDataset, collate
 from afqmc.modeling import load_model
@@ -150,6 +153,161 @@ def run_plain(cfg, data, batches: list[list[int]], record: list | None = None, c
             "train_loss": window_loss.item() / total, "steps": total, "timed_s": elapsed, "history": history}
 
 
+# --- host syncs and collectives per update (--syncs) ----------------------------------------------
+
+# Tensor methods that make the host wait for the device when the tensor is on a GPU.
+SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+# Accelerator methods that are collectives when there are several processes (the loop's own calls).
+ACCELERATOR_COLLECTIVES = ("reduce", "gather", "gather_for_metrics", "pad_across_processes", "wait_for_everyone")
+# torch.distributed's Python collectives (DDP's gradient all-reduce runs in its C++ reducer: not counted).
+DIST_COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "broadcast",
+                    "broadcast_object_list", "barrier", "reduce", "gather", "reduce_scatter_tensor")
+
+
+class SyncCounter:
+    """Counts, by optimizer update, the host syncs and collectives a training run makes, by wrapping them.
+
+    A sync is a call of a SYNCING method on a tensor from the code of afqmc/ or accelerate/ (torch's
+    own optimizers read their CPU step counters with .item(), which is no sync: DESIGN.md says to count
+    the project's own calls). A collective is an Accelerator collective called from afqmc/ (kind
+    "collective": what the loop asks for) or a torch.distributed collective (kind "dist": what reaches
+    the process group; none with one process). `extra_roots` adds folders whose calls count (tests). Each event is recorded with the number of optimizer updates done
+    (torch's global optimizer step hook) and whether an evaluation (`_evaluate_and_report`) was running.
+    """
+
+    def __init__(self, extra_roots: tuple[str, ...] = ()):
+        import accelerate
+
+        self.roots = (str(Path(afqmc.__file__).parent), str(Path(accelerate.__file__).parent), *extra_roots)
+        self.callers = (self.roots[0], *extra_roots)  # whose Accelerator calls are the loop's
+        self.events: list[tuple[str, str, int, bool]] = []  # (sync | collective | dist, name, update, in evaluation)
+        self.updates = 0
+        self._in_eval = False
+        self._undo: list = []
+
+    def _record(self, kind: str, name: str) -> None:
+        self.events.append((kind, name, self.updates, self._in_eval))
+
+    def _patch(self, owner, name: str, make) -> None:
+        original = getattr(owner, name)
+        self._undo.append((owner, name, original))
+        setattr(owner, name, make(original))
+
+    def __enter__(self) -> "SyncCounter":
+        import accelerate
+        import torch.distributed as dist
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        roots, callers = self.roots, self.callers
+
+        def tensor_method(name):
+            def make(original):
+                def wrapper(tensor, *args, **kwargs):
+                    if sys._getframe(1).f_code.co_filename.startswith(roots):
+                        self._record("sync", name)
+                    return original(tensor, *args, **kwargs)
+                return wrapper
+            return make
+
+        def accelerator_method(name):
+            def make(original):
+                def wrapper(acc, *args, **kwargs):
+                    if sys._getframe(1).f_code.co_filename.startswith(callers):
+                        self._record("collective", f"Accelerator.{name}")
+                    return original(acc, *args, **kwargs)
+                return wrapper
+            return make
+
+        def dist_function(name):
+            def make(original):
+                def wrapper(*args, **kwargs):
+                    self._record("dist", f"torch.distributed.{name}")
+                    return original(*args, **kwargs)
+                return wrapper
+            return make
+
+        def evaluation(original):
+            def wrapper(*args, **kwargs):
+                self._in_eval = True
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    self._in_eval = False
+            return wrapper
+
+        for name in SYNCING:
+            self._patch(torch.Tensor, name, tensor_method(name))
+        for name in ACCELERATOR_COLLECTIVES:
+            self._patch(accelerate.Accelerator, name, accelerator_method(name))
+        for name in DIST_COLLECTIVES:
+            if hasattr(dist, name):
+                self._patch(dist, name, dist_function(name))
+        self._patch(afqmc_train, "_evaluate_and_report", evaluation)
+        self._hook = register_optimizer_step_post_hook(lambda *_: setattr(self, "updates", self.updates + 1))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hook.remove()
+        for owner, name, original in reversed(self._undo):
+            setattr(owner, name, original)
+
+    def between_evaluations(self, kind: str) -> dict[int, int]:
+        """{update: events of `kind` after that update, outside evaluations}."""
+        out: dict[int, int] = {}
+        for k, _, update, in_eval in self.events:
+            if k == kind and not in_eval:
+                out[update] = out.get(update, 0) + 1
+        return out
+
+
+def count_syncs(cfg, data=None, extra_roots: tuple[str, ...] = ()) -> dict:
+    """train(cfg) under a SyncCounter: the syncs and collectives outside and inside evaluations."""
+    with SyncCounter(extra_roots) as counter:
+        train(cfg, data=data, progress=False)
+    per = {kind: counter.between_evaluations(kind) for kind in ("sync", "collective", "dist")}
+    names = sorted({f"{k} {n}" for k, n, _, e in counter.events if not e})
+    return {"updates": counter.updates, "evaluations": len(train_evals(cfg, counter.updates)),
+            "syncs_outside_eval": sum(per["sync"].values()),
+            "collectives_outside_eval": sum(per["collective"].values()),
+            "process_group_calls_outside_eval": sum(per["dist"].values()),
+            "updates_with_syncs": sorted(per["sync"]), "updates_with_collectives": sorted(per["collective"]),
+            "updates_with_process_group_calls": sorted(per["dist"]),
+            "syncs_in_eval": sum(1 for k, _, _, e in counter.events if k == "sync" and e),
+            "collectives_in_eval": sum(1 for k, _, _, e in counter.events if k == "collective" and e),
+            "process_group_calls_in_eval": sum(1 for k, _, _, e in counter.events if k == "dist" and e),
+            "outside_eval_by_name": {n: sum(1 for k, m, _, e in counter.events if f"{k} {m}" == n and not e)
+                                     for n in names}}
+
+
+def train_evals(cfg, updates: int) -> list[int]:
+    every = cfg.eval_steps or updates
+    return [u for u in range(1, updates + 1) if u % every == 0 or u == updates]
+
+
+def main_syncs(args) -> int:
+    from accelerate import PartialState
+
+    bu.setup_threads(args.threads)
+    updates, batch_size = 100, 16
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = bu.tiny_afqmc(args.data, max_train_samples=math.ceil(updates * batch_size / 0.9) + 64,
+                            max_steps=updates, eval_steps=50, per_device_batch_size=batch_size,
+                            tiny_hidden_size=32, tiny_num_layers=1, output_dir=str(args.workdir or Path(tmp)))
+        found = count_syncs(cfg)
+    state = PartialState()
+    print(f"process {state.process_index} of {state.num_processes}: {found['updates']} updates, evaluations at "
+          f"{train_evals(cfg, found['updates'])}; outside evaluations {found['syncs_outside_eval']} host syncs after "
+          f"updates {found['updates_with_syncs']}, {found['collectives_outside_eval']} collectives after updates "
+          f"{found['updates_with_collectives']} ({found['process_group_calls_outside_eval']} torch.distributed calls); "
+          f"by name {found['outside_eval_by_name']}; inside evaluations {found['syncs_in_eval']} syncs, "
+          f"{found['collectives_in_eval']} collectives ({found['process_group_calls_in_eval']} torch.distributed calls)",
+          flush=True)
+    if args.json and state.is_main_process:
+        bu.write_json(args.json, {"benchmark": "loop_overhead --syncs", "processes": state.num_processes,
+                                  "machine": bu.machine(), **found})
+    return 0
+
+
 @torch.no_grad()
 def evaluate_plain(model, data, cfg) -> dict[str, float]:
     """Val F1-macro etc. at cfg.threshold, with afqmc's own metric code."""
@@ -169,7 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     p = bu.parser(__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, help="optimizer updates per measurement (default 40 quick, 150 full)")
     p.add_argument("--pairs", type=int, help="measured pairs (ours, plain) after the warm-up (default 3 quick, 7 full)")
+    p.add_argument("--syncs", action="store_true",
+                   help="instead: count host syncs and collectives per optimizer update in a 100-update run")
     args = p.parse_args(argv)
+    if args.syncs:
+        return main_syncs(args)
     bu.setup_threads(args.threads)
     steps = args.steps or (40 if args.quick else 150)
     pairs = args.pairs or (3 if args.quick else 7)

@@ -119,8 +119,34 @@ def test_help_lists_every_field_with_type_default_and_description():
     from afqmc.config import FIELDS, field_docs, fields_help
 
     docs = field_docs()
-    assert set(docs) == set(FIELDS) and all(docs.values())  # every field described, from the code itself
+    assert set(docs) == set(FIELDS) and all(docs.values())  # every field described
     text = fields_help()
     for name, f in FIELDS.items():
         assert f"  --{name} " in text and f"(default {f.default!r})" in text
     assert "  --threshold float | str (default 'tuned')" in text and "cross-fitted" in text
+    assert "  --label_smoothing float (default 0.0)" in text and "Label smoothing:" in text
+
+
+def test_every_field_carries_its_help_in_its_metadata_and_help_needs_no_source(monkeypatch, capsys):
+    """HfArgumentParser's convention: field(metadata={"help": ...}); --help reads it, not the source
+    file (which an install without .py files, or a frozen app, does not ship)."""
+    import dataclasses
+    import inspect
+
+    from afqmc.config import TrainConfig
+    from afqmc.train import main
+
+    for f in dataclasses.fields(TrainConfig):
+        assert isinstance(f.metadata.get("help"), str) and len(f.metadata["help"]) >= 10, f.name
+
+    def no_source(*args, **kwargs):
+        raise OSError("could not get source code")
+
+    monkeypatch.setattr(inspect, "getsource", no_source)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(TrainConfig):
+        assert f"  --{f.name} " in text
+        assert " ".join(f.metadata["help"].split()[:4]) in " ".join(text.split()), f.name

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification
 
-from afqmc.config import ConfigError, from_dict, load_config
+from afqmc.config import FIELDS, TECHNIQUES, ConfigError, from_dict, load_config
 from afqmc.data import Encoded
 from afqmc.predict import predict_probs
 from afqmc.techniques import (FGM, PairOrderDataset, classification_loss, layer_depth, make_ema, make_objective,
@@ -56,6 +56,51 @@ def test_focal_loss_with_gamma_0_is_the_weighted_cross_entropy_and_follows_its_f
     assert classification_loss(logits, labels, w, 2.0) < classification_loss(logits, labels, w, 0.0)
 
 
+def test_label_smoothing_equals_a_hand_computation_with_class_weights_and_focal():
+    """q_ic = (1 - eps) [c = y_i] + eps / 2; loss = sum_i w_yi sum_c q_ic (1 - p_ic)^gamma (-log p_ic) / sum_i w_yi."""
+    rows, labels, w, eps = [[2.0, -1.0], [0.3, 0.1], [-0.5, 1.5]], [0, 1, 1], [1.0, 2.5], 0.1
+
+    def by_hand(gamma: float, weights: list[float]) -> float:
+        total = norm = 0.0
+        for (a, b), y in zip(rows, labels):
+            p = [math.exp(a) / (math.exp(a) + math.exp(b)), math.exp(b) / (math.exp(a) + math.exp(b))]
+            q = [eps / 2 + (1 - eps if c == y else 0.0) for c in (0, 1)]
+            total += weights[y] * sum(q[c] * (1 - p[c]) ** gamma * -math.log(p[c]) for c in (0, 1))
+            norm += weights[y]
+        return total / norm
+
+    logits, y, wt = torch.tensor(rows), torch.tensor(labels), torch.tensor(w)
+    for gamma in (0.0, 2.0):
+        for weights, tensor in ((w, wt), ([1.0, 1.0], None)):
+            got = classification_loss(logits, y, tensor, gamma, smoothing=eps).item()
+            assert got == pytest.approx(by_hand(gamma, weights), rel=1e-6), (gamma, weights)
+    # Unweighted, it is PyTorch's label smoothing; weighted, PyTorch weighs a pair's smoothed part by the
+    # other class's weight too, which this loss does not (a pair's weight is its label's).
+    assert classification_loss(logits, y, None, 0.0, eps).item() == pytest.approx(
+        F.cross_entropy(logits, y, label_smoothing=eps).item(), rel=1e-6)
+    assert classification_loss(logits, y, wt, 0.0, eps).item() != pytest.approx(
+        F.cross_entropy(logits, y, weight=wt, label_smoothing=eps).item(), rel=1e-3)
+    # Smoothing pulls a confident right answer's loss up: the target is no longer all on the label.
+    assert classification_loss(logits, y, wt, 0.0, eps) > classification_loss(logits, y, wt, 0.0)
+
+
+def test_label_smoothing_0_is_the_loss_without_it_exactly():
+    logits = torch.tensor([[2.0, -1.0], [0.3, 0.1], [-0.5, 1.5], [0.0, 0.0]])
+    labels, w = torch.tensor([0, 1, 1, 0]), torch.tensor([1.0, 2.5])
+    assert torch.equal(classification_loss(logits, labels, w, 0.0, 0.0), F.cross_entropy(logits, labels, weight=w))
+    assert torch.equal(classification_loss(logits, labels, None, 0.0, 0.0), F.cross_entropy(logits, labels))
+    assert torch.equal(classification_loss(logits, labels, w, 2.0, 0.0), classification_loss(logits, labels, w, 2.0))
+    a, b = logits, logits.flip(0)
+    assert torch.equal(rdrop_loss(a, b, labels, w, 1.0, 2.0, 0.0), rdrop_loss(a, b, labels, w, 1.0, 2.0))
+    # ...and the objective passes it on: R-Drop's two passes both use the smoothed target.
+    model = tiny_bert(dropout=0.0).eval()
+    batch, y = a_batch()
+    smoothed = make_objective(0.0, 0.0, w, smoothing=0.2)(model, batch, y)
+    assert torch.equal(smoothed, classification_loss(model(**batch).logits.float(), y, w, 0.0, 0.2))
+    both = make_objective(0.0, 1.0, w, smoothing=0.2)(model, batch, y)  # no dropout: KL 0, both passes equal
+    assert both.item() == pytest.approx(smoothed.item(), rel=1e-6)
+
+
 def test_rdrop_loss_equals_a_hand_computation():
     a = torch.tensor([[1.0, 0.0], [0.2, 0.9], [-1.0, 0.5]])
     b = torch.tensor([[0.5, 0.2], [0.0, 1.4], [-0.3, 0.1]])
@@ -99,9 +144,9 @@ def fgm_step(model, batch, labels, epsilon: float, scale: float = 1.0):
     (scale * objective(model, batch, labels)).backward()
     before = embedding.detach().clone()
 
-    def adversarial():
+    def adversarial(weight):
         seen["perturbed"] = embedding.detach().clone()
-        (scale * objective(model, batch, labels)).backward()
+        (weight * scale * objective(model, batch, labels)).backward()
 
     fgm.attack(adversarial)
     return fgm, before, seen.get("perturbed")
@@ -132,15 +177,22 @@ def test_fgm_direction_ignores_the_loss_scale_and_a_zero_gradient_is_skipped():
     assert torch.allclose(p1 - b1, p2 - b2, atol=1e-6)
     model = tiny_bert()
     fgm = FGM(model.get_input_embeddings().weight, 1.0)
+    embedding = model.get_input_embeddings().weight
+    before = embedding.detach().clone()
+    called = []
+
+    def adversarial(weight):  # a skipped pass still runs (no host sync decides it), unperturbed, weighted 0
+        called.append((weight.item(), torch.equal(embedding.detach(), before)))
+
     fgm.catch_next_backward()
     (0.0 * F.cross_entropy(model(**batch).logits, labels)).backward()  # a zero gradient
-    called = []
-    fgm.attack(lambda: called.append(1))
-    assert not called and fgm.skipped == 1
+    fgm.attack(adversarial)
+    assert called == [(0.0, True)] and fgm.skipped == 1
     fgm.catch_next_backward()
     (math.inf * F.cross_entropy(model(**batch).logits, labels)).backward()  # an overflow
-    fgm.attack(lambda: called.append(1))
-    assert not called and fgm.skipped == 2
+    fgm.attack(adversarial)
+    assert called == [(0.0, True)] * 2 and fgm.skipped == 2
+    assert torch.equal(embedding.detach(), before)
 
 
 def test_fgm_under_accumulation_perturbs_along_this_micro_batchs_own_gradient():
@@ -298,7 +350,33 @@ def test_bad_technique_values_name_the_file_line_and_field(tmp_path, field, valu
         load_config(None, {field: str(value)})
 
 
+def outside(tech) -> list:
+    """Values just outside a technique's declared range (none for a switch)."""
+    if tech.low is None:
+        return []
+    below = [tech.low - 0.5] + ([tech.low] if tech.ends[0] == "(" else [])
+    above = [] if tech.high == math.inf else [tech.high + 0.5] + ([tech.high] if tech.ends[1] == ")" else [])
+    return below + above
+
+
+def test_the_technique_table_is_each_fields_declaration_and_the_checks_follow_it():
+    assert set(TECHNIQUES) >= {"augment_pair_order", "average_pair_orders", "focal_gamma", "fgm_epsilon",
+                               "rdrop_alpha", "layerwise_lr_decay", "ema_decay", "label_smoothing"}
+    shorts = [t.short for t in TECHNIQUES.values()]
+    assert len(set(shorts)) == len(shorts)  # one column per technique in a table
+    for name, tech in TECHNIQUES.items():
+        assert FIELDS[name].default == tech.off, name  # off by default
+        assert from_dict({name: tech.off}).to_dict()[name] == tech.off  # off is a valid value
+        assert tech.short and tech.label and FIELDS[name].metadata["help"]
+        for value in outside(tech):
+            with pytest.raises(ConfigError, match=rf"command line: field '{name}' must be .*\({tech.off:g} = off\)"):
+                load_config(None, {name: str(value)})
+
+
 # --- real runs -----------------------------------------------------------------------------------
+
+# Every technique's off value, from the one table (afqmc.config.TECHNIQUES: each field's declaration).
+OFF = {name: tech.off for name, tech in TECHNIQUES.items()}
 
 # The run before the techniques existed (commit 197d4f4, this machine's torch 2.13 CPU build), to the
 # last digit: dropout, the batch order and the initialisation draw from the streams they drew from.
@@ -321,16 +399,16 @@ def off_cfg(tmp_path, **changes):
 @pytest.mark.slow
 def test_every_technique_off_reproduces_the_run_from_before_them_exactly(tmp_path):
     torch.set_num_threads(1)
-    off = dict(augment_pair_order=False, average_pair_orders=False, focal_gamma=0.0, fgm_epsilon=0.0, rdrop_alpha=0.0,
-               layerwise_lr_decay=1.0, ema_decay=0.0, gradient_checkpointing=False)
+    # Every technique in the table at its off value, set explicitly (so a new one is covered by its row).
     history = []
-    summary = train(off_cfg(tmp_path, **off), report=lambda m, c: history.append(m), progress=False)
+    summary = train(off_cfg(tmp_path, **OFF, gradient_checkpointing=False), report=lambda m, c: history.append(m),
+                    progress=False)
     assert [{k: m[k] for k in BEFORE["history"][0]} for m in history] == BEFORE["history"]
     assert (summary["test"]["f1_macro"], summary["test"]["auc"]) == (BEFORE["test_f1"], BEFORE["test_auc"])
 
 
 ALL_ON = dict(augment_pair_order=True, average_pair_orders=True, focal_gamma=1.0, fgm_epsilon=0.5, rdrop_alpha=1.0,
-              layerwise_lr_decay=0.8, ema_decay=0.9)
+              layerwise_lr_decay=0.8, ema_decay=0.9, label_smoothing=0.1)
 
 
 @pytest.mark.slow
@@ -409,10 +487,6 @@ def test_bf16_and_gradient_checkpointing_with_the_techniques(tmp_path):
 
 # --- in a search ---------------------------------------------------------------------------------
 
-OFF = {"augment_pair_order": False, "average_pair_orders": False, "focal_gamma": 0.0, "fgm_epsilon": 0.0,
-       "rdrop_alpha": 0.0, "layerwise_lr_decay": 1.0, "ema_decay": 0.0}
-
-
 @pytest.mark.parametrize("name", ["default", "afqmc_cpu"])
 def test_the_afqmc_spaces_search_every_technique_with_off_as_a_value(name):
     """Each technique is one choice whose first value (the baseline's) is off: TPE spends no trial
@@ -422,9 +496,11 @@ def test_the_afqmc_spaces_search_every_technique_with_off_as_a_value(name):
     from tune.space import load_space, trial_config
 
     space = load_space(ROOT / "search_spaces" / f"{name}.yaml")
-    for field, off in OFF.items():
+    for field, off in OFF.items():  # every technique of the table (afqmc.config.TECHNIQUES)
+        assert field in space.params, f"{name}.yaml does not search the technique {field}"
         param = space.params[field]
         assert param.type == "choice" and param.values[0] == off == param.baseline, field
-        assert len(param.values) >= 2 and field in SHORT and field in LABEL
+        assert len(param.values) >= 2
+        assert (SHORT[field], LABEL[field]) == (TECHNIQUES[field].short, TECHNIQUES[field].label)
     baseline = trial_config(space.base, space.baseline())
     assert all(getattr(baseline, f) == v for f, v in OFF.items())

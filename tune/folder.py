@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from afqmc.checkpoint import write_text_atomic
-from afqmc.config import PRIMARY, SELECTION_METRICS
+from afqmc.config import PRIMARY, SELECTION_METRICS, TECHNIQUES
 
 # --- file names in results/NAME/ -----------------------------------------------------------------
 SEARCH_JSON = "search.json"  # SearchState: how the search was started
@@ -84,20 +84,17 @@ class TrialState(enum.StrEnum):
 DONE_STATES = (TrialState.FINISHED, TrialState.STOPPED, TrialState.FAILED)
 
 # --- parameters in tables ------------------------------------------------------------------------
-# Short names for table headers (trials.csv keeps the TrainConfig field names).
+# Short names for table headers (trials.csv keeps the TrainConfig field names); each fine-tuning
+# technique's comes from its TrainConfig field (afqmc.config.TECHNIQUES).
 SHORT = {"learning_rate": "lr", "class_weights": "w1/w0", "dropout": "dropout", "threshold": "thr",
          "weight_decay": "wd", "warmup_ratio": "warmup", "per_device_batch_size": "batch",
          "num_epochs": "epochs", "gradient_accumulation_steps": "accum", "attention_dropout": "attn_drop",
          "max_grad_norm": "clip", "tiny_num_layers": "layers", "tiny_hidden_size": "hidden",
-         # the fine-tuning techniques (afqmc/techniques.py)
-         "augment_pair_order": "swap", "average_pair_orders": "avg2", "focal_gamma": "focal", "fgm_epsilon": "fgm",
-         "rdrop_alpha": "rdrop", "layerwise_lr_decay": "llrd", "ema_decay": "ema", "gradient_checkpointing": "gc"}
+         **{name: tech.short for name, tech in TECHNIQUES.items()}, "gradient_checkpointing": "gc"}
 # Longer names for plot axes.
 LABEL = {"learning_rate": "learning rate", "class_weights": "class weight w1/w0", "threshold": "threshold",
          "warmup_ratio": "warmup ratio", "dropout": "dropout", "weight_decay": "weight decay",
-         "augment_pair_order": "pair-order swap", "average_pair_orders": "both orders", "focal_gamma": "focal gamma",
-         "fgm_epsilon": "FGM epsilon", "rdrop_alpha": "R-Drop alpha", "layerwise_lr_decay": "layer-wise LR decay",
-         "ema_decay": "EMA decay"}
+         **{name: tech.label for name, tech in TECHNIQUES.items()}}
 
 
 def fmt_param(value: Any) -> str:
