@@ -46,7 +46,8 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, weights: tor
         return (w * focal).sum() / w.sum()
     log_p = F.log_softmax(logits, dim=-1)
     classes = log_p.shape[-1]
-    target = torch.full_like(log_p, smoothing / classes).scatter_(1, labels[:, None], 1.0 - smoothing + smoothing / classes)
+    target = torch.full_like(log_p, smoothing / classes)
+    target.scatter_(1, labels[:, None], 1.0 - smoothing + smoothing / classes)
     terms = -log_p if gamma == 0 else (1.0 - log_p.exp()).pow(gamma) * -log_p
     per_pair = (target * terms).sum(-1)
     w = torch.ones_like(per_pair) if weights is None else weights[labels]

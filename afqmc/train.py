@@ -327,12 +327,13 @@ def train(cfg: TrainConfig, report: Reporter | None = None, data: TaskData | Non
 
 
 def _setup_techniques(cfg: TrainConfig, accelerator: Accelerator, model, weights) -> dict[str, Any]:
-    """The step's loss (focal, label smoothing, R-Drop), FGM's adversarial loss and the FGM itself, and the EMA of the
-    weights, registered for checkpointing (afqmc/techniques.py; each None or plain when off)."""
+    """The step's loss (focal, label smoothing, R-Drop), FGM's adversarial loss and the FGM itself, and
+    the EMA of the weights, registered for checkpointing (afqmc/techniques.py; each None or plain when off)."""
     ema = make_ema(accelerator.unwrap_model(model), cfg.ema_decay) if cfg.ema_decay else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
-    fgm = FGM(accelerator.unwrap_model(model).get_input_embeddings().weight, cfg.fgm_epsilon) if cfg.fgm_epsilon else None
+    embedding = accelerator.unwrap_model(model).get_input_embeddings().weight
+    fgm = FGM(embedding, cfg.fgm_epsilon) if cfg.fgm_epsilon else None
     return {"objective": make_objective(cfg.focal_gamma, cfg.rdrop_alpha, weights, cfg.label_smoothing),
             "adversarial": make_objective(cfg.focal_gamma, 0.0, weights, cfg.label_smoothing), "fgm": fgm, "ema": ema}
 

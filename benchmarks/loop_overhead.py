@@ -171,7 +171,8 @@ class SyncCounter:
     own optimizers read their CPU step counters with .item(), which is no sync: DESIGN.md says to count
     the project's own calls). A collective is an Accelerator collective called from afqmc/ (kind
     "collective": what the loop asks for) or a torch.distributed collective (kind "dist": what reaches
-    the process group; none with one process). `extra_roots` adds folders whose calls count (tests). Each event is recorded with the number of optimizer updates done
+    the process group; none with one process). `extra_roots` adds folders whose calls count (tests).
+    Each event is recorded with the number of optimizer updates done
     (torch's global optimizer step hook) and whether an evaluation (`_evaluate_and_report`) was running.
     """
 
@@ -300,7 +301,8 @@ def main_syncs(args) -> int:
           f"updates {found['updates_with_syncs']}, {found['collectives_outside_eval']} collectives after updates "
           f"{found['updates_with_collectives']} ({found['process_group_calls_outside_eval']} torch.distributed calls); "
           f"by name {found['outside_eval_by_name']}; inside evaluations {found['syncs_in_eval']} syncs, "
-          f"{found['collectives_in_eval']} collectives ({found['process_group_calls_in_eval']} torch.distributed calls)",
+          f"{found['collectives_in_eval']} collectives "
+          f"({found['process_group_calls_in_eval']} torch.distributed calls)",
           flush=True)
     if args.json and state.is_main_process:
         bu.write_json(args.json, {"benchmark": "loop_overhead --syncs", "processes": state.num_processes,
