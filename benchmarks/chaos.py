@@ -4,6 +4,11 @@ random moments too; then every trial and the study are checked, and the outcome 
 same search run once without kills.
 
     python benchmarks/chaos.py [--kills 10] [--worker_kills 4] [--num_samples 8] [--quick] [--json OUT]
+    python benchmarks/chaos.py --while_waiting [--kills 5] [--num_samples 8] [--json OUT]
+
+`--while_waiting` kills the driver only while a trial waits at an ASHA rung (read from the study,
+as a restarted driver reads it), `kills` times, each after the resumed search has paused a trial
+again; then the same checks.
 
 A kill moment is drawn uniformly over what is left of the search (a start, then the uninterrupted
 search's trial time times the share of trials not yet ended), counted from the driver's start: it
@@ -320,6 +325,65 @@ def run(workdir: Path, kills: int, worker_kills: int, num_samples: int, max_step
             "against_reference": compare(checked, reference), "wall_ratio": chaos["wall_s"] / ref["wall_s"]}
 
 
+def study_rungs(exp_dir: Path, settings):
+    """ASHA's rungs as the study holds them (what a restarted driver rebuilds), or None before the study."""
+    import optuna
+    import sqlalchemy
+
+    from tune.folder import ASHA_ATTR, RAY_TRIAL_ID
+    from tune.scheduler import Rungs, milestones
+
+    try:
+        study = optuna.load_study(study_name=exp_dir.name, storage=f"sqlite:///{exp_dir / 'optuna.db'}")
+    except (KeyError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError):
+        return None
+    records = {t.user_attrs[RAY_TRIAL_ID]: (t.user_attrs.get(ASHA_ATTR) or {}, t.state.name)
+               for t in study.get_trials(deepcopy=False) if RAY_TRIAL_ID in t.user_attrs}
+    return Rungs.from_records(milestones(settings.grace_period, settings.reduction_factor, settings.max_evals),
+                              settings.reduction_factor, records)
+
+
+def waiting_trials(exp_dir: Path, settings) -> set[str]:
+    """The trials (Ray ids) the study holds as waiting at a rung now: RUNNING there, at a rung they did not go on from."""
+    rungs = study_rungs(exp_dir, settings)
+    return set() if rungs is None else {t for t in rungs.trials() if rungs.waiting_at(t) is not None
+                                        and t not in rungs.failed | rungs.ended}
+
+
+def while_waiting(workdir: Path, kills: int, num_samples: int, max_steps: int, seed: int = 0) -> dict[str, Any]:
+    """The search killed `kills` times, each time once a trial has waited at a rung for a second; resumed
+    after each; then verified."""
+    from tune.space import load_space
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    space = chaos_space(workdir, num_samples, max_steps, max_failures=2)
+    settings = load_space(space).settings
+    exp_dir, log = workdir / "results" / "waiting", workdir / "waiting.log"
+    segments, since = [], []
+
+    def a_trial_waits() -> bool:
+        if waiting_trials(exp_dir, settings):
+            since.append(since[0] if since else time.time())
+        return bool(since) and time.time() - since[0] > 1.0
+
+    args = ["--space", str(space), "--name", "waiting", "--results_dir", str(workdir / "results")]
+    for k in range(kills + 1):
+        since.clear()
+        waited = None
+        seg = run_driver(args, log, None, None, random.Random(seed + k), kill_when=a_trial_waits if k < kills else None)
+        if seg["killed"]:
+            waited = sorted(waiting_trials(exp_dir, settings))
+        segments.append({**seg, "waiting_at_kill": waited})
+        args = ["--resume", str(exp_dir)]
+        if not seg["killed"]:
+            break
+    checked = verify(exp_dir, num_samples) if segments[-1]["rc"] == 0 else \
+        {"problems": [f"the last run exited {segments[-1]['rc']}: see {log}"], "lost": None, "duplicated": None}
+    return {"kills_while_waiting": sum(bool(s["waiting_at_kill"]) for s in segments), "segments": segments,
+            "problems": checked["problems"], "lost": checked["lost"], "duplicated": checked["duplicated"],
+            "wall_s": sum(s["wall_s"] for s in segments), "states": checked.get("states")}
+
+
 def report(res: dict[str, Any], kills: int) -> None:
     print(bu.table([{"run": i + 1, "started with": s["args"], "killed while": s["stage"], "kill at s": f"{s['kill_at']:.1f}" if s["kill_at"] else "-",
                      "worker kill at s": f"{s['worker_kill_at']:.1f}" if s["worker_kill_at"] else "-",
@@ -344,9 +408,23 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in FULL.items():
         p.add_argument(f"--{key}", type=int, default=None, help=f"default {value} ({QUICK[key]} with --quick)")
     p.add_argument("--seed", type=int, default=0, help="the kill moments' seed")
+    p.add_argument("--while_waiting", action="store_true", help="kill the driver only while a trial waits at a rung")
     args = p.parse_args(argv)
     sizes = {k: getattr(args, k) if getattr(args, k) is not None else (QUICK if args.quick else FULL)[k] for k in FULL}
     import tempfile
+
+    if args.while_waiting:
+        kills, num_samples = args.kills or 5, args.num_samples or 8
+        with tempfile.TemporaryDirectory() as tmp:
+            res = while_waiting(args.workdir or Path(tmp), kills, num_samples, args.max_steps or 40, args.seed)
+        for i, s in enumerate(res["segments"]):
+            print(f"run {i + 1}: {'killed' if s['killed'] else 'ended'} after {s['wall_s']:.1f} s; trials waiting at "
+                  f"a rung at the kill: {s['waiting_at_kill']}")
+        ok = res["kills_while_waiting"] == kills and res["lost"] == 0 and res["duplicated"] == 0 and not res["problems"]
+        print(f"kills while a trial waited {res['kills_while_waiting']} of {kills}; trials lost {res['lost']}, "
+              f"duplicated {res['duplicated']}; problems: {res['problems'] or 'none'}")
+        bu.write_json(args.json, {"machine": bu.machine(), "kills": kills, "num_samples": num_samples, **res})
+        return 0 if ok else 1
 
     with tempfile.TemporaryDirectory() as tmp:
         res = run(args.workdir or Path(tmp), seed=args.seed, **sizes)

@@ -51,7 +51,7 @@ def test_asha_search_killed_while_a_trial_waits_at_a_rung_resumes_with_nothing_l
     since = []
 
     def a_trial_waits() -> bool:  # for a second (its pause is done), per the scheduler's record in the study
-        rungs = _study_rungs(exp_dir, settings)
+        rungs = chaos.study_rungs(exp_dir, settings)
         if rungs is not None and any(rungs.waiting_at(t) is not None for t in rungs.values[0]):
             since.append(since[0] if since else time.time())
         return bool(since) and time.time() - since[0] > 1.0
@@ -75,7 +75,7 @@ def test_asha_search_killed_while_a_trial_waits_at_a_rung_resumes_with_nothing_l
     predicted = replay(curves, settings.max_evals, settings.grace_period, settings.reduction_factor, concurrency=1)
     assert [len(ran[n]) for n in sorted(ran)] == predicted
     # The study holds what the resumed search decided too (every trial reached the first rung).
-    saved = _study_rungs(exp_dir, settings)
+    saved = chaos.study_rungs(exp_dir, settings)
     ray_ids = {_ray_id(exp_dir, n) for n in ran}
     assert set(saved.values[0]) == ray_ids, (saved.values, ray_ids)
     assert sum(predicted) < 4 * settings.max_evals  # ASHA cut some
@@ -87,20 +87,3 @@ def _ray_id(exp_dir, number: int) -> str:
     with open(exp_dir / "trials.csv", encoding="utf-8") as fh:
         return next(r["trial_id"] for r in csv.DictReader(fh) if int(r["trial"]) == number)
 
-
-def _study_rungs(exp_dir, settings):
-    """ASHA's rungs as the study holds them (what a restarted driver rebuilds), or None before the study."""
-    import optuna
-    import sqlalchemy
-
-    from tune.folder import ASHA_ATTR, RAY_TRIAL_ID
-    from tune.scheduler import Rungs, milestones
-
-    try:
-        study = optuna.load_study(study_name=exp_dir.name, storage=f"sqlite:///{exp_dir / 'optuna.db'}")
-    except (KeyError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError):
-        return None
-    records = {t.user_attrs[RAY_TRIAL_ID]: (t.user_attrs.get(ASHA_ATTR) or {}, t.state.name)
-               for t in study.get_trials(deepcopy=False) if RAY_TRIAL_ID in t.user_attrs}
-    return Rungs.from_records(milestones(settings.grace_period, settings.reduction_factor, settings.max_evals),
-                              settings.reduction_factor, records)
