@@ -71,7 +71,7 @@ def test_two_processes_match_one_with_the_same_effective_batch(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_with_every_technique_on_train_and_save_once(tmp_path):
-    """Pair orders, focal, FGM (its skip decision agreed by both processes), R-Drop, layer-wise rates
+    """Pair orders, focal, FGM (a skipped pass decided on each device, with zero weight), R-Drop, layer-wise rates
     and EMA under DDP with accumulation: the run trains, only the main process logs and saves, and
     the saved model averages both orders."""
     extra = ("--augment_pair_order", "true", "--average_pair_orders", "true", "--focal_gamma", "1", "--fgm_epsilon",
