@@ -85,7 +85,8 @@ def test_without_the_loopback_switch_a_local_search_refuses_before_any_trial(tmp
     env.pop(internals.LOOPBACK_SWITCH, None)
     space = tmp_path / "space.yaml"
     space.write_text((ROOT / "tune" / "spaces" / "demo.yaml").read_text(encoding="utf-8").replace(
-        "num_samples: 8", "num_samples: 1").replace("max_evals: 6", "max_evals: 1"), encoding="utf-8")
+        "num_samples: 8", "num_samples: 1").replace("max_evals: 6", "max_evals: 1").replace(
+        "grace_period: 2", "grace_period: 1"), encoding="utf-8")
     proc = subprocess.run([sys.executable, str(ROOT / "tune" / "search.py"), "--space", str(space), "--name", "x",
                            "--results_dir", str(tmp_path), "--max_steps", "5", "--eval_steps", "5",
                            "--max_train_samples", "200", "--tiny_hidden_size", "32", "--tiny_num_layers", "1"],

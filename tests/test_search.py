@@ -780,42 +780,43 @@ def _fault_space(tmp_path: Path, num_samples: int) -> Path:
     return path
 
 
-def _trial_dir_of(exp_dir: Path, params: dict) -> Path:
-    for d in exp_dir.glob("trial_*"):
-        if (d / "params.json").is_file() and json.loads((d / "params.json").read_text()) == params:
-            return d
-    raise AssertionError(f"no trial folder with {params}")
+def _trial_dir_numbered(exp_dir: Path, number: int) -> Path:
+    """The folder of the Ray trial that carries this study number in its config."""
+    return next(d.parent for d in exp_dir.glob("trial_*/params.json")
+                if json.loads(d.read_text(encoding="utf-8")).get("trial_number") == number)
 
 
 @pytest.mark.slow
 def test_search_survives_a_nan_trial_and_a_killed_worker(tmp_path):
     """Issue 5, cases 9, 12 and 13 in one search: a trial whose loss turns NaN fails alone, with the
-    reason, in the tables and the study; the baseline trial's worker is killed (SIGKILL) after its
-    second evaluation and the trial goes on from its checkpoint. (The driver killed at random
+    reason, in the tables and the study; the worker of the first trial to reach its second evaluation
+    (one went on from ASHA's first rung) is killed (SIGKILL) and the trial goes on from its checkpoint. (The driver killed at random
     moments, and resumed: tests/test_chaos.py.)"""
     num_samples = 4
     space_file = _fault_space(tmp_path, num_samples)
-    space = load_space(space_file)
     exp_dir = tmp_path / "results" / "faults"
     proc = subprocess.Popen([sys.executable, "tune/search.py", "--space", str(space_file), "--name", "faults",
                              "--results_dir", str(tmp_path / "results")], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    out, worker_pid = [], None
+    out, worker_pid, victim = [], None, None
     for line in proc.stdout:
         out.append(line)
-        if worker_pid is None and re.search(r"trial 0 eval 2/", line):
-            # the process that ran evaluation 2 (the trial waited at the rung after evaluation 1, and
-            # went on in another), once Ray has written its report
+        reached = re.search(r"trial (\d+) eval 2/", line)
+        if worker_pid is None and reached:
+            # the process that ran evaluation 2 (the trial may have waited at the rung after evaluation 1,
+            # and went on in another), once Ray has written its report
+            victim = _trial_dir_numbered(exp_dir, int(reached.group(1)))
             deadline = time.time() + 10
-            while not (rows := [r for r in _rows(_trial_dir_of(exp_dir, space.baseline())) if r["evals"] == 2]) \
-                    and time.time() < deadline:
+            while not (rows := [r for r in _rows(victim) if r["evals"] == 2]) and time.time() < deadline:
                 time.sleep(0.05)
             worker_pid = rows[-1]["pid"]
             os.kill(worker_pid, signal.SIGKILL)  # the trial's worker process, not the search
+            victim_number = int(reached.group(1))
     proc.wait(timeout=300)
     first = "".join(out)
     assert proc.returncode == 0 and worker_pid, first[-4000:]  # some trials failed, not all: exit 0
-    assert re.search(r"trial 0 lost its worker .*retrying from its last checkpoint", first), first[-4000:]
+    assert re.search(rf"trial {victim_number} lost its worker .*retrying from its last checkpoint", first), \
+        first[-4000:]
     trials = _trials_csv(exp_dir)
     assert len(trials) == num_samples and all(t["state"] in DONE_STATES for t in trials)
 
@@ -832,9 +833,9 @@ def test_search_survives_a_nan_trial_and_a_killed_worker(tmp_path):
     # Some trials failed, not all: the search lists them and exits 0.
     assert f"{len(nan_trials)} failed trial(s):" in first
 
-    # 13: the baseline went on from the checkpoint it had when its worker died: evaluation 1 ran once,
+    # 13: the trial went on from the checkpoint it had when its worker died: evaluation 1 ran once,
     # and after the restart its iteration counter started again from a restored checkpoint.
-    rows = _rows(_trial_dir_of(exp_dir, space.baseline()))
+    rows = _rows(victim)
     evals = [r["evals"] for r in rows]
     assert evals.count(1) == 1 and sorted(set(evals)) == list(range(1, max(evals) + 1)), evals
     assert any(r["iterations_since_restore"] < r["training_iteration"] for r in rows)

@@ -96,15 +96,13 @@ def _search(args: argparse.Namespace, exp_dir: Path, state: SearchState, space: 
         resources = _trial_resources(space)
         trainable = _trainable(data, base, resources, space.settings.workers_per_trial, exp_dir,
                                log_dir=None if args.verbose else str(exp_dir / LOGS))
-        if args.resume and tune.Tuner.can_restore(str(exp_dir)):
-            # Ray restores its experiment from its last snapshot; killed before Ray's first snapshot, it
-            # starts the experiment again (with the study: its trials are taken up, not asked for again).
+        if args.resume and ray_can_restore(exp_dir):
             print(f"resuming {_rel(exp_dir)}: finished trials are kept, unfinished ones continue from "
                   f"their last checkpoint")
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
                                        resume_errored=False)
         else:
-            if args.resume:  # killed before Ray saved its Tuner: nothing had run yet
+            if args.resume:  # killed before Ray's first snapshot: a new Tuner takes up the study's trials
                 print(f"resuming {_rel(exp_dir)}: it was stopped before Ray saved its state; it starts "
                       f"again with its study")
             tuner = _new_tuner(space, state, exp_dir, trainable, resources)
@@ -143,6 +141,22 @@ def ray_environment(address: str | None) -> None:
         # same holds to attach to a loopback-only cluster (--address 127.0.0.1:PORT). Checked after the
         # start (internals.check_loopback).
         internals.loopback_environment()
+
+
+def ray_can_restore(exp_dir: Path) -> bool:
+    """Whether Ray saved its Tuner and a snapshot of the experiment to restore from (Ray's public
+    `Tuner.can_restore` sees only the Tuner; `ExperimentAnalysis` raises ValueError without a
+    snapshot). A Tuner restored without a snapshot makes Ray restart the experiment with the wrong
+    number of samples (seen under chaos); a new Tuner over the study loses nothing instead."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(exp_dir)):
+        return False
+    try:
+        tune.ExperimentAnalysis(str(exp_dir))
+    except ValueError:
+        return False
+    return True
 
 
 def _start_or_resume(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Path, SearchState, SearchSpace]:
