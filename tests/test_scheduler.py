@@ -361,3 +361,67 @@ def test_the_study_holds_a_waiting_trial_running_with_its_rung_then_pruned(tmp_p
     study = optuna.load_study(study_name="s", storage=study_search.storage_url)
     assert study.trials[0].state == optuna.trial.TrialState.PRUNED and study.trials[0].value == pytest.approx(0.4)
     assert study.trials[1].user_attrs[ASHA_ATTR] == {"values": {"1": 0.9}, "went_on": [1]}
+
+
+def test_searcher_and_scheduler_through_a_worker_death_a_kill_and_a_restore_behind_the_study(tmp_path):
+    """The searcher and the scheduler together, through Ray's public calls in Ray's order, no Ray
+    cluster: a trial's worker dies while it waits at a rung (it waits again at its next report); the
+    driver is killed after Ray's last snapshot, while the study went on (a trial asked for after the
+    snapshot, a promotion); the restored searcher and scheduler, rebuilt from the study, hand the lost
+    trial to the next Ray trial, keep the promotion, and count no ghost at the rung."""
+    import pickle
+
+    import optuna
+
+    from tune.folder import ASHA_ATTR, TRIAL_NUMBER
+
+    def driver(searcher):
+        limiter = PauseAwareLimiter(searcher, max_concurrent=1)
+        scheduler, ctrl = _script(num_samples=3)  # rungs at 1 and 2 evaluations, half kept
+        ctrl.search_alg = Generator(limiter, 3)
+        return limiter, scheduler, ctrl
+
+    def new_trial(limiter, ctrl, trial_id=None):
+        trial = ctrl.add([], trial_id=trial_id)  # on_trial_add
+        config = limiter.suggest(trial.trial_id)
+        ctrl.search_alg.made = len(ctrl.trials)
+        return trial, config
+
+    def report(limiter, scheduler, ctrl, trial, evals, value):
+        decision = _arrive(scheduler, ctrl, trial, evals, value)  # Ray: the scheduler first, then the searcher
+        limiter.on_trial_result(trial.trial_id, {"m": value, "evals": evals})
+        return decision
+
+    tuner_pkl = pickle.dumps(_study_search(tmp_path, name="e2e"))  # Ray pickles the searcher at the start
+    searcher = pickle.loads(tuner_pkl)
+    limiter, scheduler, ctrl = driver(searcher)
+    a, config_a = new_trial(limiter, ctrl)
+    assert config_a[TRIAL_NUMBER] == 0
+    assert report(limiter, scheduler, ctrl, a, 1, 0.6) == PAUSE  # alone at rung 1
+    scheduler.on_trial_error(ctrl, a)  # its worker dies while it waits; Ray retries it, and starts it
+    a.status = Trial.PENDING
+    scheduler.on_trial_add(ctrl, a)
+    assert report(limiter, scheduler, ctrl, a, 2, 0.7) == PAUSE  # it waits again, one evaluation on
+    searcher.save(str(tmp_path / "searcher-state.pkl"))  # Ray's last snapshot: a, paused after evaluation 2
+    b, config_b = new_trial(limiter, ctrl)
+    assert report(limiter, scheduler, ctrl, b, 1, 0.5) == PAUSE  # two at rung 1: the place is a's
+    assert scheduler.choose_trial_to_run(ctrl) is a  # promoted: in the study at once
+    # The driver is killed here.
+
+    restored = pickle.loads(tuner_pkl)
+    restored.restore(str(tmp_path / "searcher-state.pkl"))
+    limiter2, scheduler2, ctrl2 = driver(restored)
+    a2 = ctrl2.add([], evals=2)  # Ray restores a from its snapshot (as PENDING)
+    assert a2.trial_id == "0" and a2.status == Trial.PENDING  # it went on from rung 1: it runs
+    assert scheduler2.rungs.promoted[0] == {"0"} and scheduler2.rungs.values[0] == {"0": 0.6}  # no ghost of b
+    ctrl2.search_alg.made = 1
+    b2, config_b2 = new_trial(limiter2, ctrl2, "b2")  # the trial asked for after the snapshot: handed on
+    assert config_b2 == config_b
+    assert report(limiter2, scheduler2, ctrl2, b2, 1, 0.5) == PAUSE  # it arrives at rung 1 again, alone with a
+    assert scheduler2.rungs.values[0] == {"0": 0.6, "b2": 0.5}
+    study = optuna.load_study(study_name="e2e", storage=restored.storage_url)
+    assert [t.number for t in study.trials] == [0, 1] and all(t.state.name == "RUNNING" for t in study.trials)
+    assert study.trials[1].user_attrs["ray_trial_id"] == "b2"
+    assert study.trials[1].user_attrs[ASHA_ATTR] == {"values": {"1": 0.5}, "went_on": []}
+    assert study.trials[0].user_attrs[ASHA_ATTR] == {"values": {"1": 0.6}, "went_on": [1]}
+    assert study.trials[0].intermediate_values == {1: 0.6, 2: 0.7}

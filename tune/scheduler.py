@@ -159,22 +159,26 @@ class Rungs:
     def trials(self) -> set[str]:
         return set().union(*self.values) if self.values else set()
 
+    def add_record(self, trial_id: str, record: dict[str, Any], state: str) -> None:
+        """A trial's record (`record_of`) and its state in the study (FAIL: failed; COMPLETE or PRUNED
+        while waiting at a rung: ended there)."""
+        for k, m in enumerate(self.milestones):
+            if str(m) in (record.get("values") or {}):
+                self.record(k, trial_id, float(record["values"][str(m)]))
+            if m in (record.get("went_on") or ()):
+                self.promoted[k].add(trial_id)
+        if state == "FAIL":
+            self.failed.add(trial_id)
+        elif state in ("COMPLETE", "PRUNED") and self.waiting_at(trial_id) is not None:
+            self.ended.add(trial_id)
+
     @classmethod
     def from_records(cls, milestones: list[int], reduction_factor: float,
                      records: dict[str, tuple[dict[str, Any], str]]) -> Rungs:
-        """The rungs rebuilt from each trial's record and its state in the study (FAIL: failed; COMPLETE
-        or PRUNED while waiting at a rung: ended there)."""
+        """The rungs rebuilt from each trial's record and its state in the study."""
         rungs = cls(list(milestones), reduction_factor)
         for trial_id, (record, state) in records.items():
-            for k, m in enumerate(milestones):
-                if str(m) in (record.get("values") or {}):
-                    rungs.record(k, trial_id, float(record["values"][str(m)]))
-                if m in (record.get("went_on") or ()):
-                    rungs.promoted[k].add(trial_id)
-            if state == "FAIL":
-                rungs.failed.add(trial_id)
-            elif state in ("COMPLETE", "PRUNED") and rungs.waiting_at(trial_id) is not None:
-                rungs.ended.add(trial_id)
+            rungs.add_record(trial_id, record, state)
         return rungs
 
 
@@ -221,6 +225,7 @@ class PromotionASHA(FIFOScheduler):
         self._loaded = False
         self._settling = False
         self._closed: set[str] = set()  # trials the study holds as finished when the driver (re)started
+        self._restorable: dict[str, dict[str, Any]] = {}  # records of running trials, until Ray restores them
         self._written: dict[str, dict[str, Any]] = {}  # each trial's record as the study has it
         self._erred: str | None = None  # the trial of the last on_trial_error
 
@@ -236,6 +241,9 @@ class PromotionASHA(FIFOScheduler):
         and that it retries (right after `on_trial_error`): it has not failed."""
         self._load(tune_controller)
         retried, self._erred = self._erred == trial.trial_id, None
+        if trial.trial_id in self._restorable:
+            self.rungs.add_record(trial.trial_id, self._restorable.pop(trial.trial_id), "RUNNING")
+            self._written[trial.trial_id] = self.rungs.record_of(trial.trial_id)
         if trial.status not in (Trial.ERROR, Trial.TERMINATED):
             self.rungs.failed.discard(trial.trial_id)
             # What Ray restores a trial to (its last result in Ray's snapshot, and the checkpoint of it)
@@ -379,8 +387,13 @@ class PromotionASHA(FIFOScheduler):
         if store is None:
             return
         records = store.asha_records()
-        self.rungs = Rungs.from_records(self.rungs.milestones, self.rungs.reduction_factor, records)
         self._closed = {t for t, (_, state) in records.items() if state in ("COMPLETE", "PRUNED", "FAIL")}
+        # A finished trial's record counts at once; a running one's when Ray restores the trial
+        # (`on_trial_add`): a trial asked for after Ray's last snapshot is run again under another Ray
+        # id (StudySearch hands it to the next trial), and its old record must not hold a place.
+        self.rungs = Rungs.from_records(self.rungs.milestones, self.rungs.reduction_factor,
+                                        {t: r for t, r in records.items() if t in self._closed})
+        self._restorable = {t: r for t, (r, state) in records.items() if t not in self._closed}
         self._written = {t: self.rungs.record_of(t) for t in self.rungs.trials()}
 
 
@@ -432,9 +445,10 @@ class ReplayController:
             self.scheduler.on_trial_complete(self, trial, {})
         trial.status = Trial.TERMINATED
 
-    def add(self, curve: list[float], evals: int = 0) -> ReplayTrial:
-        """A new trial; or, with `evals`, one Ray restores after that many evaluations."""
-        trial = ReplayTrial(str(len(self.trials)), curve, evals)
+    def add(self, curve: list[float], evals: int = 0, trial_id: str | None = None) -> ReplayTrial:
+        """A new trial; or, with `evals`, one Ray restores after that many evaluations (Ray's trial ids are
+        random: `trial_id`; by default the trial's index)."""
+        trial = ReplayTrial(trial_id or str(len(self.trials)), curve, evals)
         self.trials.append(trial)
         self.search_alg.made += 1
         self.scheduler.on_trial_add(self, trial)
