@@ -34,6 +34,7 @@ def f1(x) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_loop_overhead_quick(tmp_path):
     need_shared()
     res, stdout = run_bench("loop_overhead", tmp_path, "--quick", "--steps", "8", "--pairs", "1",
@@ -50,6 +51,7 @@ def test_loop_overhead_quick(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_dynamic_padding_quick(tmp_path):
     need_shared()
     res, stdout = run_bench("dynamic_padding", tmp_path, "--quick", "--speed_steps", "6", "--rounds", "1",
@@ -66,6 +68,7 @@ def test_dynamic_padding_quick(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_techniques_quick(tmp_path):
     """The baseline and FGM over 2 seeds, at equal updates and at equal CPU time, and the TF-IDF floor."""
     need_shared()
@@ -82,6 +85,7 @@ def test_techniques_quick(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_gpu_check_without_a_gpu_and_on_cpu(tmp_path):
     import torch
 
@@ -106,6 +110,7 @@ TINY_SEARCH = ["--max_train_samples", "600", "--eval_steps", "3", "--max_evals",
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_search_compare_quick(tmp_path, capsys):
     """FIFO with a tuned threshold, ASHA and Trainer.hyperparameter_search (Optuna backend; the Ray
     one would start another Ray and pickle the Trainer, ~40 s more) on 2 trials of 3 x 3 updates,
@@ -185,6 +190,7 @@ def _check_anytime(res: dict, runs: dict) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_search_overhead_quick(tmp_path):
     need_shared()
     res, stdout = run_bench("search_overhead", tmp_path, "--quick", "--sizes", "600", "--rounds", "1",

@@ -15,6 +15,7 @@ import chaos  # noqa: E402
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_a_search_killed_at_random_moments_ends_every_trial_once(tmp_path):
     res = chaos.run(tmp_path, **chaos.QUICK, seed=3)
     log = (tmp_path / "chaos.log").read_text(encoding="utf-8")[-4000:]

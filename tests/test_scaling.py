@@ -69,10 +69,15 @@ def _assert_complete(exp_dir: Path, num_samples: int) -> None:
 
 
 @pytest.mark.slow
-def test_a_search_whose_trials_each_span_two_ray_train_workers(tmp_path):
+@pytest.mark.full
+@pytest.mark.parametrize("without", ["", "train_cleaner"])
+def test_a_search_whose_trials_each_span_two_ray_train_workers(tmp_path, without):
+    """Also as if Ray Train's private default-callback hook were gone (tune/internals.py): Ray's plain
+    TorchTrainer, cleaner included, runs the same trials."""
+    env = {**os.environ, internals.WITHOUT: without}
     proc = subprocess.run([sys.executable, "tune/search.py", "--space", str(_space(tmp_path, 2, max_steps=10)), "--name", "w2",
                            "--results_dir", str(tmp_path / "results"), "--workers_per_trial", "2"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+                          cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "2 Ray Train workers per trial" in proc.stdout
     exp_dir = tmp_path / "results" / "w2"
@@ -132,6 +137,7 @@ def two_node_cluster():
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_a_search_on_a_two_node_cluster_on_loopback(tmp_path, two_node_cluster):
     deadline = time.time() + 120
     while True:  # `ray status` lists a node that joined a few seconds later

@@ -31,6 +31,7 @@ RSS_BOUND_MB = 30.0
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_soak_40_trials_ends_every_trial_and_leaves_nothing_behind(tmp_path):
     fig = soak.run_soak(TRIALS, tmp_path / "soak", interval=0.5, timeout_s=600)
     assert fig["exit_code"] == 0, (tmp_path / "soak" / "driver.err").read_text()[-3000:]
