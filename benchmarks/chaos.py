@@ -359,16 +359,22 @@ def while_waiting(workdir: Path, kills: int, num_samples: int, max_steps: int, s
     space = chaos_space(workdir, num_samples, max_steps, max_failures=2)
     settings = load_space(space).settings
     exp_dir, log = workdir / "results" / "waiting", workdir / "waiting.log"
-    segments, since = [], []
+    segments, since, offset = [], [], [0]
 
     def a_trial_waits() -> bool:
-        if waiting_trials(exp_dir, settings):
+        """A trial waits at a rung in the study, and this run's live view has said so (Ray runs, with a
+        trial paused at its rung: not the record of the run before, read while this one imports)."""
+        with open(log, encoding="utf-8") as fh:
+            fh.seek(offset[0])
+            said = "waits at eval" in fh.read()
+        if said and waiting_trials(exp_dir, settings):
             since.append(since[0] if since else time.time())
         return bool(since) and time.time() - since[0] > 1.0
 
     args = ["--space", str(space), "--name", "waiting", "--results_dir", str(workdir / "results")]
     for k in range(kills + 1):
         since.clear()
+        offset[0] = log.stat().st_size if log.is_file() else 0
         waited = None
         seg = run_driver(args, log, None, None, random.Random(seed + k), kill_when=a_trial_waits if k < kills else None)
         if seg["killed"]:
