@@ -70,10 +70,11 @@ def _assert_complete(exp_dir: Path, num_samples: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.full
-@pytest.mark.parametrize("without", ["", "train_cleaner"])
+@pytest.mark.parametrize("without", ["", "train_cleaner,token_notice"])
 def test_a_search_whose_trials_each_span_two_ray_train_workers(tmp_path, without):
-    """Also as if Ray Train's private default-callback hook were gone (tune/internals.py): Ray's plain
-    TorchTrainer, cleaner included, runs the same trials."""
+    """Also as if Ray Train's private default-callback hook and Ray's token-notice logger were gone
+    (tune/internals.py): Ray's plain TorchTrainer, cleaner included, runs the same trials. (The
+    third private symbol, the loopback switch, is removed in tests/test_internals.py.)"""
     env = {**os.environ, internals.WITHOUT: without}
     proc = subprocess.run([sys.executable, "tune/search.py", "--space", str(_space(tmp_path, 2, max_steps=10)), "--name", "w2",
                            "--results_dir", str(tmp_path / "results"), "--workers_per_trial", "2"],
