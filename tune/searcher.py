@@ -74,7 +74,7 @@ class StudySearch(Searcher):
         self._handed: set[str] = set()  # the Ray trials given a study trial (saved with Ray's snapshot)
         self._study: optuna.Study | None = None
         self._storage: optuna.storages.BaseStorage | None = None
-        self._handles: dict[str, optuna.Trial] = {}
+        self._handles: dict[str, tuple[optuna.Trial, int]] = {}  # Ray trial -> (its study trial, storage id)
 
     # --- the study ---------------------------------------------------------------------------------
 
