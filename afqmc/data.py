@@ -5,6 +5,7 @@ length-grouped batches and dynamic padding."""
 from __future__ import annotations
 
 import codecs
+import hashlib
 import csv
 import io
 import itertools
@@ -54,6 +55,12 @@ class PairData:
 
     def __len__(self) -> int:
         return len(self.text1)
+
+    def fingerprint(self) -> str:
+        """A short hash of the pairs (texts and labels, in order): two splits with the same fingerprint
+        hold the same pairs (held-out scores kept for them, a warm start's "same task")."""
+        text = json.dumps([self.text1, self.text2, self.labels], ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     def subset(self, index: Sequence[int], source: str | None = None) -> "PairData":
         return PairData(

@@ -103,6 +103,8 @@ def prepare_data(cfg: TrainConfig, log: Callable[[str], None] = print) -> TaskDa
         "pairs_in_train_and_test": count_overlap(train_pairs, test) if test else 0,
         "skipped_empty": splits.skipped_empty, "vocab_size": len(tokenizer),
         "unk_rate": n_unk / max(1, train_enc.num_tokens()),
+        # What a warm start compares to call two searches' tasks the same (tune/warmstart.py).
+        "train_fingerprint": train_pairs.fingerprint(), "val_fingerprint": val_pairs.fingerprint(),
     }
     held_out = (f", {info['test_pairs']} held-out test pairs {info['test_label_counts']} "
                 f"({info['pairs_in_train_and_test']} also in train)") if test else ""

@@ -335,7 +335,7 @@ def test_the_study_holds_a_waiting_trial_running_with_its_rung_then_pruned(tmp_p
 
     from tune.folder import ASHA_ATTR
 
-    study_search = _study_search(tmp_path)
+    study_search = _study_search(tmp_path, num_samples=2)  # the study's target: no more trials after 2
     limiter = PauseAwareLimiter(study_search, max_concurrent=1)
     scheduler, ctrl = _script(num_samples=2)
     ctrl.search_alg = Generator(limiter, 2)
@@ -392,7 +392,7 @@ def test_searcher_and_scheduler_through_a_worker_death_a_kill_and_a_restore_behi
         limiter.on_trial_result(trial.trial_id, {"m": value, "evals": evals})
         return decision
 
-    tuner_pkl = pickle.dumps(_study_search(tmp_path, name="e2e"))  # Ray pickles the searcher at the start
+    tuner_pkl = pickle.dumps(_study_search(tmp_path, name="e2e", num_samples=3))  # Ray pickles the searcher at the start
     searcher = pickle.loads(tuner_pkl)
     limiter, scheduler, ctrl = driver(searcher)
     a, config_a = new_trial(limiter, ctrl)

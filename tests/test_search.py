@@ -1021,7 +1021,7 @@ def test_a_running_search_of_the_same_name_is_refused_at_once(tmp_path, capsys):
     import tune.search as search
 
     exp = _fake_search(tmp_path)
-    lock = search._lock(exp)  # as the running search's driver holds it
+    lock = search.lock_search(exp)  # as the running search's driver holds it
     before = {p.name: p.stat().st_mtime_ns for p in exp.iterdir()}
     try:
         assert search.main(["--name", "s", "--results_dir", str(exp.parent)]) == 2

@@ -12,12 +12,13 @@ import dataclasses
 import enum
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from afqmc.checkpoint import write_text_atomic
-from afqmc.config import PRIMARY, SELECTION_METRICS, TECHNIQUES
+from afqmc.config import ConfigError, PRIMARY, SELECTION_METRICS, TECHNIQUES
 
 # --- file names in results/NAME/ -----------------------------------------------------------------
 SEARCH_JSON = "search.json"  # SearchState: how the search was started
@@ -53,6 +54,11 @@ TEST_F1 = "test/f1_macro"  # the held-out F1 of a scored model, in trials.csv
 ASHA_ATTR = "asha"  # user attribute of a trial in optuna.db: its values at ASHA's rungs and the rungs it went on from
 RAY_TRIAL_ID = "ray_trial_id"  # user attribute of each trial in optuna.db: the Ray trial it belongs to
 TRIAL_NUMBER = "trial_number"  # in a Ray trial's config (params.json): its number in the study (0: the baseline)
+# User attributes of warm-start trials in optuna.db (tune/warmstart.py): an enqueued configuration's
+# source ("results/OLD trial 7"), and an earlier search's trial added only to inform TPE (never run here).
+WARM_FROM = "warm_start_from"
+INFORMED_BY = "informed_by"
+TARGET_ATTR = "num_samples"  # study user attribute: how many trials the search is to hold (--num_samples)
 TRAIN_GROUP = "train_placement_group"  # in a multi-worker trial's reports: its Ray Train workers' placement group
 
 
@@ -146,6 +152,13 @@ class SearchState:
     cwd: str = "."
     started: str = ""
     tracking_uri: str | None = None  # --tracking_uri of search.loggers: [mlflow] (None: mlflow.db in the folder)
+    # What the search learns on: its data (fingerprints of the train and val splits), label set, metric
+    # and model; a warm start informs TPE with another search's trials only when these are the same.
+    task: dict[str, Any] = field(default_factory=dict)
+    # Each `--resume NAME --num_samples N` that grew the search: {"from", "to", "started"}.
+    extensions: list[dict[str, Any]] = field(default_factory=list)
+    # What `--warm_start` reused (tune/warmstart.py's plan): enqueued, informing, left out, and why.
+    warm_start: dict[str, Any] = field(default_factory=dict)
 
     @property
     def metric(self) -> str:
@@ -170,3 +183,42 @@ class SearchState:
         data = json.loads(path.read_text(encoding="utf-8"))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# --- the lock of a running search --------------------------------------------------------------
+
+LOCK_NAME = ".search.lock"  # held (flock) by the driver of a running search; it holds the driver's pid
+
+
+def lock_search(exp_dir: Path):
+    """Hold the search's lock for as long as this process lives (the OS releases it on any exit)."""
+    import fcntl
+
+    handle = open(exp_dir / LOCK_NAME, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        refuse_if_running(exp_dir)  # raises, naming the running driver
+        raise ConfigError(f"{exp_dir}: a search of this name is running now") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def refuse_if_running(exp_dir: Path) -> None:
+    """A search whose driver still holds its lock: refuse at once, touching nothing of it."""
+    import fcntl
+
+    path = exp_dir / LOCK_NAME
+    if not path.is_file():
+        return
+    with open(path, encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = handle.read().strip() or "?"
+            raise ConfigError(f"{exp_dir}: a search of this name is running now (driver pid {pid}); wait for it "
+                              f"to end (then --resume it, or use another --name)") from None

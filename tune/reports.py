@@ -216,6 +216,9 @@ def trials_markdown(name: str, frame: pd.DataFrame, params: list[str], summary: 
     lines.append(f"Budget used: {used}, {budget['optimizer_steps']:,} optimizer steps, "
                  f"{budget['trial_seconds'] / 60:.1f} trial-minutes in {budget['wall_seconds'] / 60:.1f} minutes.")
     lines.append("")
+    reuse = extension_lines(summary.get("extensions") or [], metric) + warm_start_lines(summary.get("warm_start"))
+    if reuse:
+        lines += [f"- {line.strip()}" for line in reuse] + [""]
     if best:
         if best["trial"] == (base or {}).get("trial"):
             gain = " (the baseline itself)"
@@ -272,6 +275,7 @@ def param_importances(experiment_dir: Path, seed: int = 0) -> dict[str, Any]:
         study = load_study(experiment_dir)
         if study is None:
             return {"method": "fANOVA", "values": {}, "trials": 0, "error": f"no Optuna study in {STUDY_DB}"}
+        study = _own_study(study)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         basis = "completed trials"
         if len(complete) < 2 or len({t.value for t in complete}) == 1:
@@ -289,6 +293,21 @@ def param_importances(experiment_dir: Path, seed: int = 0) -> dict[str, Any]:
         return {"method": "fANOVA", "values": values, "trials": len(complete), "basis": basis}
     except Exception as exc:  # the tables must not depend on it
         return {"method": "fANOVA", "values": {}, "trials": 0, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _own_study(study):
+    """The study, or, when a warm start added earlier searches' trials to inform TPE, an in-memory copy
+    of the search's own trials: the importances are this search's."""
+    import optuna
+
+    from tune.searcher import own_trials
+
+    own = own_trials(study)
+    if len(own) == sum(t.state != optuna.trial.TrialState.WAITING for t in study.trials):
+        return study
+    copy = optuna.create_study(direction=study.direction)
+    copy.add_trials([t for t in own if t.state.is_finished()])
+    return copy
 
 
 def _at_common_evaluation(study):
@@ -501,11 +520,10 @@ def _summary(experiment_dir: Path, trials: list[TrialRecord], frame: pd.DataFram
 
     baseline = next((t for t in trials if t.is_baseline), None)
     walls = [t.wall_time_s for t in trials if t.wall_time_s is not None]
-    stamps = [(r.get("timestamp"), r.get("time_total_s")) for t in trials for r in t.history[:1] + t.history[-1:]]
-    starts = [s - (tt or 0) for s, tt in stamps if s is not None]
-    ends = [s for s, _ in stamps if s is not None]
     evals_done = int(sum(t.evals for t in trials))
     max_total = int(num_samples * max_evals) if max_evals else None
+    best_now = {"best": None if best is None else best.best_value, "best_trial": None if best is None else best.number,
+                "updates": int(sum(t.steps for t in trials)), "trials": len(trials)}
     return {
         "name": experiment_dir.name, "experiment_dir": str(experiment_dir), "metric": metric,
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -517,10 +535,86 @@ def _summary(experiment_dir: Path, trials: list[TrialRecord], frame: pd.DataFram
                    "evals_fraction": evals_done / max_total if max_total else None,
                    "optimizer_steps": int(sum(t.steps for t in trials)),
                    "trial_seconds": float(sum(walls)),
-                   "wall_seconds": float(max(ends) - min(starts)) if starts else 0.0},
+                   "wall_seconds": _busy_seconds(trials)},
         "settings": settings, "scheduler": state.scheduler,
         "importance": importance,
+        "extensions": extension_figures(state.extensions, best_now),
+        "warm_start": warm_start_summary(state.warm_start),
     }
+
+
+def extension_figures(extensions: list[dict[str, Any]], now: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each extension of the search (SearchState.extensions) with what it added: the best val value and
+    the updates before it (recorded when it started) and after it (the next one's before, or now)."""
+    out = []
+    for i, ext in enumerate(extensions):
+        after = extensions[i + 1]["before"] if i + 1 < len(extensions) else now
+        before = ext.get("before") or {}
+        out.append({**ext, "after": after,
+                    "updates_spent": after["updates"] - before.get("updates", 0) if before else None})
+    return out
+
+
+def warm_start_lines(warm: dict[str, Any] | None) -> list[str]:
+    """summary.json's warm start in words (tune/warmstart.describe over its summary)."""
+    from tune.warmstart import describe
+
+    if not warm:
+        return []
+    return describe({"top_k": warm["top_k"], "sources": warm["sources"], "enqueue": warm["enqueued"],
+                     "left_out": warm["left_out"], "inform": []})
+
+
+def extension_lines(extensions: list[dict[str, Any]], metric: str) -> list[str]:
+    """The extensions in words (the end of a search, trials.md, compare.py)."""
+    lines = []
+    for ext in extensions:
+        before, after = ext.get("before") or {}, ext["after"]
+
+        def best(x):
+            return "none" if x.get("best") is None else f"{x['best']:.4f} (trial {x['best_trial']})"
+
+        lines.append(f"extended from {ext['from']} to {ext['to']} trials on {ext['started']}: best {metric} (val, "
+                     f"the value that chose) {best(before)} before, {best(after)} after; the new trials spent "
+                     f"{ext['updates_spent']:,} optimizer updates (the {before.get('trials', '?')} before them: "
+                     f"{before.get('updates', 0):,})")
+    return lines
+
+
+def warm_start_summary(warm: dict[str, Any]) -> dict[str, Any] | None:
+    """search.json's warm start for summary.json: what was reused and why not the rest (the informing
+    trials counted by source, not listed)."""
+    if not warm:
+        return None
+    counts: dict[str, int] = {}
+    for item in warm.get("inform", []):
+        source = item["from"].rsplit(" trial ", 1)[0]
+        counts[source] = counts.get(source, 0) + 1
+    return {"top_k": warm.get("top_k"),
+            "sources": [{**src, "informing": counts.get(src["path"], 0)} for src in warm.get("sources", [])],
+            "enqueued": warm.get("enqueue", []), "left_out": warm.get("left_out", [])}
+
+
+def _busy_seconds(trials: list[TrialRecord]) -> float:
+    """The wall time during which some trial ran: the union of the trials' spans (an extended or resumed
+    search's pause between its runs does not count)."""
+    spans = []
+    for t in trials:
+        if not t.history:
+            continue
+        first, last = t.history[0], t.history[-1]
+        if first.get("timestamp") is None or last.get("timestamp") is None:
+            continue
+        spans.append((first["timestamp"] - (first.get("time_total_s") or 0), last["timestamp"]))
+    total, end = 0.0, None
+    for start, stop in sorted(spans):
+        if end is None or start > end:
+            total += stop - start
+            end = stop
+        elif stop > end:
+            total += stop - end
+            end = stop
+    return float(total)
 
 
 def _space(experiment_dir: Path, state: SearchState, notes: list[str]) -> SearchSpace | None:

@@ -209,6 +209,13 @@ def _find(search_alg, attribute: str):
     return node
 
 
+def _all_made(search_alg) -> bool:
+    """Whether no trial will be added: the study's word (StudySearch.all_made: the search runs Ray with
+    unlimited samples and the study holds the target), else Ray's."""
+    searcher = _find(search_alg, "all_made")
+    return searcher.all_made() if searcher is not None else search_alg.is_finished()
+
+
 class PromotionASHA(FIFOScheduler):
     """The search's `--scheduler asha`: see the module's docstring. `max_concurrent` is the search's
     concurrency (the same as PauseAwareLimiter's): a waiting trial resumes only into a free slot. The
@@ -344,7 +351,7 @@ class PromotionASHA(FIFOScheduler):
 
     def _verdicts(self, tune_controller) -> tuple[list, set]:
         active, waiting = self._live(tune_controller)
-        return self.rungs.verdicts(active, waiting, tune_controller.search_alg.is_finished())
+        return self.rungs.verdicts(active, waiting, _all_made(tune_controller.search_alg))
 
     def _settle(self, tune_controller, exclude: Trial | None = None) -> list[tuple[int, str]]:
         """Stop each waiting trial whose rung is settled and that may not go on, and each paused one

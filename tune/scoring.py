@@ -10,7 +10,6 @@ reports predicts nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -72,8 +71,7 @@ def val_predictions(experiment_dir: Path, trial: TrialRecord, metric: str = PRIM
 
 def fingerprint(pairs) -> str:
     """A short hash of labelled pairs: the test scores kept for them are those of these very pairs."""
-    text = json.dumps([pairs.text1, pairs.text2, pairs.labels], ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return pairs.fingerprint()
 
 
 def held_out_test(experiment_dir: Path, base: TrainConfig, trials: dict[str, TrialRecord | None],

@@ -3,12 +3,16 @@ hyperparameters, ASHA stops weak trials early, all on val F1-macro.
 
     python tune/search.py [--space search_spaces/demo.yaml] [--name NAME] [--num_samples N]
         [--scheduler asha|fifo] [--address auto|HOST:PORT] [--field_name value ...]
-    python tune/search.py --resume results/NAME
+    python tune/search.py --resume results/NAME [--num_samples N]    # continue; or grow it to N trials
+    python tune/search.py --warm_start results/OLD [results/OLD2 ...] [--space ...]  # a new search from old ones
 
 The data is loaded and tokenized once, here in the driver, and reaches the trials through Ray's
 object store. Everything lands in results/NAME/: the Ray experiment (one folder per trial with its
 best checkpoint), the Optuna study (optuna.db), trials.csv, best_config.yaml and best_model/.
-Ctrl-C stops the search cleanly; `--resume results/NAME` continues it.
+Ctrl-C stops the search cleanly; `--resume results/NAME` continues it, and with `--num_samples N`
+adds trials to it (same study, folder and settings; nothing retrained). `--warm_start` tries the
+earlier searches' best configurations first and, on the same task, lets their trials inform TPE
+(tune/warmstart.py).
 """
 
 from __future__ import annotations
@@ -37,13 +41,15 @@ from typing import Any
 from afqmc.config import ConfigError, TrainConfig, fields_help, parse_overrides
 from afqmc.data import DataError
 from afqmc.train import TaskData, prepare_data
-from tune import internals
+from tune import internals, warmstart
 from tune.ensemble import ensemble_lines
-from tune.reports import test_lines, write_reports
-from tune.results import collect_trials, searcher_metric
+from tune.reports import extension_lines, test_lines, write_reports
+from tune.results import best_trial, collect_trials, searcher_metric
 from tune.space import SearchSpace, folder_space, load_space, search_base
+from tune.warmstart import task_record
 from tune.folder import (BEST_CONFIG, BEST_MODEL, DONE_STATES, LOGS, PLOTS, SPACE_COPY, STUDY_DB, TRAIN_RUNS,
-                         TRIALS_CSV, TRIALS_MD, TRIAL_PREFIX, NotASearchError, SearchState, TrialState, trial_dirname)
+                         TRIALS_CSV, TRIALS_MD, TRIAL_PREFIX, NotASearchError, SearchState, TrialState, lock_search,
+                         refuse_if_running, trial_dirname)
 
 RESULTS_DIR = "results"
 SPACES_DIR = Path(__file__).resolve().parent / "spaces"  # the shipped spaces (package data; search_spaces/ links here)
@@ -61,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         # The only tokenization of the whole search; it also reads a labelled test_file (or splits
         # off test_ratio), so that bad test data stops the search before it trains.
         data = prepare_data(base)
+        state.task = state.task or task_record(base, space.settings, data.info)
+        if args.warm_start:
+            state.warm_start = warmstart.plan(args.warm_start, space, state.task, space.settings.warm_start_top_k)
+            for line in warmstart.describe(state.warm_start):
+                print(line)
     except (ConfigError, DataError, OSError) as exc:  # OSError: e.g. a hub model without internet
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -79,7 +90,10 @@ def _search(args: argparse.Namespace, exp_dir: Path, state: SearchState, space: 
     """The search itself, once its data is ready: the experiment folder, Ray and the Tuner, the reports."""
     try:
         # The lock is held while this driver lives: a second search of this name refuses at once.
-        lock = _lock(exp_dir) if args.resume else _create_experiment(exp_dir, Path(args.space), state)
+        lock = lock_search(exp_dir) if args.resume else _create_experiment(exp_dir, Path(args.space), state)
+        if args.resume:
+            state.save(exp_dir)  # an extension's new target and record, a task record an older search lacked
+            _set_target(exp_dir, state.num_samples)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -96,27 +110,60 @@ def _search(args: argparse.Namespace, exp_dir: Path, state: SearchState, space: 
         resources = _trial_resources(space)
         trainable = _trainable(data, base, resources, space.settings.workers_per_trial, exp_dir,
                                log_dir=None if args.verbose else str(exp_dir / LOGS))
-        if args.resume and ray_can_restore(exp_dir):
+        unfinished = bool(args.resume) and _study_counts(exp_dir)["running"] > 0
+        restored = unfinished and ray_can_restore(exp_dir)
+        if restored:
             print(f"resuming {_rel(exp_dir)}: finished trials are kept, unfinished ones continue from "
                   f"their last checkpoint")
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
                                        resume_errored=False)
         else:
-            if args.resume:  # killed before Ray's first snapshot: a new Tuner takes up the study's trials
+            if unfinished:  # killed before Ray's first snapshot: a new Tuner takes up the study's trials
                 print(f"resuming {_rel(exp_dir)}: it was stopped before Ray saved its state; it starts "
                       f"again with its study")
+            elif args.resume:  # every trial it holds has ended: a new Ray run adds the ones it lacks
+                print(f"resuming {_rel(exp_dir)}: its trials have all ended and are kept (ASHA's peers at "
+                      f"their rungs); a new Ray run over its study adds the rest")
             tuner = _new_tuner(space, state, exp_dir, trainable, resources)
         started = time.time()
-        try:
-            tuner.fit()  # the first Ctrl-C makes Ray stop the trials and save the experiment state
-        except KeyboardInterrupt:  # a second Ctrl-C: Ray skipped its last save; what is on disk remains
-            print("interrupted again: the last experiment state Ray saved is kept", file=sys.stderr)
+        if _fit(tuner) and restored:
+            # Ray's restored run ends where its own saved state said (its samples were all made), which
+            # can be short of a target raised since: a new Ray run over the study adds the rest.
+            counts = _study_counts(exp_dir)
+            if not counts["running"] and counts["own"] < state.num_samples:
+                _fit(_new_tuner(space, state, exp_dir, trainable, resources))
         elapsed = time.time() - started
     finally:
         ray.shutdown()
     code = _finish(exp_dir, space, elapsed, data.test, data.val_pairs)
     lock.close()
     return code
+
+
+def _fit(tuner) -> bool:
+    """Run the Tuner; False when it was interrupted (Ctrl-C, SIGUSR1). Ray's handler takes SIGINT for
+    the run and gives the one it found back only when a signal stopped the run: that is how an
+    interrupt is told from a run that ended."""
+    import signal
+
+    def ours(signum, frame):
+        raise KeyboardInterrupt
+
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # no signals here, and Ray takes none
+        tuner.fit()
+        return True
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, ours)
+    try:
+        tuner.fit()  # the first Ctrl-C makes Ray stop the trials and save the experiment state
+        return signal.getsignal(signal.SIGINT) is not ours
+    except KeyboardInterrupt:  # a second Ctrl-C: Ray skipped its last save; what is on disk remains
+        print("interrupted again: the last experiment state Ray saved is kept", file=sys.stderr)
+        return False
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # --- building the search -------------------------------------------------------------------------
@@ -164,9 +211,12 @@ def _start_or_resume(args: argparse.Namespace, overrides: dict[str, Any]) -> tup
     if args.resume:
         exp_dir = Path(args.resume).resolve()
         state = _load_state(exp_dir)
-        _refuse_if_running(exp_dir)
+        refuse_if_running(exp_dir)
         if (exp_dir / STUDY_DB).exists() or any(exp_dir.glob(f"{TRIAL_PREFIX}*")):  # else: killed before either
             _check_study(exp_dir)
+        _note_space_file(exp_dir, state)
+        if args.num_samples is not None and args.num_samples != state.num_samples:
+            _extend(exp_dir, state, args.num_samples)
         space = folder_space(exp_dir, state)
         space.settings.workers_per_trial = state.workers_per_trial
         return exp_dir, state, space
@@ -177,7 +227,7 @@ def _start_or_resume(args: argparse.Namespace, overrides: dict[str, Any]) -> tup
     exp_dir = (Path(args.results_dir) / name).resolve()
     _check_results_dir(Path(args.results_dir), explicit=args.results_dir != RESULTS_DIR)
     if exp_dir.exists():
-        _refuse_if_running(exp_dir)
+        refuse_if_running(exp_dir)
         raise ConfigError(f"{exp_dir} already exists: continue it with --resume {_rel(exp_dir)}, "
                           f"or choose another --name")
     state = SearchState(space=str(args.space), overrides=overrides, num_samples=space.settings.num_samples,
@@ -189,6 +239,67 @@ def _start_or_resume(args: argparse.Namespace, overrides: dict[str, Any]) -> tup
     return exp_dir, state, space
 
 
+def _extend(exp_dir: Path, state: SearchState, num_samples: int) -> None:
+    """`--resume NAME --num_samples N`: the search is to hold N trials (written once its lock is held)."""
+    held = _study_counts(exp_dir)["own"]
+    if num_samples < state.num_samples:
+        raise ConfigError(f"--num_samples {num_samples}: {_rel(exp_dir)} was started with {state.num_samples} trials "
+                          f"and holds {held}; a search can grow, not shrink")
+    state.extensions.append({"from": state.num_samples, "to": num_samples,
+                             "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                             "before": _standing(exp_dir)})
+    state.num_samples = num_samples
+    state.settings["num_samples"] = num_samples
+    print(f"extending {_rel(exp_dir)} from {held} trials (of {state.extensions[-1]['from']}) to {num_samples}: "
+          f"the same study, folder and settings; earlier trials are kept, not retrained")
+
+
+def _note_space_file(exp_dir: Path, state: SearchState) -> None:
+    """A resumed search runs on the copy of its space file it started with; say so when the file has
+    changed on disk since (or is gone)."""
+    given = Path(state.space)
+    given = given if given.is_absolute() else Path(state.cwd) / given
+    copy = exp_dir / SPACE_COPY
+    try:
+        same = given.read_bytes() == copy.read_bytes()
+    except OSError:
+        same = False
+    if not same and copy.is_file():
+        print(f"note: {given} has changed since the search started (or is gone); the search goes on with the "
+              f"space it started with, {_rel(copy)}")
+
+
+def _study_counts(exp_dir: Path) -> dict[str, int]:
+    """How many trials the study holds of the search's own (asked for; not an informing one), and how
+    many of them are RUNNING (unfinished: running, waiting at a rung, or interrupted)."""
+    from tune.searcher import own_trials
+    from tune.results import load_study
+
+    study = load_study(exp_dir)
+    own = own_trials(study) if study is not None else []
+    return {"own": len(own), "running": sum(t.state.name == "RUNNING" for t in own)}
+
+
+def _set_target(exp_dir: Path, num_samples: int) -> None:
+    """The study's record of how many trials the search is to hold (StudySearch.target), when the
+    study exists (a new one takes it from the searcher)."""
+    from tune.folder import TARGET_ATTR
+    from tune.results import load_study
+
+    study = load_study(exp_dir)
+    if study is not None and study.user_attrs.get(TARGET_ATTR) != num_samples:
+        study.set_user_attr(TARGET_ATTR, num_samples)
+
+
+def _standing(exp_dir: Path) -> dict[str, Any]:
+    """The search's best val value and the optimizer updates its trials spent, before an extension
+    (as tune/reports.py's summary counts them after it)."""
+    trials = collect_trials(exp_dir)
+    best = best_trial(trials)
+    return {"best": None if best is None else best.best_value, "best_trial": None if best is None else best.number,
+            "updates": int(sum(t.steps for t in trials)), "trials": len(trials)}
+
+
 def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable, resources):
     """The Tuner of a new search: StudySearch (TPE) on search.metric, ASHA (or FIFO), the callbacks."""
     from ray import tune
@@ -198,7 +309,10 @@ def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable,
     from tune.terminal import LiveView
 
     settings, scheduler_name = space.settings, state.scheduler
-    callbacks = [LiveView(settings.max_evals, settings.metric, settings.asha_metric, num_samples=settings.num_samples),
+    # Trials that ended in an earlier Ray run over the study (this Tuner never sees them).
+    earlier = [t.steps for t in collect_trials(exp_dir) if t.state in DONE_STATES]
+    callbacks = [LiveView(settings.max_evals, settings.metric, settings.asha_metric, num_samples=settings.num_samples,
+                          earlier_steps=earlier),
                  KeepBestCheckpoint(settings.metric), ReleaseTrainWorkers()]
     if "mlflow" in settings.loggers:
         from tune.tracking import MLflowTrials, default_tracking_uri
@@ -221,7 +335,8 @@ def _new_tuner(space: SearchSpace, state: SearchState, exp_dir: Path, trainable,
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
+            # Unlimited for Ray: the study says how many trials the search holds (StudySearch.target).
+            search_alg=searcher, scheduler=scheduler, num_samples=-1,
             trial_dirname_creator=trial_dirname,
             # A new trial reuses a finished trial's worker: no torch import per trial. Not with Train
             # workers: a stopped trial's actor must go, and its Train run with it.
@@ -253,7 +368,7 @@ def _searcher(space: SearchSpace, state: SearchState, exp_dir: Path):
         space.distributions(), metric=searcher_metric(settings.metric), study_name=exp_dir.name,
         storage_url=f"sqlite:///{exp_dir / STUDY_DB}", eval_metric=settings.metric, max_evals=settings.max_evals,
         sampler=settings.sampler, seed=settings.seed, n_startup_trials=settings.n_startup_trials,
-        baseline=state.baseline,
+        baseline=state.baseline, num_samples=settings.num_samples, warm_start=state.warm_start,
     )
 
 
@@ -366,6 +481,8 @@ def _finish(exp_dir: Path, space: SearchSpace, elapsed: float, test_pairs=None, 
               f"{_rel(exp_dir / BEST_MODEL)}, config in {_rel(exp_dir / BEST_CONFIG)}")
     for line in test_lines(reports.summary.get("test")) + ensemble_lines(reports.summary.get("ensemble")):
         print(line)
+    for line in extension_lines(reports.summary.get("extensions") or [], metric):
+        print(line)
     print(f"Optuna study: optuna-dashboard sqlite:///{_rel(exp_dir / STUDY_DB)}")
     print(f"tables: {_rel(exp_dir / TRIALS_MD)}, {_rel(exp_dir / TRIALS_CSV)}; plots: {_rel(exp_dir / PLOTS)}/")
     failed = [t for t in trials if t.state == TrialState.FAILED]
@@ -399,7 +516,11 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, A
     parser.add_argument("--num_samples", type=int, help="number of trials (default: the space's)")
     parser.add_argument("--scheduler", choices=("asha", "fifo"),
                         help="asha (default) stops weak trials early; fifo runs every trial to max_evals")
-    parser.add_argument("--resume", metavar="results/NAME", help="continue an interrupted search")
+    parser.add_argument("--resume", metavar="results/NAME",
+                        help="continue an interrupted search; with --num_samples N, grow a search to N trials")
+    parser.add_argument("--warm_start", nargs="+", metavar="results/OLD",
+                        help="start a new search from earlier ones: their best configurations first "
+                             "(search.warm_start_top_k), and on the same task their trials inform TPE")
     parser.add_argument("--address", help="attach to a running Ray cluster (auto or HOST:PORT) "
                                           "instead of starting a local one")
     parser.add_argument("--results_dir", default=RESULTS_DIR, help="where NAME/ is created (default: results)")
@@ -417,11 +538,12 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, A
     except ConfigError as exc:
         parser.error(str(exc))
     if args.resume:
-        given = [f"--{k}" for k in ("space", "name", "num_samples", "scheduler", "workers_per_trial", "tracking_uri")
+        given = [f"--{k}" for k in ("space", "name", "scheduler", "workers_per_trial", "tracking_uri", "warm_start")
                  if getattr(args, k) is not None]
         given += [f"--{k}" for k in overrides]
         if given:
-            parser.error(f"--resume continues the search as it was started; drop {', '.join(given)}")
+            parser.error(f"--resume continues the search with its own settings (only --num_samples may grow it); "
+                         f"drop {', '.join(given)}")
     else:
         args.space = _rel(resolve_space(args.space)) if args.space else _rel(DEFAULT_SPACE)
         args.scheduler = args.scheduler or "asha"
@@ -429,43 +551,6 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, A
         if getattr(args, key) is not None and getattr(args, key) < 1:
             parser.error(f"--{key} must be >= 1")
     return args, overrides
-
-
-LOCK_NAME = ".search.lock"  # held (flock) by the driver of a running search; it holds the driver's pid
-
-
-def _lock(exp_dir: Path):
-    """Hold the search's lock for as long as this process lives (the OS releases it on any exit)."""
-    import fcntl
-
-    handle = open(exp_dir / LOCK_NAME, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        _refuse_if_running(exp_dir)  # raises, naming the running driver
-        raise ConfigError(f"{exp_dir}: a search of this name is running now") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
-
-
-def _refuse_if_running(exp_dir: Path) -> None:
-    """A search whose driver still holds its lock: refuse at once, touching nothing of it."""
-    import fcntl
-
-    path = exp_dir / LOCK_NAME
-    if not path.is_file():
-        return
-    with open(path, encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = handle.read().strip() or "?"
-            raise ConfigError(f"{exp_dir}: a search of this name is running now (driver pid {pid}); wait for it "
-                              f"to end (then --resume it, or use another --name)") from None
 
 
 def _check_results_dir(results_dir: Path, explicit: bool) -> None:
@@ -489,14 +574,14 @@ def _create_experiment(exp_dir: Path, space_file: Path, state: SearchState):
     tmp = exp_dir.with_name(f".{exp_dir.name}.creating-{os.getpid()}")
     for stale in exp_dir.parent.glob(f".{exp_dir.name}.creating-*"):  # left by a driver killed while creating
         try:
-            _refuse_if_running(stale)
+            refuse_if_running(stale)
         except ConfigError:  # being created right now
             continue
         shutil.rmtree(stale, ignore_errors=True)
     lock = None
     try:
         tmp.mkdir(parents=True)
-        lock = _lock(tmp)  # the lock file's inode moves with the folder: held from the first moment
+        lock = lock_search(tmp)  # the lock file's inode moves with the folder: held from the first moment
         shutil.copyfile(space_file, tmp / SPACE_COPY)
         state.save(tmp)
         tmp.rename(exp_dir)

@@ -23,7 +23,8 @@ import numpy as np
 import optuna
 from ray.tune.search import Searcher
 
-from tune.folder import ASHA_ATTR, FAILED, RAY_TRIAL_ID, TRIAL_NUMBER, failure_reason
+from tune.folder import (ASHA_ATTR, FAILED, INFORMED_BY, RAY_TRIAL_ID, TARGET_ATTR, TRIAL_NUMBER, WARM_FROM,
+                         failure_reason)
 from tune.results import ran_its_course
 
 
@@ -46,6 +47,12 @@ def make_sampler(kind: str, seed: int | None, n_startup_trials: int = 10) -> opt
         return optuna.samplers.TPESampler(multivariate=True, seed=seed, n_startup_trials=n_startup_trials)
 
 
+def own_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials of its search: asked for (not waiting in the queue), not added to inform TPE."""
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state != optuna.trial.TrialState.WAITING and INFORMED_BY not in t.user_attrs]
+
+
 class StudySearch(Searcher):
     """Ray Tune's Searcher on an Optuna study (ask-and-tell):
 
@@ -61,12 +68,25 @@ class StudySearch(Searcher):
       as finished leaves its record as it is, and a trial it holds as RUNNING that Ray's snapshot
       never saw (asked for just before the kill) is handed, with its parameters, to the next Ray
       trial instead of a new one: the study never keeps a trial RUNNING forever.
+    - how many trials the search holds is the study's to say (its `num_samples` attribute, set when
+      the study is created and raised by `--resume NAME --num_samples N`): `suggest` answers
+      FINISHED once the study holds that many of its own trials, so Ray runs with unlimited samples
+      and an extended search needs no change to Ray's saved state.
+    - a warm start (tune/warmstart.py) is written into a new study: earlier searches' configurations
+      enqueued right after the baseline (attribute `warm_start_from`), and, for the same task,
+      earlier trials added with their values to inform TPE (attribute `informed_by`; never run here,
+      and no trial of this search).
     """
+
+    num_samples: int | None = None  # (class defaults: a searcher Ray pickled before these existed)
+    warm_start: dict[str, Any] = {}
 
     def __init__(self, space: dict[str, optuna.distributions.BaseDistribution], *, metric: str, study_name: str,
                  storage_url: str, eval_metric: str, max_evals: float, sampler: str = "tpe", seed: int | None = None,
-                 n_startup_trials: int = 10, baseline: dict[str, Any] | None = None):
+                 n_startup_trials: int = 10, baseline: dict[str, Any] | None = None, num_samples: int | None = None,
+                 warm_start: dict[str, Any] | None = None):
         super().__init__(metric=metric, mode="max")
+        self.num_samples, self.warm_start = num_samples, warm_start or {}
         self.space, self.study_name, self.storage_url = space, study_name, storage_url
         self.eval_metric, self.max_evals = eval_metric, max_evals
         self.sampler_kind, self.seed, self.n_startup_trials = sampler, seed, n_startup_trials
@@ -80,14 +100,40 @@ class StudySearch(Searcher):
 
     @property
     def study(self) -> optuna.Study:
-        """The search's study, created with the baseline enqueued as its first trial, else loaded."""
+        """The search's study, created with the baseline enqueued as its first trial (then a warm
+        start's configurations and informing trials), else loaded."""
         if self._study is None:
             self._storage = optuna.storages.RDBStorage(self.storage_url)
             self._study = optuna.create_study(study_name=self.study_name, storage=self._storage,
                                               direction="maximize", load_if_exists=True)
-            if self.baseline is not None and not self._study.get_trials(deepcopy=False):
-                self._study.enqueue_trial(self.baseline)
+            if not self._study.get_trials(deepcopy=False):
+                self._populate(self._study)
         return self._study
+
+    def _populate(self, study: optuna.Study) -> None:
+        if self.num_samples is not None and TARGET_ATTR not in study.user_attrs:
+            study.set_user_attr(TARGET_ATTR, self.num_samples)
+        if self.baseline is not None:
+            study.enqueue_trial(self.baseline)
+        for item in self.warm_start.get("enqueue", []):
+            study.enqueue_trial(item["params"], user_attrs={WARM_FROM: item["from"]}, skip_if_exists=True)
+        informing = [optuna.trial.create_trial(
+            state=optuna.trial.TrialState[item["state"]], value=item.get("value"), params=item["params"],
+            distributions={k: self.space[k] for k in item["params"]}, user_attrs={INFORMED_BY: item["from"]},
+            intermediate_values={int(k): v for k, v in (item.get("intermediate") or {}).items()})
+            for item in self.warm_start.get("inform", [])]
+        if informing:
+            study.add_trials(informing)
+
+    @property
+    def target(self) -> int | None:
+        """How many trials the search is to hold: the study's record, else the constructor's."""
+        return self.study.user_attrs.get(TARGET_ATTR, self.num_samples)
+
+    def all_made(self) -> bool:
+        """Whether the study holds every trial the search is to have (ASHA: no more peers will come)."""
+        target = self.target
+        return target is not None and len(own_trials(self.study)) >= target
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles the searcher: the study is loaded again
         return {**self.__dict__, "_study": None, "_storage": None, "_handles": {}}
@@ -120,6 +166,8 @@ class StudySearch(Searcher):
         orphan = self._orphan()
         if orphan is not None:
             handle, storage_id = self._handle(orphan.number)
+        elif self.all_made():
+            return Searcher.FINISHED
         else:
             study.sampler = make_sampler(self.sampler_kind, trial_seed(self.seed, len(study.get_trials(deepcopy=False))),
                                          self.n_startup_trials)

@@ -89,6 +89,9 @@ class SearchSettings:
     # both searched, shift a model's probabilities, and log loss then rewards calibration over
     # ranking: measured on the CPU space, benchmarks/README.md) or log_loss.
     ensemble_metric: str = "auc"
+    # With `--warm_start results/OLD ...`: the earlier searches' best configurations tried first,
+    # right after the baseline (tune/warmstart.py); 0 = none (their trials may still inform TPE).
+    warm_start_top_k: int = 3
 
 
 @dataclass
@@ -243,7 +246,7 @@ def _parse_settings(search: dict[str, Any], where) -> SearchSettings:
             raise SpaceError(f"{src}: unknown key 'search.{key}' (known: {', '.join(sorted(known))})", key)
         if key in ("num_samples", "max_evals", "grace_period", "workers_per_trial"):
             value = _check_int(key, value, 1, src)
-        elif key in ("seed", "n_startup_trials", "max_failures", "ensemble_size"):
+        elif key in ("seed", "n_startup_trials", "max_failures", "ensemble_size", "warm_start_top_k"):
             value = _check_int(key, value, 0, src)
         elif key == "max_concurrent_trials":
             value = None if value is None else _check_int(key, value, 1, src)

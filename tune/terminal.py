@@ -41,8 +41,12 @@ class LiveView(tune.Callback):
     """
 
     def __init__(self, max_evals: int, metric: str = PRIMARY, asha_metric: str | None = None,
-                 status_every_s: float = 60.0, num_samples: int | None = None):
+                 status_every_s: float = 60.0, num_samples: int | None = None,
+                 earlier_steps: list[int] | None = None):
         self.max_evals, self.num_samples = max_evals, num_samples
+        # The updates of trials that ended in an earlier Ray run of the search (an extension, a resume
+        # with nothing unfinished): they count among its trials and updates.
+        self.earlier = [(int(steps), True) for steps in earlier_steps or []]
         self._trials: list = []
         self.metric, self.best = metric, best_key(metric)
         self.asha_metric = asha_metric if asha_metric != metric else None
@@ -65,8 +69,8 @@ class LiveView(tune.Callback):
         if reports:  # every trial's schedule (train() reports it), cut at the search's max_evals
             r = reports[0]
             per_trial = min(int(r["planned_updates"]), self.max_evals * int(r["eval_every"]))
-        line = progress(time.time() - self._started, self.num_samples or len(self._trials),
-                        [steps_of(t) for t in self._trials], per_trial)
+        line = progress(time.time() - self._started, self.num_samples or len(self.earlier) + len(self._trials),
+                        self.earlier + [steps_of(t) for t in self._trials], per_trial)
         print(f"[{line}] {text}", flush=True)
 
     def on_step_begin(self, iteration, trials, **info):
