@@ -249,6 +249,7 @@ def test_rungs_round_trip_through_the_trials_records():
     rungs.promoted[0].add("b")
     rungs.failed.add("d")
     rungs.ended.add("e")
+    rungs.cut.add("e")  # stopped by ASHA there: PRUNED in the study
     states = {"d": "FAIL", "e": "PRUNED"}
     again = Rungs.from_records([1, 3], 3.0, {t: (rungs.record_of(t), states.get(t, "RUNNING")) for t in "abcde"})
     assert again == rungs
@@ -425,3 +426,28 @@ def test_searcher_and_scheduler_through_a_worker_death_a_kill_and_a_restore_behi
     assert study.trials[1].user_attrs[ASHA_ATTR] == {"values": {"1": 0.5}, "went_on": []}
     assert study.trials[0].user_attrs[ASHA_ATTR] == {"values": {"1": 0.6}, "went_on": [1]}
     assert study.trials[0].intermediate_values == {1: 0.6, 2: 0.7}
+
+
+def test_an_extended_search_compares_its_new_trials_with_the_earlier_ones_at_each_rung():
+    """`--resume NAME --num_samples N` runs a new Ray run over the study: its scheduler starts from the
+    rungs of the trials that ended before, so a new trial meets every trial that reached its rung,
+    the ones ASHA stopped there included (alone, it would wait for peers)."""
+    store = MemoryStore()  # the first run's 4 trials, ended: a went on from rungs 1 and 2, b c d were cut
+    store.records = {"a": {"values": {"1": 0.9, "2": 0.8}, "went_on": [1, 2]},
+                     "b": {"values": {"1": 0.7}, "went_on": []}, "c": {"values": {"1": 0.6}, "went_on": []},
+                     "d": {"values": {"1": 0.5}, "went_on": []}}
+    store.states = {"a": "COMPLETE", "b": "PRUNED", "c": "PRUNED", "d": "PRUNED"}
+    scheduler, ctrl = _script(num_samples=3, store=store)  # the extension: 3 new trials
+    e = ctrl.add([])
+    assert _arrive(scheduler, ctrl, e, 1, 0.95) == CONTINUE  # 5 at rung 1, 2 places, a holds one: e's
+    assert set(scheduler.rungs.values[0]) == {"a", "b", "c", "d", e.trial_id}
+    f = ctrl.add([])
+    assert _arrive(scheduler, ctrl, f, 1, 0.65) == PAUSE  # 3 places of 6, all ranked above it (b was cut, yet ranks)
+    g = ctrl.add([])
+    assert _arrive(scheduler, ctrl, g, 1, 0.75) == CONTINUE  # 3rd of 7: the free place is its, not b's
+    assert _arrive(scheduler, ctrl, e, 2, 0.85) == PAUSE  # rung 2's one place (of 2 trials) is a's
+    assert store.records[e.trial_id] == {"values": {"1": 0.95, "2": 0.85}, "went_on": [1]}
+
+    fresh, ctrl2 = _script(num_samples=3, store=MemoryStore())  # the same trial with no earlier peers
+    alone = ctrl2.add([])
+    assert _arrive(fresh, ctrl2, alone, 1, 0.95) == PAUSE  # it would wait for peers

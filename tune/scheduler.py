@@ -15,7 +15,10 @@ The rules (`Rungs`; the same object decides in a search and in `replay`):
   the trial failed and ends on its own.
 - Rung k has floor(n_k / reduction_factor) places, n_k counting every trial recorded there. A trial
   at rung k **may go on** if it is among that many best of the rung's trials that have not failed
-  or ended there (such a trial was a fair peer; it just cannot go on) and a place is free: the
+  or ended there on their own (such a trial was a fair peer; it just cannot go on) and a place is
+  free. A trial ASHA stopped at the rung still ranks there (it cannot go on, and it holds no
+  place): within one search no trial arrives at a rung after such a stop, but an extended search
+  (`--resume NAME --num_samples N`) adds trials that must beat it. The
   places that trials which went on hold (failed ones give theirs back) are taken, the rest go to
   the best candidates first. So no rung ever sends on more than its share, even though an early
   trial that went on may later drop out of the top: with every trial's curve run to the end, the
@@ -83,6 +86,7 @@ class Rungs:
     promoted: list[set[str]] = field(default_factory=list)  # per rung: trials that went on from it
     failed: set[str] = field(default_factory=set)
     ended: set[str] = field(default_factory=set)  # ended at their last rung without going on (on their own, stopped)
+    cut: set[str] = field(default_factory=set)  # of those, the ones ASHA stopped there: they still rank
 
     def __post_init__(self) -> None:
         self.values = self.values or [{} for _ in self.milestones]
@@ -114,10 +118,10 @@ class Rungs:
         (failed ones give theirs back)."""
         quota = int(len(self.values[k]) // self.reduction_factor)
         quota = max(quota, 1) if settled else quota
-        ranked = sorted((t for t in self.values[k] if t not in self.failed | self.ended),
+        ranked = sorted((t for t in self.values[k] if t not in self.failed | (self.ended - self.cut)),
                         key=lambda t: -self.values[k][t])
         free = quota - len(self.promoted[k] - self.failed)
-        return [t for t in ranked[:quota] if t not in self.promoted[k]][:max(free, 0)]
+        return [t for t in ranked[:quota] if t not in self.promoted[k] | self.cut][:max(free, 0)]
 
     def may_go_on(self, k: int, trial_id: str, settled: bool = False) -> bool:
         return trial_id in self.goers(k, settled)
@@ -171,6 +175,8 @@ class Rungs:
             self.failed.add(trial_id)
         elif state in ("COMPLETE", "PRUNED") and self.waiting_at(trial_id) is not None:
             self.ended.add(trial_id)
+            if state == "PRUNED":  # stopped by ASHA at that rung
+                self.cut.add(trial_id)
 
     @classmethod
     def from_records(cls, milestones: list[int], reduction_factor: float,
@@ -283,6 +289,7 @@ class PromotionASHA(FIFOScheduler):
             self.rungs.promoted[k].add(trial.trial_id)
             decision = TrialScheduler.CONTINUE
         elif trial.trial_id in hopeless:
+            self.rungs.cut.add(trial.trial_id)
             decision = TrialScheduler.STOP
         else:
             decision = TrialScheduler.PAUSE
@@ -366,6 +373,8 @@ class PromotionASHA(FIFOScheduler):
             for trial in list(tune_controller.get_live_trials()):
                 if (trial.trial_id in hopeless or trial.trial_id in self._closed) and trial is not exclude \
                         and trial.status == Trial.PAUSED:
+                    if trial.trial_id in hopeless:
+                        self.rungs.cut.add(trial.trial_id)
                     tune_controller.stop_trial(trial)
             limiter = _find(tune_controller.search_alg, "waiting")
             if limiter is not None:  # those that may go on keep their slot

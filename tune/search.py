@@ -362,10 +362,15 @@ def _searcher(space: SearchSpace, state: SearchState, exp_dir: Path):
     as the study's first trial when the study is created."""
     from tune.searcher import StudySearch
 
+    from tune.results import load_study
+
     settings = space.settings
-    # The study lives in the experiment folder; the driver is its only writer (SQLite is fine).
+    # The study lives in the experiment folder; the driver is its only writer (SQLite is fine). It
+    # keeps its name when the folder was renamed or copied (a resume must not start a second study).
+    existing = load_study(exp_dir)
     return StudySearch(
-        space.distributions(), metric=searcher_metric(settings.metric), study_name=exp_dir.name,
+        space.distributions(), metric=searcher_metric(settings.metric),
+        study_name=existing.study_name if existing is not None else exp_dir.name,
         storage_url=f"sqlite:///{exp_dir / STUDY_DB}", eval_metric=settings.metric, max_evals=settings.max_evals,
         sampler=settings.sampler, seed=settings.seed, n_startup_trials=settings.n_startup_trials,
         baseline=state.baseline, num_samples=settings.num_samples, warm_start=state.warm_start,
