@@ -711,3 +711,65 @@ def test_reseed_against_another_starting_point(search, tmp_path):
     assert other["params"] == {"learning_rate": 1e-4, "class_weights": None} and other["steps"] == 5
     assert len(other["runs"]) == 2 and report["test"]["welch_p"] is not None or report["test"]["pooled_std"] == 0
     assert (copy / "reseed.md").read_text().startswith(f"# Reseed of `{copy.name}`: best against `untuned.yaml`")
+
+
+@pytest.mark.slow
+def test_an_extended_search_adds_trials_and_leaves_the_earlier_ones_untouched(search, tmp_path):
+    """`--resume NAME --num_samples N` on a finished search (a copy of the module's): the same study
+    grows by the new trials; the earlier ones keep their values, folders and checkpoints (not
+    retrained); the reports cover every trial and say what the extension added. The space file it
+    started with has changed on disk since: the stored copy is used, with a note."""
+    import optuna
+
+    copy = tmp_path / "grown"
+    shutil.copytree(search["exp_dir"], copy)
+    changed = tmp_path / "space_now.yaml"  # the file the search was started with, edited since
+    changed.write_text((copy / "space.yaml").read_text(encoding="utf-8").replace("num_samples", "num_samples: 99\n#"),
+                       encoding="utf-8")
+    state = SearchState.load(copy)
+    state.space = str(changed)
+    state.save(copy)
+
+    def snapshot() -> tuple[list, dict]:
+        study = optuna.load_study(study_name="demo_results", storage=f"sqlite:///{copy / 'optuna.db'}")
+        trials = [(t.number, t.state.name, t.params, t.value, t.intermediate_values, dict(t.user_attrs))
+                  for t in study.trials]
+        files = {str(p.relative_to(copy)): p.read_bytes() for d in copy.glob("trial_*")
+                 for p in sorted(d.rglob("*")) if p.is_file() and (p.name == "result.json" or "checkpoint_" in str(p))}
+        return trials, files
+
+    trials_before, files_before = snapshot()
+    assert len(trials_before) == NUM_SAMPLES
+    proc = subprocess.run([sys.executable, "tune/search.py", "--resume", str(copy), "--num_samples",
+                           str(NUM_SAMPLES + 2)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert f"extending {copy} from {NUM_SAMPLES} trials (of {NUM_SAMPLES}) to {NUM_SAMPLES + 2}" in out
+    assert "has changed since the search started" in out and "space.yaml" in out
+    assert f"extended from {NUM_SAMPLES} to {NUM_SAMPLES + 2} trials" in out
+
+    trials_after, files_after = snapshot()
+    assert trials_after[:NUM_SAMPLES] == trials_before  # the same study; the earlier trials untouched
+    assert [t[0] for t in trials_after] == list(range(NUM_SAMPLES + 2))
+    assert all(t[1] in ("COMPLETE", "PRUNED") and "asha" in t[5] for t in trials_after[NUM_SAMPLES:])
+    assert {k: v for k, v in files_after.items() if k in files_before} == files_before  # not retrained
+    assert len(_csv(copy / "trials.csv")) == NUM_SAMPLES + 2
+
+    summary = json.loads((copy / "summary.json").read_text(encoding="utf-8"))
+    assert summary["trials"] == summary["num_samples"] == NUM_SAMPLES + 2 and summary["complete"]
+    ext = summary["extensions"][0]
+    new_steps = sum(int(r["steps"]) for r in _csv(copy / "trials.csv") if int(r["trial"]) >= NUM_SAMPLES)
+    assert (ext["from"], ext["to"], ext["before"]["trials"]) == (NUM_SAMPLES, NUM_SAMPLES + 2, NUM_SAMPLES)
+    assert ext["updates_spent"] == new_steps > 0 and ext["after"]["updates"] == summary["budget"]["optimizer_steps"]
+    assert ext["after"]["best"] >= ext["before"]["best"]
+    assert "extended from" in (copy / "trials.md").read_text(encoding="utf-8")
+    assert SearchState.load(copy).num_samples == NUM_SAMPLES + 2  # a plain --resume keeps the new target
+
+    # Growing is all it may do: a smaller target, or another setting, is refused; nothing runs.
+    smaller = subprocess.run([sys.executable, "tune/search.py", "--resume", str(copy), "--num_samples", "3"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert smaller.returncode == 2 and "can grow, not shrink" in smaller.stderr
+    other = subprocess.run([sys.executable, "tune/search.py", "--resume", str(copy), "--num_samples", "12",
+                            "--learning_rate", "1e-3"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and "only --num_samples may grow it" in other.stderr
+    assert snapshot()[0] == trials_after
