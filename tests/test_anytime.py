@@ -83,10 +83,10 @@ def test_a_search_without_kept_models_has_an_empty_curve():
     assert curve["best"] == curve["updates"] == [] and curve["baseline"]["value"] == 0.4
 
 
-def _summary_folder(tmp_path, name: str, curve: dict) -> str:
+def _summary_folder(tmp_path, name: str, curve: dict, **more) -> str:
     folder = tmp_path / name
     folder.mkdir()
-    (folder / "summary.json").write_text(json.dumps({"name": name, "metric": M, "anytime": curve}))
+    (folder / "summary.json").write_text(json.dumps({"name": name, "metric": M, "anytime": curve, **more}))
     return str(folder)
 
 
@@ -110,3 +110,25 @@ def test_compare_draws_several_searches_on_one_anytime_plot(tmp_path, capsys):
     (tmp_path / "old" / "summary.json").write_text(json.dumps({"name": "old"}))
     assert compare.main([str(tmp_path / "old"), "--anytime", str(tmp_path / "x.png")]) == 2
     assert "no anytime curve" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+def test_compare_names_what_a_warm_started_or_extended_search_built_on(tmp_path, capsys):
+    """Beside a cold search, the anytime plot and its lines say what the others took from earlier work:
+    the updates a warm start's sources spent, and an extension's growth."""
+    from tune import compare
+
+    curve = anytime_curve(_search(), M)
+    warm = {"top_k": 3, "sources": [{"path": "results/first", "trials": 8, "same_task": True, "why": "same",
+                                     "updates": 1200, "informing": 8}], "enqueued": [], "left_out": []}
+    ext = [{"from": 8, "to": 16, "started": "2026-12-07T10:00:00", "updates_spent": 900,
+            "before": {"best": 0.5, "best_trial": 3, "updates": 1200, "trials": 8},
+            "after": {"best": 0.6, "best_trial": 12, "updates": 2100, "trials": 16}}]
+    dirs = [_summary_folder(tmp_path, "cold", curve), _summary_folder(tmp_path, "warm", curve, warm_start=warm),
+            _summary_folder(tmp_path, "grown", curve, extensions=ext)]
+    assert compare.main([*dirs, "--anytime", str(tmp_path / "a.png")]) == 0
+    text = capsys.readouterr().out
+    assert "warm: best" in text and "(warm start from first: +1,200 updates before)" in text
+    assert "grown: best" in text and "(extended 8->16)" in text
+    lines = compare.reuse_lines(ext, warm, M)
+    assert lines[0].startswith("extended from 8 to 16 trials") and "spent 900 optimizer updates" in lines[0]
+    assert "warm start from results/first (8 finished trials): 8 inform TPE" in lines[1]

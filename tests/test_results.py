@@ -773,3 +773,48 @@ def test_an_extended_search_adds_trials_and_leaves_the_earlier_ones_untouched(se
                             "--learning_rate", "1e-3"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert other.returncode == 2 and "only --num_samples may grow it" in other.stderr
     assert snapshot()[0] == trials_after
+
+
+@pytest.mark.full
+def test_an_interrupted_extension_resumes_with_nothing_lost(search, tmp_path):
+    """Ctrl-C while an extension's new trials run, then a plain `--resume`: the target of the extension
+    holds, the earlier trials stay untouched, every new trial runs once (an interrupted one goes on
+    from its checkpoint)."""
+    import os
+    import signal
+
+    copy = tmp_path / "grown"
+    shutil.copytree(search["exp_dir"], copy)
+    target = NUM_SAMPLES + 3
+    before = {t["trial_id"]: (copy / f"trial_{t['trial_id']}" / "result.json").read_bytes()
+              for t in _csv(copy / "trials.csv")}
+    proc = subprocess.Popen([sys.executable, "tune/search.py", "--resume", str(copy), "--num_samples", str(target)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    out, sent = [], False
+    for line in proc.stdout:
+        out.append(line)
+        started = re.search(r"trial (\d+) started", line)  # the second new trial: the first one has run
+        if not sent and started and int(started.group(1)) > NUM_SAMPLES:
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal
+            sent = True
+    proc.wait(timeout=300)
+    first = "".join(out)
+    assert sent and proc.returncode == 130, first[-4000:]
+    assert SearchState.load(copy).num_samples == target
+
+    second = subprocess.run([sys.executable, "tune/search.py", "--resume", str(copy)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-3000:]
+    trials = _csv(copy / "trials.csv")
+    assert sorted(int(t["trial"]) for t in trials) == list(range(target))
+    assert len({t["trial_id"] for t in trials}) == target
+    for t in trials:
+        rows = _rows(copy / f"trial_{t['trial_id']}")
+        if t["trial_id"] in before:
+            assert (copy / f"trial_{t['trial_id']}" / "result.json").read_bytes() == before[t["trial_id"]]
+            continue
+        evals = [r["evals"] for r in rows]
+        assert evals.count(1) == 1, evals  # never restarted from scratch
+    summary = json.loads((copy / "summary.json").read_text(encoding="utf-8"))
+    assert summary["complete"] and summary["extensions"][0]["to"] == target

@@ -31,8 +31,8 @@ import json
 
 from tune.folder import COMPARISON_MD, PRIMARY, SHORT, SUMMARY, SearchState, TrialState
 from tune.ensemble import ensemble_lines
-from tune.reports import (METRICS, STATES, leaderboard_rows, markdown_table, param_names, ranked, regenerate,
-                          trials_frame)
+from tune.reports import (METRICS, STATES, extension_lines, leaderboard_rows, markdown_table, param_names, ranked,
+                          regenerate, trials_frame, warm_start_lines)
 from tune.results import collect_trials
 
 # Names accepted by --sort besides the CSV columns: the headers of the table, and a few more.
@@ -73,7 +73,8 @@ def load_searches(experiment_dirs: list[str | Path]) -> tuple[pd.DataFrame, list
                      "num_samples": state.num_samples, "counts": counts,
                      "best": frame[metric].max() if frame[metric].notna().any() else None,
                      "baseline": base[metric].iloc[0] if len(base) else None, "test": test,
-                     "ensemble": summary.get("ensemble")})
+                     "ensemble": summary.get("ensemble"), "extensions": summary.get("extensions") or [],
+                     "warm_start": summary.get("warm_start")})
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return frame, params, info
 
@@ -130,7 +131,24 @@ def describe_searches(info: list[dict]) -> list[str]:
         lines.append(f"{s['search']}: {s['trials']} of {s['num_samples']} trials ({counts or 'none yet'}); {best}{base}"
                      f" (val: optimistic){test} ({s['path']})")
         lines += [f"  {line}" for line in ensemble_lines(s.get("ensemble"))]
+        lines += [f"  {line}" for line in reuse_lines(s.get("extensions"), s.get("warm_start"), s["metric"])]
     return lines
+
+
+def reuse_lines(extensions: list[dict] | None, warm: dict | None, metric: str) -> list[str]:
+    """What a search took from earlier work: its extensions, and its warm start's sources."""
+    return extension_lines(extensions or [], metric) + [line.strip() for line in warm_start_lines(warm)]
+
+
+def reuse_label(summary: dict) -> str:
+    """A short tag for a search that was extended or warm-started (the anytime plot's legend)."""
+    tags = [f"extended {e['from']}->{e['to']}" for e in summary.get("extensions") or []]
+    warm = summary.get("warm_start") or {}
+    if warm.get("sources"):
+        spent = sum(src.get("updates") or 0 for src in warm["sources"])
+        tags.append(f"warm start from {', '.join(Path(src['path']).name for src in warm['sources'])}"
+                    + (f": +{spent:,} updates before" if spent else ""))
+    return f" ({'; '.join(tags)})" if tags else ""
 
 
 def compare(experiment_dirs: list[str], sort: str | None = None, ascending: bool = False, top: int | None = None,
@@ -179,11 +197,11 @@ def anytime_plot(experiment_dirs: list[str | Path], output: str | Path, print_fn
         if not curve or not curve.get("best"):
             raise ValueError(f"{path}: no anytime curve (a search without a kept model, or reports from before "
                              f"it: python tune/compare.py --regenerate {exp})")
-        curves[name] = curve
+        curves[name + reuse_label(summary)] = curve
         first = reach(curve, curve["best"][-1])
         print_fn(f"{name}: best {curve['metric']} {curve['best'][-1]:.4f} (trial {curve['trial'][-1]}) reached after "
                  f"{first['updates']} of its {curve['updates'][-1]} updates, {first['wall_s']:.0f} of "
-                 f"{curve['wall_s'][-1]:.0f} s")
+                 f"{curve['wall_s'][-1]:.0f} s{reuse_label(summary)}")
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     anytime(curves, out, title=f"anytime: {', '.join(curves)}")

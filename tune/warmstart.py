@@ -60,7 +60,8 @@ def plan(sources: list[str | Path], space, task: dict[str, Any], top_k: int, cwd
     for src in loaded:
         same, why = _same_task(src["state"].task, task)
         trials = _finished_trials(src["study"])
-        out["sources"].append({"path": src["name"], "trials": len(trials), "same_task": same, "why": why})
+        out["sources"].append({"path": src["name"], "trials": len(trials), "same_task": same, "why": why,
+                               "updates": _updates(src["dir"])})
         rows = []
         for t in trials:
             where = f"{src['name']} trial {t.number}"
@@ -170,6 +171,17 @@ def _same_task(theirs: dict[str, Any], ours: dict[str, Any]) -> tuple[bool, str]
     if differ:
         return False, "another task: other " + ", ".join(differ)
     return True, "the same task: same train and val pairs, metric and model"
+
+
+def _updates(exp_dir: Path) -> int | None:
+    """The optimizer updates an earlier search spent (its summary.json), what a warm start builds on."""
+    import json
+
+    path = exp_dir / "summary.json"
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8"))["budget"]["optimizer_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _finished_trials(study) -> list:
