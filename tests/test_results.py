@@ -116,25 +116,25 @@ def test_compare_sort_and_status_names():
 
 
 def test_reseed_verdict_weighs_the_gain_against_seed_noise():
-    from tune.reseed import _stats, _verdict
+    from tune.reseed import seed_stats, seed_verdict
 
     def res(best, baseline):
-        return {"best": {"test": _stats(best)}, "baseline": {"test": _stats(baseline)}}
+        return {"best": {"test": seed_stats(best)}, "baseline": {"test": seed_stats(baseline)}}
 
-    clear = _verdict(res([0.70, 0.71, 0.72], [0.60, 0.61, 0.62]), "test", same=False)
+    clear = seed_verdict(res([0.70, 0.71, 0.72], [0.60, 0.61, 0.62]), "test", same=False)
     assert clear["gain"] == pytest.approx(0.10) and clear["pooled_std"] == pytest.approx(0.01)
     assert clear["gain_in_pooled_std"] == pytest.approx(10.0) and clear["welch_p"] < 0.001
     assert "larger than seed noise" in clear["verdict"]
-    noisy = _verdict(res([0.70, 0.60, 0.65], [0.66, 0.58, 0.62]), "test", same=False)
+    noisy = seed_verdict(res([0.70, 0.60, 0.65], [0.66, 0.58, 0.62]), "test", same=False)
     assert noisy["gain"] == pytest.approx(0.03) and noisy["welch_p"] > 0.3
     assert "within seed noise" in noisy["verdict"]
     # More than twice the standard error, yet Welch's p is 0.08 with 3 seeds a side: not a winner.
-    few = _verdict(res([0.5953, 0.5879, 0.6448], [0.5531, 0.5473, 0.5561]), "test", same=False)
+    few = seed_verdict(res([0.5953, 0.5879, 0.6448], [0.5531, 0.5473, 0.5561]), "test", same=False)
     assert few["gain"] > 2 * math.sqrt(0.0310**2 / 3 + 0.0044**2 / 3) and 0.05 < few["welch_p"] < 0.1
     assert "within seed noise (Welch's p = 0.08" in few["verdict"], few["verdict"]
-    worse = _verdict(res([0.60, 0.61], [0.62, 0.63]), "test", same=False)
+    worse = seed_verdict(res([0.60, 0.61], [0.62, 0.63]), "test", same=False)
     assert worse["verdict"].startswith("no gain")
-    same = _verdict(res([0.60, 0.61], [0.60, 0.61]), "test", same=True)
+    same = seed_verdict(res([0.60, 0.61], [0.60, 0.61]), "test", same=True)
     assert same["verdict"].startswith("the baseline is the best trial") and same["welch_p"] is None
 
 

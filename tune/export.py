@@ -39,10 +39,21 @@ def export_best(trials: list[TrialRecord], experiment_dir: str | Path, test_file
                              path=experiment_dir / BEST_MODEL)
     cfg.output_dir = str(experiment_dir / "best_run")
     cfg.test_file = test_file
+    winner = None
+    if any(t.confirm_of is not None for t in trials):
+        from tune.confirm import confirmed_winner
+
+        winner = confirmed_winner(trials)
+    if winner is not None:
+        chose = (f"Confirmed winner of search {experiment_dir.name}: the configuration of trial {winner['config']}, "
+                 f"mean {metric} {winner['mean']:.4f} over {winner['n']} seeds (the best mean; val chose it). Its best "
+                 f"seed by val is trial {best.number} (seed {cfg.seed}): {best.best_value:.4f} at evaluation "
+                 f"{best.best_evals}, the model in {BEST_MODEL}/.")
+    else:
+        chose = (f"Best trial {best.number} ({best.trial_id}) of search {experiment_dir.name}: {metric} "
+                 f"{best.best_value:.4f} at evaluation {best.best_evals} (val: it chose this trial, so it is optimistic).")
     cfg.save_yaml(experiment_dir / BEST_CONFIG, header=(
-        f"Best trial {best.number} ({best.trial_id}) of search {experiment_dir.name}: {metric} "
-        f"{best.best_value:.4f} at evaluation {best.best_evals} (val: it chose this trial, so it is optimistic).\n"
-        f"Retrain it: accelerate launch afqmc/train.py --config {experiment_dir.name}/{BEST_CONFIG}"))
+        f"{chose}\nRetrain it: accelerate launch afqmc/train.py --config {experiment_dir.name}/{BEST_CONFIG}"))
     return best
 
 

@@ -59,6 +59,13 @@ TRIAL_NUMBER = "trial_number"  # in a Ray trial's config (params.json): its numb
 WARM_FROM = "warm_start_from"
 INFORMED_BY = "informed_by"
 TARGET_ATTR = "num_samples"  # study user attribute: how many trials the search is to hold (--num_samples)
+# The confirmation stage (search.confirm, tune/confirm.py): a stage trial re-runs the configuration
+# of the study's trial CONFIRM_OF (user attribute, and key of its Ray config) on another seed (the
+# TrainConfig field `seed` in its Ray config, and user attribute CONFIRM_SEED), with no ASHA cut.
+CONFIRM_OF = "confirm_of"
+CONFIRM_SEED = "confirm_seed"
+CONFIRM_PLAN = "confirm_plan"  # study user attribute: the stage's plan, once the search's trials have ended
+STEPS_ATTR = "updates"  # user attribute of each trial: {"steps": updates so far, "full": its whole schedule's}
 TRAIN_GROUP = "train_placement_group"  # in a multi-worker trial's reports: its Ray Train workers' placement group
 
 

@@ -25,6 +25,7 @@ unreadable space copy, a plot that fails) is a note in trials.md and summary.jso
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -113,10 +114,12 @@ def trials_frame(trials: list[TrialRecord], state: SearchState,
             row[key] = best.get(key)
         row[TEST_F1] = tested.get(t.number)
         row.update({"best_evals": t.best_evals, "best_step": best.get("step"),
+                    # a confirmation-stage run (tune/confirm.py): the trial whose configuration it re-runs, its seed
+                    "confirm_of": t.confirm_of, "seed": t.seed,
                     "error": t.error or "", "checkpoint": t.best_checkpoint or "", "path": t.path})
         rows.append(row)
     frame = pd.DataFrame(rows)
-    for col in ("evals", "steps", "best_evals", "best_step", "planned_evals"):
+    for col in ("evals", "steps", "best_evals", "best_step", "planned_evals", "confirm_of", "seed"):
         if col in frame:
             frame[col] = frame[col].astype("Int64")
     return frame
@@ -236,6 +239,7 @@ def trials_markdown(name: str, frame: pd.DataFrame, params: list[str], summary: 
                   "optimistic. **Held-out test numbers** come from pairs that no choice has seen, each model scored "
                   "once at its saved threshold:", ""]
     lines += [f"- {line}" for line in test_lines(summary.get("test"))]
+    lines += [f"- {line.strip()}" for line in confirmation_lines(summary.get("confirmation"), metric)]
     lines += [f"- {line}" for line in ensemble_lines(summary.get("ensemble"))]
     ranked_by = "" if metric == PRIMARY else f"{METRIC_TITLES.get(metric, metric)}: the trial's best value; "
     lines += ["", f"Each trial is shown at its best evaluation by {metric} (val). {ranked_by}gain: over the baseline, "
@@ -296,18 +300,33 @@ def param_importances(experiment_dir: Path, seed: int = 0) -> dict[str, Any]:
 
 
 def _own_study(study):
-    """The study, or, when a warm start added earlier searches' trials to inform TPE, an in-memory copy
-    of the search's own trials: the importances are this search's."""
+    """The study, or, when it holds other trials than the search's own (a warm start's informing
+    trials, the confirmation stage's runs), an in-memory copy of the search's own: the importances
+    are those of what the search sampled."""
     import optuna
 
-    from tune.searcher import own_trials
+    from tune.confirm import own_search_trials
 
-    own = own_trials(study)
+    own = own_search_trials(study)
     if len(own) == sum(t.state != optuna.trial.TrialState.WAITING for t in study.trials):
         return study
-    copy = optuna.create_study(direction=study.direction)
+    with _quiet_optuna():
+        copy = optuna.create_study(direction=study.direction)
     copy.add_trials([t for t in own if t.state.is_finished()])
     return copy
+
+
+@contextlib.contextmanager
+def _quiet_optuna():
+    """No "A new study created in memory" line for a study made only to compute importances."""
+    import optuna
+
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
 
 
 def _at_common_evaluation(study):
@@ -322,7 +341,8 @@ def _at_common_evaluation(study):
         return study, [], "no trial with evaluations"
     step = min(max(t.intermediate_values) for t in ended)
     valued = [t for t in ended if step in t.intermediate_values]
-    common = optuna.create_study(direction=study.direction)
+    with _quiet_optuna():
+        common = optuna.create_study(direction=study.direction)
     common.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions,
                                                  value=t.intermediate_values[step]) for t in valued])
     return common, valued, (f"every finished and ASHA-cut trial at evaluation {step}, the furthest all of them "
@@ -400,6 +420,7 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
         notes.append(f"parameter importance: {importance['error']}")
     summary = _summary(experiment_dir, trials, frame, state, best, importance)
     summary.update(test=test, anytime=search_curve(experiment_dir, trials, metric, test))
+    summary["confirmation"] = _confirmation(experiment_dir, base, trials, test_pairs, notes)
     k = settings.get("ensemble_size", SearchSettings.ensemble_size) if ensemble_size is None else ensemble_size
     summary["ensemble"] = _ensemble(experiment_dir, base, trials, best, k, test_pairs, val_pairs, notes,
                                     settings.get("ensemble_metric", SearchSettings.ensemble_metric))
@@ -434,6 +455,21 @@ def _held_out_test(experiment_dir: Path, base: TrainConfig | None, best: TrialRe
     if scored is not None and (experiment_dir / BEST_MODEL).is_dir():  # the exported model's card gets its figures
         card_with_test(experiment_dir / BEST_MODEL, {**scored["metrics"], "source": test["source"]})
     return test
+
+
+def _confirmation(experiment_dir: Path, base: TrainConfig | None, trials: list[TrialRecord], test_pairs,
+                  notes: list[str]) -> dict[str, Any] | None:
+    """The confirmation stage's figures (tune.confirm.summary); a failure is a note."""
+    from tune.confirm import summary as confirmation_summary
+    from tune.folder import CONFIRM_PLAN
+
+    try:
+        study = load_study(experiment_dir)
+        plan = study.user_attrs.get(CONFIRM_PLAN) if study is not None else None
+        return confirmation_summary(experiment_dir, base, trials, plan, test_pairs)
+    except Exception as exc:  # noqa: BLE001 -- the tables must not depend on it
+        notes.append(f"confirmation figures not made: {type(exc).__name__}: {exc}")
+        return None
 
 
 def _ensemble(experiment_dir: Path, base: TrainConfig | None, trials: list[TrialRecord], best: TrialRecord | None,
@@ -553,6 +589,12 @@ def extension_figures(extensions: list[dict[str, Any]], now: dict[str, Any]) -> 
         out.append({**ext, "after": after,
                     "updates_spent": after["updates"] - before.get("updates", 0) if before else None})
     return out
+
+
+def confirmation_lines(conf: dict[str, Any] | None, metric: str) -> list[str]:
+    from tune.confirm import lines
+
+    return lines(conf, metric)
 
 
 def warm_start_lines(warm: dict[str, Any] | None) -> list[str]:

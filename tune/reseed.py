@@ -96,8 +96,8 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
         runs = [_run_seed(cfg.replace(seed=seed, max_steps=steps, metric_for_best_model=metric), data,
                           f"{role} ({label['trial']})", log) for seed in seeds]
         results[role] = {**label, "steps": steps, "runs": runs,
-                         "val": _stats([r["val"] for r in runs]),
-                         "test": _stats([r["test"] for r in runs]) if data.test is not None else None}
+                         "val": seed_stats([r["val"] for r in runs]),
+                         "test": seed_stats([r["test"] for r in runs]) if data.test is not None else None}
     if same:
         results["baseline"] = results["best"]
 
@@ -105,8 +105,8 @@ def reseed(experiment_dir: str | Path, k: int, seeds: list[int] | None = None, m
               "against": str(against) if against is not None else None,
               "test_pairs": len(data.test) if data.test is not None else 0,
               "test_source": data.test.source if data.test is not None else None,
-              "val": _verdict(results, "val", same), "results": results}
-    report["test"] = _verdict(results, "test", same) if data.test is not None else None
+              "val": seed_verdict(results, "val", same), "results": results}
+    report["test"] = seed_verdict(results, "test", same) if data.test is not None else None
     (experiment_dir / RESEED_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     text = reseed_markdown(report)
     (experiment_dir / RESEED_MD).write_text(text, encoding="utf-8")
@@ -157,7 +157,7 @@ def _run_seed(cfg: TrainConfig, data, name: str, log) -> dict[str, Any]:
     return run
 
 
-def _stats(values: list[float]) -> dict[str, Any]:
+def seed_stats(values: list[float]) -> dict[str, Any]:
     return {"values": values, "mean": float(np.mean(values)),
             "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
 
@@ -169,7 +169,7 @@ def best_config(experiment_dir: Path, best: TrialRecord, state: SearchState) -> 
     return cfg
 
 
-def _verdict(results: dict[str, Any], figure: str, same: bool) -> dict[str, Any]:
+def seed_verdict(results: dict[str, Any], figure: str, same: bool) -> dict[str, Any]:
     """Best against baseline on `figure` (test or val): the gain, the pooled std, Welch's p, in words."""
     b, a = results["best"][figure], results["baseline"][figure]
     gain = b["mean"] - a["mean"]
@@ -289,9 +289,9 @@ def reseed_ensemble(experiment_dir: str | Path, k: int, seeds: list[int] | None 
         runs.append({"seed": seed, "ensemble_test": float(test), "ensemble_threshold": threshold,
                      "single_test": single["test"]})
         log(f"seed {seed}: ensemble held-out test F1-macro {test:.4f}, single best {single['test']:.4f}")
-    results = {"best": {"test": _stats([r["ensemble_test"] for r in runs])},
-               "baseline": {"test": _stats([r["single_test"] for r in runs])}}
-    verdict = _verdict(results, "test", same=len(members) == 1 and members[0][0].number == best.number)
+    results = {"best": {"test": seed_stats([r["ensemble_test"] for r in runs])},
+               "baseline": {"test": seed_stats([r["single_test"] for r in runs])}}
+    verdict = seed_verdict(results, "test", same=len(members) == 1 and members[0][0].number == best.number)
     report = {"search": experiment_dir.name, "seeds": seeds, "members": ens["members"], "single_best": best.number,
               "ensemble_test": results["best"]["test"], "single_test": results["baseline"]["test"],
               "verdict": {**verdict, "verdict": verdict["verdict"].replace("the baseline", "the single best")},

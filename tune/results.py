@@ -20,8 +20,8 @@ from typing import Any
 from afqmc.checkpoint import METRICS_NAME
 from afqmc.config import PRIMARY, SELECTION_METRICS
 from afqmc.metrics import best_key
-from tune.folder import (FAILED, RAY_TRIAL_ID, STUDY_DB, TRIAL_NUMBER, TRIAL_PREFIX, SearchState, TrialState,
-                         failure_reason)
+from tune.folder import (CONFIRM_OF, CONFIRM_SEED, FAILED, RAY_TRIAL_ID, STUDY_DB, TRIAL_NUMBER, TRIAL_PREFIX,
+                         SearchState, TrialState, failure_reason)
 
 # Metrics of a trial's best evaluation kept in the table.
 BEST_COLUMNS = (*SELECTION_METRICS, "val/threshold", "val/f1_0", "val/f1_1", "val/loss", "val/best_threshold",
@@ -53,6 +53,8 @@ class TrialRecord:
     planned_evals: int | None = None  # the evaluations its own schedule has (reported by the trainable)
     wall_time_s: float | None = None  # Ray's time_total_s at its last evaluation
     history: list[dict[str, Any]] = field(default_factory=list)  # every evaluation's metrics, in order
+    confirm_of: int | None = None  # a confirmation-stage trial (tune/confirm.py): the trial it re-runs on `seed`
+    seed: int | None = None
 
 
 def trial_state(status: str, last_result: dict[str, Any] | None, max_evals: int) -> TrialState:
@@ -102,8 +104,9 @@ def trial_number(trial) -> int:
 
 
 def searched_params(config: dict[str, Any]) -> dict[str, Any]:
-    """A Ray trial's sampled values (its config, less its study number)."""
-    return {k: v for k, v in config.items() if k != TRIAL_NUMBER}
+    """A Ray trial's sampled values (its config, less its study number and a stage trial's marker and seed)."""
+    stage = CONFIRM_OF in config
+    return {k: v for k, v in config.items() if k not in (TRIAL_NUMBER, CONFIRM_OF) and not (stage and k == "seed")}
 
 
 STUDY_STATES = {"COMPLETE": TrialState.FINISHED, "PRUNED": TrialState.STOPPED, "FAIL": TrialState.FAILED}
@@ -120,6 +123,8 @@ class StoredTrial:
     failed: str | None  # the reason the study holds for a FAIL
     path: Path
     rows: list[dict[str, Any]]  # every report, in order
+    confirm_of: int | None = None  # a confirmation-stage trial: the trial whose configuration it re-runs
+    seed: int | None = None  # and its seed
 
 
 def stored_trials(experiment_dir: Path) -> list[StoredTrial]:
@@ -136,7 +141,8 @@ def stored_trials(experiment_dir: Path) -> list[StoredTrial]:
             continue
         folder = folders.pop(trial_id, experiment_dir / f"{TRIAL_PREFIX}{trial_id}")
         out.append(StoredTrial(trial_id, t.number, t.state.name, dict(t.params), t.user_attrs.get(FAILED), folder,
-                               _read_result_rows(folder / "result.json")))
+                               _read_result_rows(folder / "result.json"), t.user_attrs.get(CONFIRM_OF),
+                               t.user_attrs.get(CONFIRM_SEED)))
     # Folders the study does not hold (it cannot be read, or the trial started before it was written):
     # numbered as in their configs, else after the others in the order they were made.
     unheld = sorted(folders.items(), key=lambda kv: (kv[1] / "params.json").stat().st_mtime)
@@ -147,7 +153,8 @@ def stored_trials(experiment_dir: Path) -> list[StoredTrial]:
         if number is None:
             number, next_number = next_number, next_number + 1
         out.append(StoredTrial(trial_id, int(number), "", searched_params(config), None, folder,
-                               _read_result_rows(folder / "result.json")))
+                               _read_result_rows(folder / "result.json"), config.get(CONFIRM_OF), config.get("seed")
+                               if CONFIRM_OF in config else None))
     return out
 
 
@@ -211,6 +218,8 @@ def _record(trial: StoredTrial, state: SearchState) -> TrialRecord:
         evals=max([int(last.get("evals", 0) or 0)] + [int(r.get("evals", 0)) for r in rows]),
         params=trial.params, path=str(trial.path),
         history=[{k: v for k, v in r.items() if k != "config"} for r in rows],
+        confirm_of=None if trial.confirm_of is None else int(trial.confirm_of),
+        seed=None if trial.seed is None else int(trial.seed),
     )
     if rows:
         rec.steps = int(rows[-1].get("step", 0))
@@ -236,6 +245,19 @@ def checkpoint_model(checkpoint: str | Path) -> Path:
 
 
 def best_trial(trials: list[TrialRecord]) -> TrialRecord | None:
+    """The search's winner: after a confirmation stage, the best seed (by val) of the configuration
+    with the best mean val over its seeds (tune/confirm.py); else the trial with the best val value."""
+    if any(t.confirm_of is not None for t in trials):
+        from tune.confirm import confirmed_winner
+
+        winner = confirmed_winner(trials)
+        if winner is not None:
+            return winner["best_seed"]
+    return single_best(trials)
+
+
+def single_best(trials: list[TrialRecord]) -> TrialRecord | None:
+    """The trial with the best val value (and a kept model): the winner on one seed."""
     scored = [t for t in trials if t.best_value is not None and t.best_checkpoint]
     return max(scored, key=lambda t: (t.best_value, -t.number)) if scored else None
 

@@ -63,6 +63,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
+from tune.folder import CONFIRM_OF
+
 
 def milestones(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
     """The rungs' evaluations: grace, grace*rf, grace*rf^2, ... below max_t."""
@@ -272,6 +274,8 @@ class PromotionASHA(FIFOScheduler):
             trial.set_status(Trial.PAUSED)
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict[str, Any]) -> str:
+        if CONFIRM_OF in trial.config:  # a confirmation-stage run (tune/confirm.py): its full schedule, no rung
+            return TrialScheduler.CONTINUE
         value, evals = result.get(self._metric), result.get(self._time_attr)
         waits = self.rungs.waiting_at(trial.trial_id)
         if waits is not None:  # it waited at a rung, and Ray started it again (its worker had died)
@@ -347,7 +351,8 @@ class PromotionASHA(FIFOScheduler):
         """Live trials: (running or pending, {waiting trial: its rung})."""
         active, waiting = set(), {}
         for t in tune_controller.get_live_trials():
-            if t.status in (Trial.TERMINATED, Trial.ERROR) or t.trial_id in self._closed:
+            if t.status in (Trial.TERMINATED, Trial.ERROR) or t.trial_id in self._closed \
+                    or CONFIRM_OF in (t.config or {}):
                 continue
             k = self.rungs.waiting_at(t.trial_id)
             if k is None:

@@ -43,7 +43,7 @@ from afqmc.data import DataError
 from afqmc.train import TaskData, prepare_data
 from tune import internals, warmstart
 from tune.ensemble import ensemble_lines
-from tune.reports import extension_lines, test_lines, write_reports
+from tune.reports import confirmation_lines, extension_lines, test_lines, write_reports
 from tune.results import best_trial, collect_trials, searcher_metric
 from tune.space import SearchSpace, folder_space, load_space, search_base
 from tune.warmstart import task_record
@@ -270,14 +270,17 @@ def _note_space_file(exp_dir: Path, state: SearchState) -> None:
 
 
 def _study_counts(exp_dir: Path) -> dict[str, int]:
-    """How many trials the study holds of the search's own (asked for; not an informing one), and how
-    many of them are RUNNING (unfinished: running, waiting at a rung, or interrupted)."""
-    from tune.searcher import own_trials
+    """How many trials the study holds of the search's own (asked for; not an informing one, not a
+    confirmation run), and how many trials are RUNNING (unfinished: running, waiting at a rung, or
+    interrupted; stage runs included)."""
+    from tune.confirm import own_search_trials
     from tune.results import load_study
+    from tune.searcher import own_trials
 
     study = load_study(exp_dir)
-    own = own_trials(study) if study is not None else []
-    return {"own": len(own), "running": sum(t.state.name == "RUNNING" for t in own)}
+    if study is None:
+        return {"own": 0, "running": 0}
+    return {"own": len(own_search_trials(study)), "running": sum(t.state.name == "RUNNING" for t in own_trials(study))}
 
 
 def _set_target(exp_dir: Path, num_samples: int) -> None:
@@ -374,6 +377,7 @@ def _searcher(space: SearchSpace, state: SearchState, exp_dir: Path):
         storage_url=f"sqlite:///{exp_dir / STUDY_DB}", eval_metric=settings.metric, max_evals=settings.max_evals,
         sampler=settings.sampler, seed=settings.seed, n_startup_trials=settings.n_startup_trials,
         baseline=state.baseline, num_samples=settings.num_samples, warm_start=state.warm_start,
+        confirm=settings.confirm, search_seed=space.base.seed,
     )
 
 
@@ -485,6 +489,8 @@ def _finish(exp_dir: Path, space: SearchSpace, elapsed: float, test_pairs=None, 
         print(f"best trial {best.number}: {metric} {best.best_value:.4f} (val chose it: optimistic); model in "
               f"{_rel(exp_dir / BEST_MODEL)}, config in {_rel(exp_dir / BEST_CONFIG)}")
     for line in test_lines(reports.summary.get("test")) + ensemble_lines(reports.summary.get("ensemble")):
+        print(line)
+    for line in confirmation_lines(reports.summary.get("confirmation"), metric):
         print(line)
     for line in extension_lines(reports.summary.get("extensions") or [], metric):
         print(line)

@@ -23,8 +23,10 @@ import numpy as np
 import optuna
 from ray.tune.search import Searcher
 
-from tune.folder import (ASHA_ATTR, FAILED, INFORMED_BY, RAY_TRIAL_ID, TARGET_ATTR, TRIAL_NUMBER, WARM_FROM,
-                         failure_reason)
+from tune.confirm import own_search_trials, stage_trial
+from tune.confirm import plan as confirm_plan
+from tune.folder import (ASHA_ATTR, CONFIRM_OF, CONFIRM_PLAN, CONFIRM_SEED, FAILED, INFORMED_BY, RAY_TRIAL_ID,
+                         STEPS_ATTR, TARGET_ATTR, TRIAL_NUMBER, WARM_FROM, failure_reason)
 from tune.results import ran_its_course
 
 
@@ -80,13 +82,18 @@ class StudySearch(Searcher):
 
     num_samples: int | None = None  # (class defaults: a searcher Ray pickled before these existed)
     warm_start: dict[str, Any] = {}
+    confirm: dict[str, Any] = {}
+    search_seed: int = 0
 
     def __init__(self, space: dict[str, optuna.distributions.BaseDistribution], *, metric: str, study_name: str,
                  storage_url: str, eval_metric: str, max_evals: float, sampler: str = "tpe", seed: int | None = None,
                  n_startup_trials: int = 10, baseline: dict[str, Any] | None = None, num_samples: int | None = None,
-                 warm_start: dict[str, Any] | None = None):
+                 warm_start: dict[str, Any] | None = None, confirm: dict[str, Any] | None = None,
+                 search_seed: int = 0):
         super().__init__(metric=metric, mode="max")
         self.num_samples, self.warm_start = num_samples, warm_start or {}
+        # The confirmation stage (search.confirm, tune/confirm.py) and the seed the search's trials train with.
+        self.confirm, self.search_seed = confirm or {}, search_seed
         self.space, self.study_name, self.storage_url = space, study_name, storage_url
         self.eval_metric, self.max_evals = eval_metric, max_evals
         self.sampler_kind, self.seed, self.n_startup_trials = sampler, seed, n_startup_trials
@@ -131,9 +138,10 @@ class StudySearch(Searcher):
         return self.study.user_attrs.get(TARGET_ATTR, self.num_samples)
 
     def all_made(self) -> bool:
-        """Whether the study holds every trial the search is to have (ASHA: no more peers will come)."""
+        """Whether the study holds every trial the search is to have (ASHA: no more peers will come);
+        the confirmation stage's trials come after these and are no peers."""
         target = self.target
-        return target is not None and len(own_trials(self.study)) >= target
+        return target is not None and len(own_search_trials(self.study)) >= target
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles the searcher: the study is loaded again
         return {**self.__dict__, "_study": None, "_storage": None, "_handles": {}}
@@ -167,7 +175,11 @@ class StudySearch(Searcher):
         if orphan is not None:
             handle, storage_id = self._handle(orphan.number)
         elif self.all_made():
-            return Searcher.FINISHED
+            stage = self._stage()  # the confirmation stage, if any, once the search's trials have ended
+            if stage is not True:
+                return stage
+            handle = study.ask(self.space)  # the stage's next run, enqueued with its configuration
+            storage_id = self._handle(handle.number)[1]
         else:
             study.sampler = make_sampler(self.sampler_kind, trial_seed(self.seed, len(study.get_trials(deepcopy=False))),
                                          self.n_startup_trials)
@@ -176,7 +188,36 @@ class StudySearch(Searcher):
         handle.set_user_attr(RAY_TRIAL_ID, trial_id)
         self._handles[trial_id] = (handle, storage_id)
         self._handed.add(trial_id)
-        return {**handle.params, TRIAL_NUMBER: handle.number}
+        config = {**handle.params, TRIAL_NUMBER: handle.number}
+        attrs = self._storage.get_trial(storage_id).user_attrs
+        if CONFIRM_OF in attrs:  # a stage run: its seed, and the mark that makes ASHA let it run to the end
+            config.update({"seed": int(attrs[CONFIRM_SEED]), CONFIRM_OF: int(attrs[CONFIRM_OF])})
+        return config
+
+    def _stage(self) -> bool | str | None:
+        """After the search's trials: True when a stage run waits to be asked for; None while search
+        trials still run (the stage's top configurations are not known yet); else FINISHED. The plan is
+        written to the study first, then each of its runs not in the study yet is enqueued: a driver
+        killed in between enqueues the rest when it resumes, and none twice."""
+        if not self.confirm:
+            return Searcher.FINISHED
+        study = self.study
+        search = own_search_trials(study)
+        if any(t.state == optuna.trial.TrialState.RUNNING for t in search):
+            return None
+        stage = [t for t in study.get_trials(deepcopy=False) if stage_trial(t)]
+        planned = study.user_attrs.get(CONFIRM_PLAN)
+        if planned is None or planned.get("search_trials") != len(search):  # first time, or an extended search
+            baseline = next((t.number for t in search if self.baseline is not None and t.params == self.baseline), None)
+            planned = confirm_plan(search, baseline, self.confirm, self.search_seed, done=stage)
+            study.set_user_attr(CONFIRM_PLAN, planned)
+        have = {(int(t.user_attrs[CONFIRM_OF]), int(t.user_attrs[CONFIRM_SEED])) for t in stage}
+        by_number = {t.number: t for t in search}
+        for of, seed in planned["runs"]:
+            if (of, seed) not in have:
+                study.enqueue_trial(by_number[of].params, user_attrs={CONFIRM_OF: of, CONFIRM_SEED: seed})
+        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        return True if any(stage_trial(t) for t in waiting) else Searcher.FINISHED
 
     def _orphan(self) -> optuna.trial.FrozenTrial | None:
         """The first trial the study holds as RUNNING that no Ray trial this searcher knows of owns:
@@ -191,6 +232,11 @@ class StudySearch(Searcher):
 
     def _report(self, trial_id: str, result: dict[str, Any]) -> None:
         handle, storage_id = self._handles[trial_id]
+        if result.get("step") is not None and result.get("planned_updates"):  # its spend (the stage's budget)
+            full = int(result["planned_updates"])
+            if result.get("eval_every"):
+                full = min(full, int(self.max_evals * result["eval_every"]))
+            handle.set_user_attr(STEPS_ATTR, {"steps": int(result["step"]), "full": full})
         value, step = result.get(self.eval_metric), result.get("evals")
         if not (isinstance(value, (int, float)) and math.isfinite(value) and step is not None):
             return

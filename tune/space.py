@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 from afqmc.config import (DATA_FIELDS, FIELDS, ConfigError, TrainConfig, absolute_paths, coerce_value, from_dict,
                           normalize_metric, parse_number, read_yaml_mapping)
-from tune.folder import SPACE_COPY, TRIAL_NUMBER, SearchState
+from tune.folder import CONFIRM_OF, SPACE_COPY, TRIAL_NUMBER, SearchState
 
 TYPES = ("loguniform", "uniform", "int", "choice")
 DIST_KEYS = {"type", "low", "high", "values", "baseline", "log"}
@@ -92,6 +92,11 @@ class SearchSettings:
     # With `--warm_start results/OLD ...`: the earlier searches' best configurations tried first,
     # right after the baseline (tune/warmstart.py); 0 = none (their trials may still inform TPE).
     warm_start_top_k: int = 3
+    # The confirmation stage (tune/confirm.py): after the trials, the `top_k` best configurations by
+    # val and the baseline are trained again on new seeds (`seeds` per configuration, an original that
+    # ran its course counting as one), in full, with no ASHA cut, within `budget_share` of the updates
+    # the search spent; the winner is the best mean val. {} (or `off`): no stage.
+    confirm: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -151,7 +156,7 @@ def trial_config(base: TrainConfig, sampled: dict[str, Any], source: str = "tria
     keeps its best model (the export copies one) and predicts no test_file (the driver keeps the
     held-out pairs; best_config.yaml gets the space's test_file back). A Ray trial's config also
     carries its study number (TRIAL_NUMBER), which is no TrainConfig field."""
-    sampled = {k: v for k, v in sampled.items() if k != TRIAL_NUMBER}
+    sampled = {k: v for k, v in sampled.items() if k not in (TRIAL_NUMBER, CONFIRM_OF)}
     return from_dict(sampled, source=source, base=base).replace(save_best_model=True, test_file=None)
 
 
@@ -257,6 +262,8 @@ def _parse_settings(search: dict[str, Any], where) -> SearchSettings:
             if value not in ENSEMBLE_METRICS:
                 raise SpaceError(f"{src}: 'search.ensemble_metric' must be one of {', '.join(ENSEMBLE_METRICS)} "
                                  f"(got {value!r})", key)
+        elif key == "confirm":
+            value = _parse_confirm(value, where)
         elif key in ("metric", "asha_metric"):
             value = normalize_metric(value, f"search.{key}", src)
         elif key == "loggers":
@@ -396,6 +403,35 @@ def _takes_float(name: str) -> bool:
         return True
     hint = typing.get_type_hints(TrainConfig)[name]
     return hint is float or float in typing.get_args(hint)
+
+
+CONFIRM_DEFAULTS = {"top_k": 3, "seeds": 2, "budget_share": 1.0}  # search.confirm: on
+
+
+def _parse_confirm(value: Any, where) -> dict[str, Any]:
+    """search.confirm: off (no stage), on (the defaults), or a mapping of top_k, seeds, budget_share."""
+    src = where("search.confirm")
+    if value in (None, False, "off", 0):
+        return {}
+    if value is True or value == "on":
+        return dict(CONFIRM_DEFAULTS)
+    if not isinstance(value, dict):
+        raise SpaceError(f"{src}: 'search.confirm' must be off, on, or a mapping of top_k, seeds and budget_share "
+                         f"(got {value!r})", "confirm")
+    out = dict(CONFIRM_DEFAULTS)
+    for key, item in value.items():
+        key, item, at = str(key), parse_number(item), where(f"search.confirm.{key}")
+        if key not in CONFIRM_DEFAULTS:
+            raise SpaceError(f"{at}: unknown key 'search.confirm.{key}' (known: {', '.join(CONFIRM_DEFAULTS)})",
+                             "confirm")
+        if key == "budget_share":
+            item = _check_number(f"confirm.{key}", item, at)
+            if item <= 0:
+                raise SpaceError(f"{at}: 'search.confirm.budget_share' must be > 0 (got {item})", "confirm")
+        else:
+            item = _check_int(f"search.confirm.{key}", item, 0 if key == "top_k" else 1, at)
+        out[key] = item
+    return out if out["top_k"] else {}
 
 
 def _check_int(key: str, value: Any, minimum: int, src: str) -> int:
