@@ -193,7 +193,7 @@ def summary(experiment_dir, base, trials: list, plan_record: dict[str, Any] | No
                         "val": seed_stats(val) if val else None, "test": seed_stats(tested) if tested else None})
     out: dict[str, Any] = {
         "plan": {k: plan_record.get(k) for k in ("top_k", "seeds_per_config", "seeds", "runs", "notes")},
-        "complete": bool(runs) and all(r in ended for r in runs), "runs_ended": len(ended & set(runs)),
+        "complete": bool(plan_record) and all(r in ended for r in runs), "runs_ended": len(ended & set(runs)),
         "configs": configs, "winner": winner and winner["config"],
         "best_seed_trial": winner and winner["best_seed"].number,
         "single_seed_winner": single and {"trial": single.number, "val": single.best_value,

@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         data = prepare_data(base)
         state.task = state.task or task_record(base, space.settings, data.info)
         if args.warm_start:
-            state.warm_start = warmstart.plan(args.warm_start, space, state.task, space.settings.warm_start_top_k)
+            # At most num_samples - 1 enqueued (the baseline goes first): none is left waiting in the study.
+            top_k = min(space.settings.warm_start_top_k, space.settings.num_samples - 1)
+            state.warm_start = warmstart.plan(args.warm_start, space, state.task, top_k)
             for line in warmstart.describe(state.warm_start):
                 print(line)
     except (ConfigError, DataError, OSError) as exc:  # OSError: e.g. a hub model without internet
@@ -470,14 +472,14 @@ def _finish(exp_dir: Path, space: SearchSpace, elapsed: float, test_pairs=None, 
     from tune.terminal import print_leaderboard
 
     trials = collect_trials(exp_dir)
-    done = [t for t in trials if t.state in DONE_STATES]
+    done = [t for t in trials if t.state in DONE_STATES and t.confirm_of is None]
     print_leaderboard(trials, list(space.params), max_rows=10, metric=space.settings.metric)
     # trials.csv, trials.md, summary.json, best_config.yaml, best_model/ and plots/ (also after an
     # interrupt), and the held-out test scores of the best and the baseline trial;
     # `python tune/compare.py --regenerate results/NAME` rebuilds them from the folder alone.
     reports = write_reports(exp_dir, trials, test_pairs=test_pairs, val_pairs=val_pairs)
     best, metric = reports.best, space.settings.metric
-    counts = {s: sum(t.state == s for t in trials) for s in DONE_STATES}
+    counts = {s: sum(t.state == s for t in trials if t.confirm_of is None) for s in DONE_STATES}
     print(f"{len(done)} of {space.settings.num_samples} trials done ({elapsed / 60:.1f} min in this run): "
           + ", ".join(f"{n} {s}" for s, n in counts.items()))
     baseline = next((t for t in trials if t.is_baseline), None)
@@ -499,8 +501,14 @@ def _finish(exp_dir: Path, space: SearchSpace, elapsed: float, test_pairs=None, 
     failed = [t for t in trials if t.state == TrialState.FAILED]
     if failed:
         print(f"{len(failed)} failed trial(s):" + "".join(f"\n  trial {t.number}: {t.reason}" for t in failed))
+    confirmation = reports.summary.get("confirmation")
     if len(done) < space.settings.num_samples:
         print(f"\nsearch interrupted: {len(done)} of {space.settings.num_samples} trials done. Resume with:\n"
+              f"  python tune/search.py --resume {_rel(exp_dir)}")
+        return 130
+    if space.settings.confirm and not (confirmation or {}).get("complete"):
+        ended = (confirmation or {}).get("runs_ended", 0)
+        print(f"\nsearch interrupted in its confirmation stage ({ended} runs ended). Resume with:\n"
               f"  python tune/search.py --resume {_rel(exp_dir)}")
         return 130
     if len(failed) == len(trials):
