@@ -113,15 +113,16 @@ def selection_score(labels: np.ndarray, prob1: np.ndarray, metric: str) -> float
     raise ValueError(f"selection metric must be one of {METRICS} (got {metric!r})")
 
 
-def greedy_selection(probs: np.ndarray, labels, k: int = 5, metric: str = "log_loss"
+def greedy_selection(probs: np.ndarray, labels, k: int = 5, metric: str = "log_loss", margin: float = 0.0
                      ) -> tuple[np.ndarray, list[tuple[int, float]]]:
     """Greedy forward selection with replacement (Caruana et al., 2004) over the rows of `probs`
     (candidates x pairs): the selection counts of each candidate (summing to at most `k`) and the
     walk, as (candidate index, higher-is-better metric after adding it).
 
     Starts from the best single row; each step adds the row whose addition gives the best metric of
-    the counts-weighted mean; stops at `k` selections or when no addition strictly improves. Ties go
-    to the lowest index (np.argmax keeps the first).
+    the counts-weighted mean; stops at `k` selections or when no addition improves the metric by more
+    than `margin` (the guard: a member that helps only by val noise stays out). Ties go to the lowest
+    index (np.argmax keeps the first).
     """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels).astype(int)
@@ -137,7 +138,7 @@ def greedy_selection(probs: np.ndarray, labels, k: int = 5, metric: str = "log_l
         n = counts.sum()
         scores = np.array([selection_score(labels, (total + row) / (n + 1), metric) for row in probs])
         best = int(np.argmax(scores))
-        if scores[best] <= current:  # nothing improves: stop (equal is no improvement)
+        if scores[best] <= current + margin:  # nothing improves by more than the margin: stop
             break
         counts[best] += 1
         total += probs[best]
@@ -150,7 +151,7 @@ def greedy_selection(probs: np.ndarray, labels, k: int = 5, metric: str = "log_l
 
 
 def select_ensemble(candidates: dict[str, np.ndarray], val_labels, k: int = 5, seed: int = 0,
-                    metric: str = "log_loss") -> EnsembleChoice:
+                    metric: str = "log_loss", margin: float = 0.0) -> EnsembleChoice:
     """Choose an ensemble of `candidates` (name -> val P(same), every array over the same val pairs,
     in the same order) by greedy selection on `metric`, with at most `k` selections; tune its
     threshold on val (afqmc.metrics.tune_threshold, as a trial's) and report its val figures in-sample
@@ -159,12 +160,12 @@ def select_ensemble(candidates: dict[str, np.ndarray], val_labels, k: int = 5, s
     names = list(candidates)
     labels = np.asarray(val_labels).astype(int)
     matrix = _matrix(candidates, names, len(labels))
-    counts, walk = greedy_selection(matrix, labels, k, metric)
+    counts, walk = greedy_selection(matrix, labels, k, metric, margin)
     order = list(dict.fromkeys(i for i, _ in walk))  # distinct members in order of first selection
     weights = counts[order] / counts.sum()
     ens = weights @ matrix[order]
     threshold, f1_in = tune_threshold(labels, ens)
-    crossed = cross_fitted_selection(matrix, labels, k, seed, metric)
+    crossed = cross_fitted_selection(matrix, labels, k, seed, metric, margin)
     single = walk[0][0]
     single_threshold, single_f1 = tune_threshold(labels, matrix[single])
     return EnsembleChoice(
@@ -181,7 +182,7 @@ def select_ensemble(candidates: dict[str, np.ndarray], val_labels, k: int = 5, s
 
 
 def cross_fitted_selection(probs: np.ndarray, labels, k: int = 5, seed: int = 0,
-                           metric: str = "log_loss") -> dict[str, Any]:
+                           metric: str = "log_loss", margin: float = 0.0) -> dict[str, Any]:
     """The ensemble's honest val F1-macro: on each half of val (afqmc.metrics.halves(labels, seed)),
     choose the members, weights and threshold, and score F1-macro on the other half at them; the
     mean of the two, each half's figure, and the members each half chose (indices)."""
@@ -190,7 +191,7 @@ def cross_fitted_selection(probs: np.ndarray, labels, k: int = 5, seed: int = 0,
     a, b = halves(labels, seed)
     scores, members = [], []
     for choose, score in ((a, b), (b, a)):
-        counts, _ = greedy_selection(probs[:, choose], labels[choose], k, metric)
+        counts, _ = greedy_selection(probs[:, choose], labels[choose], k, metric, margin)
         weights = counts / counts.sum()
         threshold, _ = tune_threshold(labels[choose], weights @ probs[:, choose])
         scores.append(classification_metrics(labels[score], weights @ probs[:, score], threshold, prefix="")["f1_macro"])
@@ -331,7 +332,7 @@ def _plain(value: Any) -> Any:
 
 
 def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test_pairs=None, val_pairs=None,
-                    metric: str = "auc") -> dict[str, Any] | None:
+                    metric: str = "auc", margin: float = 0.0, first_rung: int | None = None) -> dict[str, Any] | None:
     """The ensemble of a search's kept models: every finished and ASHA-stopped trial's kept model is
     scored on val once (tune.scoring.model_probs, cached), at most `k` are chosen on val
     (`select_ensemble`), the members and the best trial are scored once on the held-out test pairs
@@ -340,7 +341,10 @@ def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test
 
     `base`: the search's fixed config (tune.space.search_base: its split); `best`: the search's best
     trial, the single model the ensemble must beat; `metric`: the selection's (search.ensemble_metric,
-    AUC by default: see "The selection metric" above); `test_pairs`, `val_pairs`: those splits when the
+    AUC by default: see "The selection metric" above); `margin`: what a member must add to it
+    (search.ensemble_margin); `first_rung`: ASHA's first rung, in evaluations: a trial ASHA stopped
+    there is no candidate (its model sits near the class prior, and would join only for val noise);
+    `test_pairs`, `val_pairs`: those splits when the
     caller (the search's driver) holds them, else they are read again. Returns the summary's `ensemble` entry, or None
     when `k` is 0 or fewer than two models were kept. Nothing here reads test labels before the
     choice is made: selection gets val only."""
@@ -348,7 +352,8 @@ def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test
     from tune.folder import ENSEMBLE, TrialState
     from tune.scoring import kept_model, model_probs
 
-    kept = sorted((t for t in trials if t.state in (TrialState.FINISHED, TrialState.STOPPED) and t.best_checkpoint),
+    kept = sorted((t for t in trials if t.state in (TrialState.FINISHED, TrialState.STOPPED) and t.best_checkpoint
+                   and not (first_rung and t.state == TrialState.STOPPED and t.evals <= first_rung)),
                   key=lambda t: t.number)  # ties in the selection go to the lower trial number
     if k <= 0 or best is None or len(kept) < 2:
         return None
@@ -358,7 +363,7 @@ def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test
     val_set = val_pairs if val_pairs is not None else splits.val
     val = model_probs(experiment_dir, kept, val_set, "val")
     choice = select_ensemble({name[t.trial_id]: np.asarray(val["probs"][t.trial_id]) for t in kept},
-                             val_set.labels, k=k, seed=base.seed, metric=metric)
+                             val_set.labels, k=k, seed=base.seed, metric=metric, margin=margin)
     by_name = {name[t.trial_id]: t for t in kept}
     test_set = test_pairs if test_pairs is not None else (splits.test if splits else None)
     judged = None

@@ -423,7 +423,9 @@ def write_reports(experiment_dir: str | Path, trials: list[TrialRecord] | None =
     summary["confirmation"] = _confirmation(experiment_dir, base, trials, test_pairs, notes)
     k = settings.get("ensemble_size", SearchSettings.ensemble_size) if ensemble_size is None else ensemble_size
     summary["ensemble"] = _ensemble(experiment_dir, base, trials, best, k, test_pairs, val_pairs, notes,
-                                    settings.get("ensemble_metric", SearchSettings.ensemble_metric))
+                                    settings.get("ensemble_metric", SearchSettings.ensemble_metric),
+                                    settings.get("ensemble_margin", SearchSettings.ensemble_margin),
+                                    settings.get("grace_period") if state.scheduler == "asha" else None)
 
     if plots:
         made = _draw_plots(experiment_dir, state, space, trials, params, best, importance, summary, notes, val_pairs)
@@ -473,13 +475,14 @@ def _confirmation(experiment_dir: Path, base: TrainConfig | None, trials: list[T
 
 
 def _ensemble(experiment_dir: Path, base: TrainConfig | None, trials: list[TrialRecord], best: TrialRecord | None,
-              k: int, test_pairs, val_pairs, notes: list[str], metric: str) -> dict[str, Any] | None:
+              k: int, test_pairs, val_pairs, notes: list[str], metric: str, margin: float = 0.0,
+              first_rung: int | None = None) -> dict[str, Any] | None:
     """The ensemble of the kept models (tune.ensemble.search_ensemble); a failure is a note, as the
     held-out test scores' (the tables must not depend on it)."""
     if base is None or not k:  # no space copy (its note says why), or --ensemble 0 / ensemble_size: 0
         return None
     try:
-        return search_ensemble(experiment_dir, base, trials, best, k, test_pairs, val_pairs, metric)
+        return search_ensemble(experiment_dir, base, trials, best, k, test_pairs, val_pairs, metric, margin, first_rung)
     except Exception as exc:  # noqa: BLE001 -- any failure to build it: the tables are still written, with the reason
         notes.append(f"ensemble not built: {type(exc).__name__}: {exc}")
         return None

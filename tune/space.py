@@ -89,6 +89,9 @@ class SearchSettings:
     # both searched, shift a model's probabilities, and log loss then rewards calibration over
     # ranking: measured on the CPU space, benchmarks/README.md) or log_loss.
     ensemble_metric: str = "auc"
+    # The guard of the greedy selection: a member joins only if it raises the selection metric on val
+    # by more than this (tune/ensemble.py; chosen by measurement: benchmarks/README.md).
+    ensemble_margin: float = 0.0
     # With `--warm_start results/OLD ...`: the earlier searches' best configurations tried first,
     # right after the baseline (tune/warmstart.py); 0 = none (their trials may still inform TPE).
     warm_start_top_k: int = 3
@@ -275,6 +278,10 @@ def _parse_settings(search: dict[str, Any], where) -> SearchSettings:
             value = _check_number(key, value, src)
             if value <= 1:
                 raise SpaceError(f"{src}: 'search.{key}' must be > 1 (got {value})", key)
+        elif key == "ensemble_margin":
+            value = _check_number(key, value, src)
+            if value < 0:
+                raise SpaceError(f"{src}: 'search.ensemble_margin' must be >= 0 (got {value})", key)
         elif key == "cpus_per_trial":
             value = _check_number(key, value, src)
             if value <= 0:
