@@ -31,7 +31,7 @@ import json
 
 from tune.folder import COMPARISON_MD, PRIMARY, SHORT, SUMMARY, SearchState, TrialState
 from tune.ensemble import ensemble_lines
-from tune.reports import (METRICS, STATES, extension_lines, leaderboard_rows, markdown_table, param_names, ranked,
+from tune.reports import (METRICS, STATES, confirmation_lines, extension_lines, leaderboard_rows, markdown_table, param_names, ranked,
                           regenerate, trials_frame, warm_start_lines)
 from tune.results import collect_trials
 
@@ -66,15 +66,18 @@ def load_searches(experiment_dirs: list[str | Path]) -> tuple[pd.DataFrame, list
         frame.insert(0, "search", name)
         frames.append(frame)
         params += [p for p in param_names(trials, state) if p not in params]
-        counts = {s: int((frame["state"] == s).sum()) for s in STATES}
+        own = frame["confirm_of"].isna() if "confirm_of" in frame else True
+        counts = {s: int(((frame["state"] == s) & own).sum()) for s in STATES}
         base = frame[frame["baseline"] == 1]
         metric = state.metric
-        info.append({"search": name, "path": str(exp), "trials": len(frame), "metric": metric,
+        stage = int(frame["confirm_of"].notna().sum()) if "confirm_of" in frame else 0
+        info.append({"search": name, "path": str(exp), "trials": len(frame) - stage, "stage_runs": stage,
+                     "metric": metric,
                      "num_samples": state.num_samples, "counts": counts,
                      "best": frame[metric].max() if frame[metric].notna().any() else None,
                      "baseline": base[metric].iloc[0] if len(base) else None, "test": test,
                      "ensemble": summary.get("ensemble"), "extensions": summary.get("extensions") or [],
-                     "warm_start": summary.get("warm_start")})
+                     "warm_start": summary.get("warm_start"), "confirmation": summary.get("confirmation")})
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return frame, params, info
 
@@ -123,13 +126,15 @@ def describe_searches(info: list[dict]) -> list[str]:
     lines = []
     for s in info:
         counts = ", ".join(f"{n} {k}" for k, n in s["counts"].items() if n)
-        best = f"best val {s['metric']} {s['best']:.4f}" if s["best"] is not None else "no result yet"
+        best = f"best {s['metric']} {s['best']:.4f}" if s["best"] is not None else "no result yet"
         base = f", baseline {s['baseline']:.4f}" if s["baseline"] is not None and not pd.isna(s["baseline"]) else ""
         models = (s.get("test") or {}).get("models") or {}
         tested = [f"{role} (trial {m['trial']}) {m['metrics']['f1_macro']:.4f}" for role, m in models.items() if m]
         test = f"; held-out test F1-macro: {', '.join(tested)}" if tested else "; no held-out test score"
-        lines.append(f"{s['search']}: {s['trials']} of {s['num_samples']} trials ({counts or 'none yet'}); {best}{base}"
+        runs = f" and {s['stage_runs']} confirmation runs" if s.get("stage_runs") else ""
+        lines.append(f"{s['search']}: {s['trials']} of {s['num_samples']} trials{runs} ({counts or 'none yet'}); {best}{base}"
                      f" (val: optimistic){test} ({s['path']})")
+        lines += [f"  {line}" for line in confirmation_lines(s.get("confirmation"), s["metric"])]
         lines += [f"  {line}" for line in ensemble_lines(s.get("ensemble"))]
         lines += [f"  {line}" for line in reuse_lines(s.get("extensions"), s.get("warm_start"), s["metric"])]
     return lines

@@ -559,6 +559,7 @@ def _summary(experiment_dir: Path, trials: list[TrialRecord], frame: pd.DataFram
 
     baseline = next((t for t in trials if t.is_baseline), None)
     walls = [t.wall_time_s for t in trials if t.wall_time_s is not None]
+    search = [t for t in trials if t.confirm_of is None]  # the confirmation stage's runs are counted apart
     evals_done = int(sum(t.evals for t in trials))
     max_total = int(num_samples * max_evals) if max_evals else None
     best_now = {"best": None if best is None else best.best_value, "best_trial": None if best is None else best.number,
@@ -566,9 +567,9 @@ def _summary(experiment_dir: Path, trials: list[TrialRecord], frame: pd.DataFram
     return {
         "name": experiment_dir.name, "experiment_dir": str(experiment_dir), "metric": metric,
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
-        "num_samples": num_samples, "trials": len(trials),
-        "complete": len(trials) >= num_samples and all(t.state in STATES[:3] for t in trials),
-        "counts": {s: sum(t.state == s for t in trials) for s in STATES},
+        "num_samples": num_samples, "trials": len(search), "confirmation_runs": len(trials) - len(search),
+        "complete": len(search) >= num_samples and all(t.state in STATES[:3] for t in trials),
+        "counts": {s: sum(t.state == s for t in search) for s in STATES},
         "best": describe(best), "baseline": describe(baseline),
         "budget": {"evals": evals_done, "max_evals_total": max_total,
                    "evals_fraction": evals_done / max_total if max_total else None,

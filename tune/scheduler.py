@@ -424,6 +424,8 @@ class PromotionASHA(FIFOScheduler):
 class ReplayTrial:
     """A trial of `replay`: what the scheduler reads of a Ray trial."""
 
+    config: dict = {}  # Ray's trial config: a replayed trial is never a confirmation run
+
     def __init__(self, trial_id: str, curve: list[float], evals: int = 0):
         self.trial_id, self.curve, self.status, self.evals = trial_id, curve, Trial.PENDING, evals
 

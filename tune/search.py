@@ -112,7 +112,8 @@ def _search(args: argparse.Namespace, exp_dir: Path, state: SearchState, space: 
         resources = _trial_resources(space)
         trainable = _trainable(data, base, resources, space.settings.workers_per_trial, exp_dir,
                                log_dir=None if args.verbose else str(exp_dir / LOGS))
-        unfinished = bool(args.resume) and _study_counts(exp_dir)["running"] > 0
+        counts = _study_counts(exp_dir)
+        unfinished = bool(args.resume) and counts["running"] > 0
         restored = unfinished and ray_can_restore(exp_dir)
         if restored:
             print(f"resuming {_rel(exp_dir)}: finished trials are kept, unfinished ones continue from "
@@ -120,7 +121,7 @@ def _search(args: argparse.Namespace, exp_dir: Path, state: SearchState, space: 
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
                                        resume_errored=False)
         else:
-            if unfinished:  # killed before Ray's first snapshot: a new Tuner takes up the study's trials
+            if unfinished or (args.resume and not counts["own"]):  # killed before Ray's first snapshot
                 print(f"resuming {_rel(exp_dir)}: it was stopped before Ray saved its state; it starts "
                       f"again with its study")
             elif args.resume:  # every trial it holds has ended: a new Ray run adds the ones it lacks

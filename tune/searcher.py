@@ -78,6 +78,10 @@ class StudySearch(Searcher):
       enqueued right after the baseline (attribute `warm_start_from`), and, for the same task,
       earlier trials added with their values to inform TPE (attribute `informed_by`; never run here,
       and no trial of this search).
+    - with `confirm` (search.confirm), once the search's own trials have ended, the confirmation
+      stage's runs (tune/confirm.py) are planned into the study and handed out like any trial, each
+      with its seed and `confirm_of` in its config (ASHA lets such a run go to the end); until the
+      last search trial ends, `suggest` answers None (the stage's configurations are not known yet).
     """
 
     num_samples: int | None = None  # (class defaults: a searcher Ray pickled before these existed)

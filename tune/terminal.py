@@ -69,8 +69,9 @@ class LiveView(tune.Callback):
         if reports:  # every trial's schedule (train() reports it), cut at the search's max_evals
             r = reports[0]
             per_trial = min(int(r["planned_updates"]), self.max_evals * int(r["eval_every"]))
-        line = progress(time.time() - self._started, self.num_samples or len(self.earlier) + len(self._trials),
-                        self.earlier + [steps_of(t) for t in self._trials], per_trial)
+        trials = self.earlier + [steps_of(t) for t in self._trials]
+        # A confirmation stage (tune/confirm.py) adds runs beyond num_samples: they count as trials here.
+        line = progress(time.time() - self._started, max(self.num_samples or 0, len(trials)), trials, per_trial)
         print(f"[{line}] {text}", flush=True)
 
     def on_step_begin(self, iteration, trials, **info):
