@@ -26,8 +26,8 @@ import _benchutil as bu
 
 def measure(folder: Path, margins: list[float], k: int) -> list[dict[str, Any]]:
     from afqmc.data import load_splits
-    from tune.ensemble import judge_on_test, select_ensemble
-    from tune.folder import SearchState, TrialState
+    from tune.ensemble import candidates, judge_on_test, select_ensemble
+    from tune.folder import SearchState
     from tune.results import best_trial, collect_trials
     from tune.scoring import model_probs
     from tune.space import folder_config
@@ -40,9 +40,7 @@ def measure(folder: Path, margins: list[float], k: int) -> list[dict[str, Any]]:
     first_rung = state.settings.get("grace_period")
     rows = []
     for cut in (False, True):
-        kept = sorted((t for t in trials if t.state in (TrialState.FINISHED, TrialState.STOPPED) and t.best_checkpoint
-                       and not (cut and t.state == TrialState.STOPPED and t.evals <= first_rung)),
-                      key=lambda t: t.number)
+        kept = candidates(trials, first_rung if cut else None)
         if best not in kept:
             kept.append(best)
         name = {t.trial_id: f"trial {t.number}" for t in kept}

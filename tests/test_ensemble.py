@@ -258,3 +258,34 @@ def test_the_metric_benchmark_quick_mode_runs_on_the_shared_data(tmp_path):
         r = run[metric]
         assert 0.45 < r["test_f1"] < 0.8 and 1 <= len(r["members"]) <= 5
         assert r["gain_ci95"][0] <= r["gain"] <= r["gain_ci95"][1]
+
+
+def test_the_guard_keeps_first_rung_cuts_out_and_rejects_a_member_below_the_margin():
+    """Issue 30's guard: a trial ASHA stopped at its first rung is no candidate (one stopped later is,
+    and so is every fully trained one); the greedy walk adds a member only if it raises the val metric
+    by more than the margin."""
+    from tune.ensemble import candidates
+    from tune.folder import TrialState
+    from tune.results import TrialRecord
+
+    def rec(number, state, evals):
+        return TrialRecord(trial_id=f"t{number}", number=number, status="", state=state, evals=evals, params={},
+                           best_value=0.5, best_checkpoint=f"/c/{number}")
+
+    trials = [rec(0, TrialState.FINISHED, 8), rec(1, TrialState.STOPPED, 2), rec(2, TrialState.STOPPED, 4),
+              rec(3, TrialState.FAILED, 3), rec(4, TrialState.FINISHED, 8)]
+    assert [t.number for t in candidates(trials, first_rung=2)] == [0, 2, 4]
+    assert [t.number for t in candidates(trials)] == [0, 1, 2, 4]  # FIFO: no rung, every kept model
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 600)
+    first = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.2, 600), 0, 1)
+    second = np.clip(0.5 + 0.2 * (y - 0.5) + rng.normal(0, 0.2, 600), 0, 1)  # its own errors: averaging helps a bit
+    probs = np.stack([first, second])
+    _, walk = greedy_selection(probs, y, k=5, metric="auc")
+    assert len(walk) >= 2
+    gain = walk[1][1] - walk[0][1]
+    assert gain > 0
+    _, kept = greedy_selection(probs, y, k=5, metric="auc", margin=0.5 * gain)
+    _, guarded = greedy_selection(probs, y, k=5, metric="auc", margin=1.01 * gain)
+    assert kept[:2] == walk[:2] and guarded == walk[:1]  # below the margin: the member stays out

@@ -331,6 +331,16 @@ def _plain(value: Any) -> Any:
 # --- the search's ensemble (the end of a search, compare.py --ensemble K) ---------------------------
 
 
+def candidates(trials: list, first_rung: int | None = None) -> list:
+    """The ensemble's candidates: the kept models of the finished and ASHA-stopped trials, by number
+    (ties in the selection go to the lower one), but not those ASHA stopped at its first rung."""
+    from tune.folder import TrialState
+
+    return sorted((t for t in trials if t.state in (TrialState.FINISHED, TrialState.STOPPED) and t.best_checkpoint
+                   and not (first_rung and t.state == TrialState.STOPPED and t.evals <= first_rung)),
+                  key=lambda t: t.number)
+
+
 def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test_pairs=None, val_pairs=None,
                     metric: str = "auc", margin: float = 0.0, first_rung: int | None = None) -> dict[str, Any] | None:
     """The ensemble of a search's kept models: every finished and ASHA-stopped trial's kept model is
@@ -349,12 +359,10 @@ def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test
     when `k` is 0 or fewer than two models were kept. Nothing here reads test labels before the
     choice is made: selection gets val only."""
     from afqmc.data import load_splits
-    from tune.folder import ENSEMBLE, TrialState
+    from tune.folder import ENSEMBLE
     from tune.scoring import kept_model, model_probs
 
-    kept = sorted((t for t in trials if t.state in (TrialState.FINISHED, TrialState.STOPPED) and t.best_checkpoint
-                   and not (first_rung and t.state == TrialState.STOPPED and t.evals <= first_rung)),
-                  key=lambda t: t.number)  # ties in the selection go to the lower trial number
+    kept = candidates(trials, first_rung)
     if k <= 0 or best is None or len(kept) < 2:
         return None
     name = {t.trial_id: f"trial {t.number}" for t in [*kept, best]}
