@@ -224,3 +224,32 @@ def test_search_overhead_quick(tmp_path):
         assert all(x >= 0 for x in steps) and sum(steps) == pytest.approx(g["gap_s"])
         assert positive(g["model_s"]) and g["gap_less_model_s"] == pytest.approx(g["gap_s"] - g["model_s"])
     assert res["gap_median"][0]["gaps"] == 2 and "per-trial gap" in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.full
+def test_warm_start_quick(tmp_path):
+    """benchmarks/warm_start.py on tiny spaces: every run made, the warm search's enqueued configurations
+    found among its trials, the extension grown to twice the trials."""
+    need_shared()
+    res, stdout = run_bench("warm_start", tmp_path, "--quick", "--spaces", "demo", "--workdir", str(tmp_path / "w"),
+                            "--data", str(SHARED), timeout=900)
+    runs = res["spaces"]["demo"]["runs"]
+    assert set(runs) == {"first", "cold", "extend", "warm", "xfer"}
+    assert runs["cold"]["trials"] == runs["extend"]["trials"] == 2 * runs["first"]["trials"]
+    assert runs["extend"]["extensions"][0]["from"] == runs["first"]["trials"]
+    assert runs["warm"]["informing"] == runs["first"]["trials"] and runs["xfer"]["informing"] == 0
+    assert all(e["trial"] is not None for e in runs["warm"]["enqueued"] + runs["xfer"]["enqueued"])
+    assert all(f1(r["best_val"]) and positive(r["updates"]) for r in runs.values())
+    assert "demo: cold best val" in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.full
+def test_confirm_quick(tmp_path):
+    """benchmarks/confirm.py on a tiny demo space, one search seed: the stage ran, its figures are read."""
+    res, stdout = run_bench("confirm", tmp_path, "--quick", "--spaces", "demo", "--seeds", "0", "--workdir",
+                            str(tmp_path / "c"), timeout=900)
+    run = res["spaces"]["demo"]["runs"]["0"]
+    assert positive(run["stage_updates"]) and f1(run["winner_test_mean"]) and f1(run["baseline_test_mean"])
+    assert run["single_seed_winner"]["trial"] is not None and "confirmed_winner_test_mean" in stdout
