@@ -132,3 +132,15 @@ def test_compare_names_what_a_warm_started_or_extended_search_built_on(tmp_path,
     lines = compare.reuse_lines(ext, warm, M)
     assert lines[0].startswith("extended from 8 to 16 trials") and "spent 900 optimizer updates" in lines[0]
     assert "warm start from results/first (8 finished trials): 8 inform TPE" in lines[1]
+
+
+def test_the_wall_clock_leaves_out_an_extended_searchs_pause_between_its_runs():
+    """Two trials of the first run, then one of an extension an hour later: the curve's seconds count
+    only the time some trial ran (the updates, every one)."""
+    first = [_trial(0, _rows(1000.0, [(1, 10.0, 0.5), (2, 20.0, 0.55)]), baseline=True),
+             _trial(1, _rows(1000.0, [(1, 12.0, 0.6), (2, 30.0, 0.62)]))]
+    later = _trial(2, _rows(4600.0, [(1, 10.0, 0.7), (2, 20.0, 0.71)]))
+    curve = anytime_curve(first + [later], M)
+    assert curve["updates"][-1] == 60
+    assert curve["wall_s"][-1] == pytest.approx(30.0 + 20.0, abs=1.0)  # 30 s of the first run, 20 of the second
+    assert curve["trial"][-1] == 2 and curve["best"][-1] == 0.71

@@ -83,7 +83,7 @@ def anytime_curve(trials: list[TrialRecord], metric: str, test_scores: dict[str,
             events.append((when, t.number, int(row.get("evals", 0)), int(row.get("step", 0) or 0),
                            row.get(metric) if eligible else None, t.trial_id))
     events.sort(key=lambda e: (e[0], e[1], e[2]))
-    start = min((_trial_start(t) for t in trials if t.history), default=0.0)
+    busy = _busy_clock([(_trial_start(t), max(report_times(t.history))) for t in trials if t.history])
     steps: dict[int, int] = {}  # the highest step each trial has reported so far
     points: list[dict[str, Any]] = []
     best: tuple[float, int] | None = None
@@ -92,12 +92,12 @@ def anytime_curve(trials: list[TrialRecord], metric: str, test_scores: dict[str,
         if _num(value) and (best is None or (value, -number) > (best[0], -best[1])):
             best = (float(value), number)
             test = scores.get(f"{trial_id}:{evals}")
-            points.append({"updates": sum(steps.values()), "wall_s": max(0.0, when - start), "best": best[0],
+            points.append({"updates": sum(steps.values()), "wall_s": busy(when), "best": best[0],
                            "trial": number, "evals": evals, "test_f1": test.get("f1_macro") if test else None})
     if points:  # the end of the search's spend: the summary's best, its kept evaluation (of equal values)
         last = next(t for t in trials if t.number == points[-1]["trial"])
         test = scores.get(f"{last.trial_id}:{last.best_evals}")
-        points.append({**points[-1], "updates": sum(steps.values()), "wall_s": max(0.0, events[-1][0] - start),
+        points.append({**points[-1], "updates": sum(steps.values()), "wall_s": busy(events[-1][0]),
                        "evals": last.best_evals, "test_f1": test.get("f1_macro") if test else None})
     baseline = next((t for t in trials if t.is_baseline), None)
     base_test = scores.get(f"{baseline.trial_id}:{baseline.best_evals}") if baseline else None
@@ -129,6 +129,22 @@ def reach(curve: dict[str, Any], target: float, key: str = "best") -> dict[str, 
             return {"updates": curve["updates"][i], "wall_s": curve["wall_s"][i], "value": value,
                     "trial": curve["trial"][i]}
     return None
+
+
+def _busy_clock(spans: list[tuple[float, float]]):
+    """Seconds since the first trial started, counting only time in which some trial ran (the union of
+    the trials' spans): an extended or resumed search's pause between its runs does not count."""
+    merged: list[list[float]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+
+    def busy(when: float) -> float:
+        return max(0.0, sum(min(end, when) - start for start, end in merged if start < when))
+
+    return busy
 
 
 def _trial_start(t: TrialRecord) -> float:

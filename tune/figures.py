@@ -6,6 +6,7 @@ Each function draws one figure from what tune.reports gathered and saves it to `
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +201,9 @@ def anytime(curves: dict[str, dict[str, Any]], path: str | Path, title: str = ""
     line per search in `curves`: name -> summary.json's "anytime"), each baseline's value dashed;
     below, where any model on a curve was scored on the held-out test split, its test F1-macro."""
     tested = any(v is not None for c in curves.values() for v in c.get("test_f1") or [])
-    fig = Figure(figsize=(11, 7.5 if tested else 4.5), layout="constrained")
+    long_names = max((len(name) for name in curves), default=0) > 30
+    rows = (4 if tested else 2) * len(curves) // (1 if long_names else 2)  # legend lines below the plots
+    fig = Figure(figsize=(11, (7.5 if tested else 4.5) + 0.17 * rows), layout="constrained")
     axes = fig.subplots(2 if tested else 1, 2, squeeze=False, sharex="col")
     for i, (name, curve) in enumerate(curves.items()):
         color = PALETTE[i % len(PALETTE)] if len(curves) > 1 else "C0"
@@ -226,9 +229,14 @@ def anytime(curves: dict[str, dict[str, Any]], path: str | Path, title: str = ""
     for col, label in enumerate(("optimizer updates used by the search", "wall seconds since the first trial")):
         axes[-1][col].set_xlabel(label)
     axes[0][0].set_ylabel("best so far (val: it chose the trials)")
-    axes[0][0].legend(fontsize=7, loc="lower right")
     if tested:
         axes[1][0].set_ylabel("held-out test F1-macro (no choice read it)")
-        axes[1][0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(title or "anytime: the best trial so far against the search's spend", fontsize=10)
+    # One legend below the plots (the labels of several searches would cover their curves).
+    handles, labels = [], []
+    for ax in (axes[0][0], axes[-1][0]) if tested else (axes[0][0],):
+        h, lab = ax.get_legend_handles_labels()
+        handles, labels = handles + h, labels + lab
+    fig.legend(handles, labels, fontsize=7, loc="outside lower center",
+               ncols=1 if long_names or len(curves) == 1 else 2)
+    fig.suptitle(textwrap.fill(title or "anytime: the best trial so far against the search's spend", 140), fontsize=10)
     _save(fig, path)
