@@ -191,7 +191,7 @@ def report(out: dict[str, Any]) -> None:
             print(bu.verdict(f"{s}: warm start reaches 0.99 of cold's best val", share, "<= 50% of cold's updates",
                              bool(res["goal_warm_half"])))
         else:
-            print(f"  warm never reached 0.99 of the cold search's best val")
+            print("  warm never reached 0.99 of the cold search's best val")
 
 
 def _f(x: Any) -> str:

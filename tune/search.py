@@ -32,7 +32,6 @@ import logging
 import os
 import shutil
 import time
-import warnings
 from dataclasses import asdict
 from typing import Any
 
