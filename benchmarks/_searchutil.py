@@ -73,7 +73,8 @@ def write_space(path: Path, data_dir: Path, b: dict[str, Any], seed: int = 0, th
     settings = dict(space["search"])
     settings.update(num_samples=b["num_samples"], seed=seed, n_startup_trials=b["n_startup_trials"],
                     max_evals=b["max_evals"], grace_period=b["grace_period"],
-                    reduction_factor=b["reduction_factor"], cpus_per_trial=1, gpus_per_trial=0, sampler=sampler)
+                    reduction_factor=b["reduction_factor"], cpus_per_trial=1, gpus_per_trial=0, sampler=sampler,
+                    confirm=False)  # the search itself is measured here (its confirmation stage: confirm.py)
     if b.get("asha_metric"):
         settings["asha_metric"] = b["asha_metric"]
     if threshold == "searched":

@@ -40,6 +40,7 @@ def space_file(name: str, workdir: Path, data: Path, quick: bool) -> Path:
     import yaml
 
     spec = yaml.safe_load(SPACES[name].read_text(encoding="utf-8"))
+    spec["search"]["confirm"] = False  # the searches themselves are compared (the stage: confirm.py)
     if name == "afqmc_cpu":
         spec["params"].update(bu.shared_paths(data))
     else:
