@@ -46,7 +46,8 @@ def test_the_winner_is_the_best_mean_over_seeds_not_the_luckiest_trial():
 
 
 def _frozen(number, value, state="COMPLETE", params=None, steps=40, full=40):
-    kwargs = {"value": value} if state == "COMPLETE" else {"intermediate_values": {1: value}}
+    kwargs = {"value": value} if state == "COMPLETE" else {"intermediate_values": {1: value}} if state == "PRUNED" \
+        else {}
     t = optuna.trial.create_trial(state=optuna.trial.TrialState[state], params=params or {"x": number / 10},
                                   distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
                                   user_attrs={STEPS_ATTR: {"steps": steps, "full": full}}, **kwargs)
@@ -72,6 +73,12 @@ def test_the_plan_reruns_on_new_seeds_in_full_and_the_baseline_on_the_same_seeds
     assert (tighter["top_k"], tighter["seeds_per_config"]) == (1, 1) and tighter["runs"] == [[0, 43]]
     nothing = confirm.plan(trials, 0, {"top_k": 2, "seeds": 2, "budget_share": 0.1}, 42)
     assert nothing["runs"] == [] and "no stage" in nothing["notes"][-1]
+
+
+def test_no_stage_when_every_trial_failed():
+    failed = [_frozen(0, 0.0, "FAIL"), _frozen(1, 0.0, "FAIL")]
+    plan = confirm.plan(failed, 0, {"top_k": 2, "seeds": 2, "budget_share": 10}, 42)
+    assert plan["runs"] == [] and plan["notes"] == ["no trial has a val value: no stage"]
 
 
 def test_an_extended_search_confirms_only_configurations_it_has_not_seen():

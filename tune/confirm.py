@@ -84,6 +84,11 @@ def plan(search_trials: list, baseline_number: int | None, settings: dict[str, A
     def cost(runs: list[list[int]]) -> int:
         return run_updates * sum((c, s) not in done_runs for c, s in runs) + run_updates * len(done_runs)
 
+    if not ranked:  # every trial failed: nothing to confirm, and the baseline would only fail again
+        return {"configs": [], "seeds": [], "runs": [], "top_k": 0, "seeds_per_config": 0,
+                "search_trials": len(search_trials),
+                "budget": {"search_updates": search_updates, "run_updates": run_updates, "allowed": allowed,
+                           "planned": 0}, "notes": ["no trial has a val value: no stage"]}
     configs, new_seeds, runs = runs_for(top_k, seeds)
     while cost(runs) > allowed and (top_k > 1 or seeds > 1):
         if top_k > 1:
