@@ -177,6 +177,7 @@ def test_a_source_that_cannot_be_used_is_refused_with_the_folder_and_the_reason(
             lock.close()
 
 
+@pytest.mark.slow  # it launches the command line in a process
 def test_a_refused_warm_start_starts_nothing(tmp_path):
     """The command line: a source that is not a search stops the new search before Ray starts, and
     no results folder is made."""
