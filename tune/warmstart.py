@@ -21,11 +21,11 @@ what was reused, from which search, and why the rest was not.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from afqmc.config import ConfigError
+from tune.confirm import trial_value
 from tune.folder import INFORMED_BY, RAY_TRIAL_ID, NotASearchError, SearchState, refuse_if_running
 
 MISSING = object()
@@ -66,7 +66,7 @@ def plan(sources: list[str | Path], space, task: dict[str, Any], top_k: int, cwd
         for t in trials:
             where = f"{src['name']} trial {t.number}"
             mapped, notes, complete = _fit(t.params, src["base"], space)
-            value = _value(t)
+            value = trial_value(t)
             if same:
                 if complete:
                     out["inform"].append({"params": mapped, "state": t.state.name,
@@ -189,14 +189,6 @@ def _finished_trials(study) -> list:
     return [t for t in study.get_trials(deepcopy=False)
             if RAY_TRIAL_ID in t.user_attrs and INFORMED_BY not in t.user_attrs
             and t.state.name in ("COMPLETE", "PRUNED")]
-
-
-def _value(trial) -> float | None:
-    """A finished trial's val value: COMPLETE, the study's value (its best); PRUNED (ASHA cut it), its
-    best evaluation's."""
-    values = [trial.value] if trial.state.name == "COMPLETE" else list(trial.intermediate_values.values())
-    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    return max(values) if values else None
 
 
 def _fit(params: dict[str, Any], source_base, space) -> tuple[dict[str, Any], list[str], bool]:
