@@ -85,7 +85,9 @@ def figures(exp: Path, wall: float | None) -> dict[str, Any]:
             "baseline_test_mean": (baseline.get("test") or {}).get("mean"),
             "vs_baseline": conf.get("vs_baseline"),
             "ensemble_members": [m["trial"] for m in (summary.get("ensemble") or {}).get("members", [])],
-            "ensemble_gain": ens.get("gain_f1_macro"), "ensemble_gain_ci95": ens.get("gain_ci95"),
+            # the best model alone (no member added the margin): the ensemble is its best member, gain 0
+            "ensemble_gain": 0.0 if (summary.get("ensemble") or {}).get("alone") else ens.get("gain_f1_macro"),
+            "ensemble_gain_ci95": ens.get("gain_ci95"),
             "stage_updates": conf["cost"]["updates"], "search_updates": conf["cost"]["search_updates"],
             "stage_share": conf["cost"]["share_of_search"],
             "stage_trial_seconds": conf["cost"]["trial_seconds"],

@@ -56,3 +56,32 @@ def tiny_cfg(tmp_path):
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+def with_a_scripted_member(exp_dir: Path, copy: Path) -> int:
+    """Copy a finished search to `copy` and make one of its kept models (not the best) a member the
+    greedy walk must add: its cached val P(same) (tune.scoring's model_probs.json, which the reports
+    read instead of predicting) is set near the val labels. Everything else is the search's own: the
+    members' folders, their held-out test predictions, the export. Returns the scripted trial."""
+    import json
+    import shutil
+
+    from afqmc.data import load_splits
+    from tune.ensemble import candidates
+    from tune.folder import MODEL_PROBS, SearchState
+    from tune.results import best_trial, collect_trials
+    from tune.scoring import model_probs
+    from tune.space import folder_config
+
+    shutil.copytree(exp_dir, copy, ignore=shutil.ignore_patterns("ensemble", MODEL_PROBS))
+    state = SearchState.load(copy)
+    trials = collect_trials(copy)
+    best = best_trial(trials)
+    kept = candidates(trials, state.settings.get("grace_period") if state.scheduler == "asha" else None)
+    other = next(t for t in kept if t.trial_id != best.trial_id)
+    val = load_splits(folder_config(copy, state)).val
+    model_probs(copy, [other], val, "val")  # the cache entry, with the pairs' fingerprint
+    cache = json.loads((copy / MODEL_PROBS).read_text())
+    cache["val"]["models"][f"{other.trial_id}:{other.best_evals}"]["probs"] = [0.2 + 0.6 * y for y in val.labels]
+    (copy / MODEL_PROBS).write_text(json.dumps(cache))
+    return other.number

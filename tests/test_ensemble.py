@@ -289,3 +289,59 @@ def test_the_guard_keeps_first_rung_cuts_out_and_rejects_a_member_below_the_marg
     _, kept = greedy_selection(probs, y, k=5, metric="auc", margin=0.5 * gain)
     _, guarded = greedy_selection(probs, y, k=5, metric="auc", margin=1.01 * gain)
     assert kept[:2] == walk[:2] and guarded == walk[:1]  # below the margin: the member stays out
+
+
+def test_the_walk_starts_from_the_search_best_and_it_stands_alone_when_nothing_adds_the_margin(tmp_path, monkeypatch):
+    """Issue 30: the ensemble starts from the model it is judged against (the search's best, chosen on
+    val F1-macro), not from the best candidate by val AUC; when no other model raises val AUC by more
+    than the margin, there is no ensemble: the summary says the best model stands alone, nothing is
+    exported, and an earlier report's ensemble/ (under another margin) is removed."""
+    from types import SimpleNamespace
+
+    from tune import scoring
+    from tune.ensemble import ensemble_lines, search_ensemble, select_ensemble
+    from tune.folder import TrialState
+    from tune.results import TrialRecord
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 400)
+    probs = {"t0": np.clip(0.5 + 0.2 * (y - 0.5) + rng.normal(0, 0.2, 400), 0, 1),   # the search's best
+             "t1": np.clip(0.5 + 0.4 * (y - 0.5) + rng.normal(0, 0.2, 400), 0, 1),   # the best by AUC
+             "t2": np.clip(0.5 + 0.1 * (y - 0.5) + rng.normal(0, 0.2, 400), 0, 1)}
+    by_auc = select_ensemble({f"trial {k[1]}": v for k, v in probs.items()}, y, k=5, metric="auc")
+    assert by_auc.single_best == "trial 1" and by_auc.history[0][0] == "trial 1"
+    from_best = select_ensemble({f"trial {k[1]}": v for k, v in probs.items()}, y, k=5, metric="auc", start="trial 0")
+    assert from_best.single_best == "trial 0" and from_best.history[0][0] == "trial 0"
+    assert from_best.members[0] == "trial 0" and "trial 1" in from_best.members  # the better one joins it
+
+    trials = [TrialRecord(trial_id=f"t{n}", number=n, status="", state=TrialState.FINISHED, evals=8, params={},
+                          best_value=0.6 - 0.01 * n, best_checkpoint=f"/c/{n}") for n in range(3)]
+    monkeypatch.setattr(scoring, "model_probs", lambda exp, ts, pairs, split: {
+        "probs": {t.trial_id: probs[t.trial_id] for t in ts}, "threshold": {t.trial_id: 0.5 for t in ts},
+        "seconds_per_pair": {t.trial_id: 1e-4 for t in ts}})
+    stale = tmp_path / "ensemble"
+    stale.mkdir()
+    (stale / ENSEMBLE_JSON).write_text("{}")
+    pairs = SimpleNamespace(labels=y)
+    entry = search_ensemble(tmp_path, SimpleNamespace(seed=0), trials, trials[0], k=5, test_pairs=pairs,
+                            val_pairs=pairs, metric="auc", margin=0.5)
+    assert entry["alone"] and entry["folder"] is None and entry["test"] is None
+    assert [m["trial"] for m in entry["members"]] == [0] and entry["margin"] == 0.5
+    assert not stale.exists()
+    assert ensemble_lines(entry) == ["ensemble: none: no other kept model raised val auc by more than "
+                                     "search.ensemble_margin 0.5 over the best model's (trial 0), so the best model "
+                                     "stands alone"]
+
+
+def test_reseeding_an_ensemble_that_is_the_best_model_alone_is_refused_with_what_to_run(tmp_path):
+    """An ensemble that is the best model alone has nothing to reseed beyond the best: the refusal names
+    the folder, the margin and the command that does it (--reseed K)."""
+    from tune.folder import SearchState
+    from tune.reseed import reseed_ensemble
+
+    SearchState(space="space.yaml").save(tmp_path)
+    (tmp_path / "summary.json").write_text(json.dumps({"ensemble": {
+        "alone": True, "margin": 0.005, "members": [{"trial": 3, "weight": 1.0, "count": 1}]}}))
+    with pytest.raises(ValueError, match=r"best model alone .*0\.005.*--reseed 2") as err:
+        reseed_ensemble(tmp_path, 2)
+    assert str(tmp_path) in str(err.value)

@@ -24,6 +24,7 @@ import yaml
 
 from afqmc.config import ConfigError, load_config
 from afqmc.data import load_splits
+from conftest import with_a_scripted_member
 from tune.folder import DONE_STATES
 from tune.results import keep_best_checkpoint, trial_state
 from tune.space import load_space, trial_config
@@ -550,36 +551,38 @@ def test_demo_search_trials_run_the_techniques_they_sample(demo_search):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("demo_search")  # one search for these tests (the fixture is per worker)
-def test_demo_search_builds_its_ensemble_and_a_killed_build_resumes(demo_search, tmp_path, monkeypatch):
-    """After the search: ensemble/ holds the members chosen on val, summary.json, trials.md and the
-    printout say what it is and how it did on test, and afqmc.predict predicts with it. A driver
-    killed while the ensemble is built (here: an interrupt while its folder is written) leaves no
-    half folder; the next report (a resume's end, or --regenerate) finishes it without predicting
-    again what was already predicted."""
+def test_demo_search_reports_its_ensemble_starting_from_its_best_model(demo_search):
+    """After the search: summary.json, trials.md and the printout say the same of the ensemble, and its
+    walk starts from the search's best model (the one it is judged against). This search's tiny
+    models (30 updates: near chance) add nothing to it, so it usually stands alone and nothing is
+    exported; the export itself is tested on a copy with a scripted member (the next test)."""
+    from tune.ensemble import ensemble_lines
+    from tune.space import SearchSettings
+
+    exp_dir = demo_search["exp_dir"]
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    ens = summary["ensemble"]
+    assert ens["members"][0]["trial"] == summary["best"]["trial"] and ens["margin"] == SearchSettings.ensemble_margin
+    assert (exp_dir / "ensemble").is_dir() != ens["alone"]
+    for line in ensemble_lines(ens):
+        assert line in (exp_dir / "trials.md").read_text() and line in demo_search["stdout"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("label_searches")  # one pair of searches for these tests (the fixture is per worker)
+def test_an_ensemble_is_exported_predicts_and_a_killed_build_resumes(label_searches, tmp_path, monkeypatch):
+    """A search folder whose ensemble holds two models (one scripted: see conftest.with_a_scripted_member):
+    ensemble/ holds the members chosen on val, summary.json and trials.md say what it is and how it did
+    on test, and afqmc.predict predicts with it. A driver killed while the ensemble is built (here: an
+    interrupt while its folder is written) leaves no half folder; the next report (a resume's end, or
+    --regenerate) finishes it without predicting again what was already predicted."""
     from afqmc.ensemble import read_spec
     from afqmc.predict import main as predict_main
     from tune import ensemble, scoring
     from tune.reports import write_reports
 
-    exp_dir = demo_search["exp_dir"]
-    summary = json.loads((exp_dir / "summary.json").read_text())
-    ens = summary["ensemble"]
-    spec = read_spec(exp_dir / "ensemble")
-    assert [m["name"] for m in spec["members"]] == [f"trial {m['trial']}" for m in ens["members"]]
-    assert 1 <= len(ens["members"]) <= 5 and sum(m["weight"] for m in ens["members"]) == pytest.approx(1.0)
-    assert ens["val"]["f1_macro_cross_fitted"] <= ens["val"]["f1_macro_in_sample"] + 1e-12
-    assert ens["test"]["single_best"]["trial"] == summary["best"]["trial"]
-    low, high = ens["test"]["gain_ci95"]
-    assert low <= ens["test"]["gain_f1_macro"] <= high
-    assert "ensemble on held-out test" in (exp_dir / "trials.md").read_text() and "ensemble (" in demo_search["stdout"]
-    assert predict_main(["--checkpoint", str(exp_dir / "ensemble"), "--text1", "花呗怎么还款", "--text2", "花呗如何还钱"]) == 0
-
-    # Rebuilt from the folder: the driver deleted its train file, so the copy's space reads the same
-    # pairs from the demo file it was copied from.
     copy = tmp_path / "copy"
-    shutil.copytree(exp_dir, copy, ignore=shutil.ignore_patterns("ensemble", "model_probs.json"))
-    space = (copy / "space.yaml").read_text(encoding="utf-8")
-    (copy / "space.yaml").write_text(space.replace(str(demo_search["train_file"]), str(DEMO_TRAIN)), encoding="utf-8")
+    member = with_a_scripted_member(label_searches["results"] / "plain", copy)
     real_export, predicted = ensemble.export_ensemble, []
     monkeypatch.setattr(scoring, "predict", lambda d, p, real=scoring.predict: predicted.append(d) or real(d, p))
 
@@ -592,10 +595,19 @@ def test_demo_search_builds_its_ensemble_and_a_killed_build_resumes(demo_search,
     assert not (copy / "ensemble").exists() and (copy / "model_probs.json").is_file()
     first = len(predicted)
     monkeypatch.setattr(ensemble, "export_ensemble", real_export)
-    again = write_reports(copy, plots=False, log=lambda *_: None).summary["ensemble"]
-    assert len(predicted) == first  # every kept model was scored once, before the interruption
-    assert again["members"] == ens["members"] and again["threshold"] == ens["threshold"]
-    assert read_spec(copy / "ensemble")["threshold"] == spec["threshold"]
+    summary = write_reports(copy, plots=False, log=lambda *_: None).summary
+    assert len(predicted) == first  # every model was scored once, before the interruption
+    ens = summary["ensemble"]
+    assert not ens["alone"] and [m["trial"] for m in ens["members"]] == [summary["best"]["trial"], member]
+    spec = read_spec(copy / "ensemble")
+    assert [m["name"] for m in spec["members"]] == [f"trial {m['trial']}" for m in ens["members"]]
+    assert sum(m["weight"] for m in ens["members"]) == pytest.approx(1.0) and spec["threshold"] == ens["threshold"]
+    assert ens["val"]["f1_macro_cross_fitted"] <= ens["val"]["f1_macro_in_sample"] + 1e-12
+    assert ens["test"]["single_best"]["trial"] == summary["best"]["trial"]
+    low, high = ens["test"]["gain_ci95"]
+    assert low <= ens["test"]["gain_f1_macro"] <= high
+    assert "ensemble on held-out test" in (copy / "trials.md").read_text()
+    assert predict_main(["--checkpoint", str(copy / "ensemble"), "--text1", "花呗怎么还款", "--text2", "花呗如何还钱"]) == 0
 
 
 @pytest.mark.slow
@@ -892,7 +904,7 @@ def label_searches(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("label_searches")  # one pair of searches for these tests (the fixture is per worker)
-def test_held_out_labels_are_never_read_for_a_choice(label_searches):
+def test_held_out_labels_are_never_read_for_a_choice(label_searches, tmp_path):
     """The two searches of `label_searches`: the winner, every val number and every threshold are
     the same; only the test scores differ."""
     outcomes = {}
@@ -917,14 +929,26 @@ def test_held_out_labels_are_never_read_for_a_choice(label_searches):
     assert tests[0]["num_samples"] == tests[1]["num_samples"] == 300
     assert tests[0]["f1_macro"] != tests[1]["f1_macro"]  # the test labels do count where they should
     assert tests[0]["auc"] == pytest.approx(1 - tests[1]["auc"], abs=1e-9)  # flipped labels mirror the AUC
-    # The ensemble: the same members, weights, threshold and val figures; only its test figures differ.
-    ensembles = [o["summary"]["ensemble"] for o in (plain, flipped)]
+    # The ensemble: the same members, weights, threshold and val figures; only its test figures differ
+    # (each search's copy with the same scripted member, so that there is an ensemble to judge).
+    ensembles = [_regenerated_with_member(label_searches["results"] / name, tmp_path / name)
+                 for name in ("plain", "flipped")]
     assert [(m["trial"], m["weight"], m["count"]) for m in ensembles[0]["members"]] == \
         [(m["trial"], m["weight"], m["count"]) for m in ensembles[1]["members"]]  # Ray's trial ids differ
     for key in ("threshold", "val", "single_val", "k", "metric"):
         assert ensembles[0][key] == ensembles[1][key], key
     assert ensembles[0]["test"]["ensemble"]["num_samples"] == 300
     assert ensembles[0]["test"]["ensemble"]["auc"] == pytest.approx(1 - ensembles[1]["test"]["ensemble"]["auc"], abs=1e-9)
+
+
+def _regenerated_with_member(exp_dir: Path, copy: Path) -> dict:
+    """The ensemble entry of a copy of `exp_dir` with a scripted member, its reports written again."""
+    from tune.reports import write_reports
+
+    with_a_scripted_member(exp_dir, copy)
+    ens = write_reports(copy, plots=False, log=lambda *_: None).summary["ensemble"]
+    assert not ens["alone"]
+    return ens
 
 
 # --- an unusable results folder or study: a clear error naming the path, before anything runs ------

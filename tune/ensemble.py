@@ -8,11 +8,22 @@ that format). Pure numpy and sklearn; no Ray, no torch.
 
 The algorithm (`greedy_selection`):
 
-- start from the single model with the best val selection metric;
+- start from the model the ensemble is judged against: in a search, its best model (best_model/,
+  the confirmed winner's best seed with the confirmation stage); called without one, the single
+  model with the best val selection metric;
 - add, with replacement, the model whose addition most improves the metric of the ensemble's
   P(same) = the weighted mean of its members' P(same); weights = selection counts / total;
-- stop after `k` selections or when no addition strictly improves the metric. Ties go to the
-  candidate listed first (the caller's order), so the choice is deterministic.
+- stop after `k` selections or when no addition improves the metric by more than the margin
+  (search.ensemble_margin). Ties go to the candidate listed first (the caller's order), so the
+  choice is deterministic. When nothing joins the best model, there is no ensemble: the summary
+  says the best model stands alone, and nothing is exported.
+
+Why the search's best model, not the best by the selection metric (issue 30): the search's best is
+chosen on val F1-macro (over seeds, with the stage), the walk on val AUC; when the two differ, an
+"ensemble" of one was another single model, judged against best_model/ (on one CPU AFQMC search it
+lost 0.0099 F1-macro on held-out test). Starting from the best model, across 11 searches
+(benchmarks/ensemble_guard.py, margin 0.005), the mean held-out gain went from 0.0112 to 0.0124 and
+the worst from -0.0099 to 0.0000.
 
 The selection metric ("The selection metric"): a search selects on val ROC-AUC
 (search.ensemble_metric, default auc); `metric="log_loss"` is the other choice, and the default of
@@ -51,6 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,13 +125,14 @@ def selection_score(labels: np.ndarray, prob1: np.ndarray, metric: str) -> float
     raise ValueError(f"selection metric must be one of {METRICS} (got {metric!r})")
 
 
-def greedy_selection(probs: np.ndarray, labels, k: int = 5, metric: str = "log_loss", margin: float = 0.0
-                     ) -> tuple[np.ndarray, list[tuple[int, float]]]:
+def greedy_selection(probs: np.ndarray, labels, k: int = 5, metric: str = "log_loss", margin: float = 0.0,
+                     start: int | None = None) -> tuple[np.ndarray, list[tuple[int, float]]]:
     """Greedy forward selection with replacement (Caruana et al., 2004) over the rows of `probs`
     (candidates x pairs): the selection counts of each candidate (summing to at most `k`) and the
     walk, as (candidate index, higher-is-better metric after adding it).
 
-    Starts from the best single row; each step adds the row whose addition gives the best metric of
+    Starts from row `start` (the model the ensemble is judged against), else from the best single
+    row; each step adds the row whose addition gives the best metric of
     the counts-weighted mean; stops at `k` selections or when no addition improves the metric by more
     than `margin` (the guard: a member that helps only by val noise stays out). Ties go to the lowest
     index (np.argmax keeps the first).
@@ -134,6 +147,10 @@ def greedy_selection(probs: np.ndarray, labels, k: int = 5, metric: str = "log_l
     total = np.zeros(probs.shape[1])
     history: list[tuple[int, float]] = []
     current = -np.inf
+    if start is not None:
+        counts[start], total = 1, probs[start].copy()
+        current = selection_score(labels, probs[start], metric)
+        history.append((start, current))
     while counts.sum() < k:
         n = counts.sum()
         scores = np.array([selection_score(labels, (total + row) / (n + 1), metric) for row in probs])
@@ -151,21 +168,23 @@ def greedy_selection(probs: np.ndarray, labels, k: int = 5, metric: str = "log_l
 
 
 def select_ensemble(candidates: dict[str, np.ndarray], val_labels, k: int = 5, seed: int = 0,
-                    metric: str = "log_loss", margin: float = 0.0) -> EnsembleChoice:
+                    metric: str = "log_loss", margin: float = 0.0, start: str | None = None) -> EnsembleChoice:
     """Choose an ensemble of `candidates` (name -> val P(same), every array over the same val pairs,
     in the same order) by greedy selection on `metric`, with at most `k` selections; tune its
     threshold on val (afqmc.metrics.tune_threshold, as a trial's) and report its val figures in-sample
-    and cross-fitted on the halves of `seed` (afqmc.metrics.halves). Reads val labels only: it takes
-    no test pairs."""
+    and cross-fitted on the halves of `seed` (afqmc.metrics.halves). `start`: the candidate the walk
+    starts from (the search's best model: the others join it only if each raises the metric by more
+    than `margin`), else the best by the metric. Reads val labels only: it takes no test pairs."""
     names = list(candidates)
     labels = np.asarray(val_labels).astype(int)
     matrix = _matrix(candidates, names, len(labels))
-    counts, walk = greedy_selection(matrix, labels, k, metric, margin)
+    first = None if start is None else names.index(start)
+    counts, walk = greedy_selection(matrix, labels, k, metric, margin, first)
     order = list(dict.fromkeys(i for i, _ in walk))  # distinct members in order of first selection
     weights = counts[order] / counts.sum()
     ens = weights @ matrix[order]
     threshold, f1_in = tune_threshold(labels, ens)
-    crossed = cross_fitted_selection(matrix, labels, k, seed, metric, margin)
+    crossed = cross_fitted_selection(matrix, labels, k, seed, metric, margin, first)
     single = walk[0][0]
     single_threshold, single_f1 = tune_threshold(labels, matrix[single])
     return EnsembleChoice(
@@ -182,7 +201,7 @@ def select_ensemble(candidates: dict[str, np.ndarray], val_labels, k: int = 5, s
 
 
 def cross_fitted_selection(probs: np.ndarray, labels, k: int = 5, seed: int = 0,
-                           metric: str = "log_loss", margin: float = 0.0) -> dict[str, Any]:
+                           metric: str = "log_loss", margin: float = 0.0, start: int | None = None) -> dict[str, Any]:
     """The ensemble's honest val F1-macro: on each half of val (afqmc.metrics.halves(labels, seed)),
     choose the members, weights and threshold, and score F1-macro on the other half at them; the
     mean of the two, each half's figure, and the members each half chose (indices)."""
@@ -191,7 +210,7 @@ def cross_fitted_selection(probs: np.ndarray, labels, k: int = 5, seed: int = 0,
     a, b = halves(labels, seed)
     scores, members = [], []
     for choose, score in ((a, b), (b, a)):
-        counts, _ = greedy_selection(probs[:, choose], labels[choose], k, metric, margin)
+        counts, _ = greedy_selection(probs[:, choose], labels[choose], k, metric, margin, start)
         weights = counts / counts.sum()
         threshold, _ = tune_threshold(labels[choose], weights @ probs[:, choose])
         scores.append(classification_metrics(labels[score], weights @ probs[:, score], threshold, prefix="")["f1_macro"])
@@ -359,10 +378,13 @@ def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test
     when `k` is 0 or fewer than two models were kept. Nothing here reads test labels before the
     choice is made: selection gets val only."""
     from afqmc.data import load_splits
+    from afqmc.ensemble import ENSEMBLE_JSON
     from tune.folder import ENSEMBLE
     from tune.scoring import kept_model, model_probs
 
     kept = candidates(trials, first_rung)
+    if best is not None and best.best_checkpoint and best not in kept:  # the walk starts from it (first-rung cut or not)
+        kept = sorted([*kept, best], key=lambda t: t.number)
     if k <= 0 or best is None or len(kept) < 2:
         return None
     name = {t.trial_id: f"trial {t.number}" for t in [*kept, best]}
@@ -371,8 +393,14 @@ def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test
     val_set = val_pairs if val_pairs is not None else splits.val
     val = model_probs(experiment_dir, kept, val_set, "val")
     choice = select_ensemble({name[t.trial_id]: np.asarray(val["probs"][t.trial_id]) for t in kept},
-                             val_set.labels, k=k, seed=base.seed, metric=metric, margin=margin)
+                             val_set.labels, k=k, seed=base.seed, metric=metric, margin=margin,
+                             start=name[best.trial_id] if best in kept else None)
     by_name = {name[t.trial_id]: t for t in kept}
+    target = Path(experiment_dir) / ENSEMBLE
+    if choice.members == (name[best.trial_id],):  # no other model adds more than the margin: nothing to export
+        if (target / ENSEMBLE_JSON).is_file():  # an earlier report's ensemble (another margin): it no longer holds
+            shutil.rmtree(target)
+        return _summary_entry(choice, by_name, best, None, None, None, margin)
     test_set = test_pairs if test_pairs is not None else (splits.test if splits else None)
     judged = None
     if test_set is not None and test_set.labels is not None:
@@ -383,11 +411,10 @@ def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test
                                seed=base.seed)
     cost = ensemble_cost(choice, {name[t.trial_id]: val["seconds_per_pair"][t.trial_id] for t in kept},
                          single=name[best.trial_id]) if best.trial_id in val["seconds_per_pair"] else None
-    target = Path(experiment_dir) / ENSEMBLE
     figures = {"test": judged, "cost": cost, "search": Path(experiment_dir).name, "candidates": [name[t.trial_id] for t in kept]}
     if not _holds(target, choice, figures):
         export_ensemble(choice, {m: kept_model(by_name[m]) for m in choice.members}, target, figures)
-    return _summary_entry(choice, by_name, best, judged, cost, target)
+    return _summary_entry(choice, by_name, best, judged, cost, target, margin)
 
 
 def _holds(target: Path, choice: EnsembleChoice, figures: dict[str, Any]) -> bool:
@@ -403,22 +430,25 @@ def _holds(target: Path, choice: EnsembleChoice, figures: dict[str, Any]) -> boo
             and spec.get("threshold") == choice.threshold and spec.get("test") == _plain(figures["test"]))
 
 
-def _summary_entry(choice: EnsembleChoice, by_name: dict, best, judged: dict[str, Any] | None, cost, target: Path
-                   ) -> dict[str, Any]:
-    """What summary.json, trials.md, the end-of-search printout and compare.py say of the ensemble."""
+def _summary_entry(choice: EnsembleChoice, by_name: dict, best, judged: dict[str, Any] | None, cost,
+                   target: Path | None, margin: float) -> dict[str, Any]:
+    """What summary.json, trials.md, the end-of-search printout and compare.py say of the ensemble.
+    `target` None: the best model alone (`alone`: no other kept model added more than `margin`), not
+    exported."""
     from afqmc.ensemble import count_parameters
 
     members = [{"trial": by_name[m].number, "trial_id": by_name[m].trial_id, "weight": w, "count": c}
                for m, w, c in zip(choice.members, choice.weights, choice.counts)]
     params = sum(count_parameters(p) for p in sorted((target / "members").iterdir()) if p.is_dir()) \
-        if (target / "members").is_dir() else None
+        if target is not None and (target / "members").is_dir() else None
     keep = ("f1_macro", "accuracy", "auc", "threshold", "num_samples")
     test = None if judged is None else {
         "ensemble": {k: judged["ensemble"][k] for k in keep},
         "single_best": {"trial": best.number, **{k: judged["single_best"][k] for k in keep}},
         "gain_f1_macro": judged["gain_f1_macro"], "gain_ci95": judged["gain_ci95"],
         "gain_resamples": judged["gain_resamples"]}
-    return _plain({"folder": str(target), "k": choice.k, "metric": choice.metric, "members": members,
+    return _plain({"folder": None if target is None else str(target), "alone": target is None, "k": choice.k,
+                   "metric": choice.metric, "margin": margin, "members": members,
                    "threshold": choice.threshold, "val": {k: v for k, v in choice.val.items() if k != "cross_fitted_members"},
                    "single_val": choice.single_val, "test": test,
                    "cost": {**(cost or {}), "members": len(members), "parameters": params}})
@@ -428,6 +458,10 @@ def ensemble_lines(ens: dict[str, Any] | None) -> list[str]:
     """The ensemble in words: trials.md's header, the end of a search, compare.py."""
     if not ens:
         return []
+    if ens.get("alone"):
+        return [f"ensemble: none: no other kept model raised val {ens['metric']} by more than "
+                f"search.ensemble_margin {ens['margin']:g} over the best model's (trial {ens['members'][0]['trial']}), "
+                f"so the best model stands alone"]
     members = ", ".join(f"trial {m['trial']} x{m['count']}" for m in ens["members"])
     val = ens["val"]
     lines = [f"ensemble ({ens['folder'].rsplit('/', 1)[-1]}/): {members} (greedy selection on val {ens['metric']}, at "

@@ -263,6 +263,9 @@ def reseed_ensemble(experiment_dir: str | Path, k: int, seeds: list[int] | None 
     if not ens:
         raise ValueError(f"{experiment_dir}: no ensemble in {SUMMARY} (build one: python tune/compare.py --ensemble 5 "
                          f"{experiment_dir})")
+    if ens.get("alone"):
+        raise ValueError(f"{experiment_dir}: the ensemble is the best model alone (no other kept model added more than "
+                         f"search.ensemble_margin {ens.get('margin')}): retrain the best with --reseed {k}")
     trials = {t.number: t for t in collect_trials(experiment_dir)}
     best = best_trial(list(trials.values()))
     members = [(trials[m["trial"]], m["weight"]) for m in ens["members"]]
