@@ -24,6 +24,11 @@ import numpy as np
 import _benchutil as bu
 
 
+# (first-rung cuts left out, where the walk starts): the best candidate by val AUC (before issue 30's
+# last change) or the search's best model, the one the ensemble is judged against (the search now)
+VARIANTS = ((False, "best_auc"), (True, "best_auc"), (True, "search_best"))
+
+
 def measure(folder: Path, margins: list[float], k: int) -> list[dict[str, Any]]:
     from afqmc.data import load_splits
     from tune.ensemble import candidates, judge_on_test, select_ensemble
@@ -39,7 +44,7 @@ def measure(folder: Path, margins: list[float], k: int) -> list[dict[str, Any]]:
     best = best_trial(trials)
     first_rung = state.settings.get("grace_period")
     rows = []
-    for cut in (False, True):
+    for cut, start in VARIANTS:
         kept = candidates(trials, first_rung if cut else None)
         if best not in kept:
             kept.append(best)
@@ -48,11 +53,12 @@ def measure(folder: Path, margins: list[float], k: int) -> list[dict[str, Any]]:
         test = model_probs(folder, kept, splits.test, "test")
         for margin in margins:
             choice = select_ensemble({name[t.trial_id]: np.asarray(val["probs"][t.trial_id]) for t in kept},
-                                     splits.val.labels, k=k, seed=base.seed, metric="auc", margin=margin)
+                                     splits.val.labels, k=k, seed=base.seed, metric="auc", margin=margin,
+                                     start=name[best.trial_id] if start == "search_best" else None)
             judged = judge_on_test(choice, {name[t.trial_id]: np.asarray(test["probs"][t.trial_id]) for t in kept},
                                    splits.test.labels, single=name[best.trial_id],
                                    single_threshold=test["threshold"][best.trial_id], seed=base.seed)
-            rows.append({"search": folder.name, "first_rung_cut_out": cut, "margin": margin,
+            rows.append({"search": folder.name, "first_rung_cut_out": cut, "start": start, "margin": margin,
                          "candidates": len(kept), "members": len(choice.members),
                          "val_cross_fitted_f1": choice.val["f1_macro_cross_fitted"],
                          "single_val_cross_fitted_f1": choice.single_val["f1_macro_cross_fitted"],
@@ -71,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     print(bu.table([{**r, "test_gain_ci95": f"[{r['test_gain_ci95'][0]:+.4f}, {r['test_gain_ci95'][1]:+.4f}]"}
                     for r in rows], list(rows[0])))
     summary = []
-    for cut in (False, True):
+    for cut, start in VARIANTS:
         for margin in margins:
-            gains = [r["test_gain_f1"] for r in rows if r["margin"] == margin and r["first_rung_cut_out"] == cut]
-            members = [r["members"] for r in rows if r["margin"] == margin and r["first_rung_cut_out"] == cut]
-            summary.append({"first_rung_cut_out": cut, "margin": margin, "searches": len(gains),
+            same = [r for r in rows if r["margin"] == margin and (r["first_rung_cut_out"], r["start"]) == (cut, start)]
+            gains, members = [r["test_gain_f1"] for r in same], [r["members"] for r in same]
+            summary.append({"first_rung_cut_out": cut, "start": start, "margin": margin, "searches": len(gains),
                             "mean_test_gain": float(np.mean(gains)), "worst_test_gain": float(np.min(gains)),
                             "mean_members": float(np.mean(members))})
     print(bu.table(summary, list(summary[0]), title="across searches"))
