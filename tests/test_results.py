@@ -662,6 +662,7 @@ def test_reseed_reports_mean_and_std_of_best_and_baseline(search, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.full  # it trains every member and the best again per seed: the reseed itself, not a search property
 def test_reseed_ensemble_against_the_single_best(search, tmp_path):
     """Each seed retrains every member config and the single best's; the ensemble's threshold is
     tuned on its val mixture (val chooses) and the mixture is scored once on held-out test. (A copy of
@@ -720,6 +721,7 @@ def test_reseed_against_another_starting_point(search, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.full  # a second real Ray run; the default run keeps the extension's decisions on scripted calls
 def test_an_extended_search_adds_trials_and_leaves_the_earlier_ones_untouched(search, tmp_path):
     """`--resume NAME --num_samples N` on a finished search (a copy of the module's): the same study
     grows by the new trials; the earlier ones keep their values, folders and checkpoints (not
@@ -771,14 +773,22 @@ def test_an_extended_search_adds_trials_and_leaves_the_earlier_ones_untouched(se
     assert "extended from" in (copy / "trials.md").read_text(encoding="utf-8")
     assert SearchState.load(copy).num_samples == NUM_SAMPLES + 2  # a plain --resume keeps the new target
 
-    # Growing is all it may do: a smaller target, or another setting, is refused; nothing runs.
+
+@pytest.mark.slow
+def test_a_search_may_grow_but_not_shrink_or_change_a_setting(search, tmp_path):
+    """`--resume NAME --num_samples N` may only grow a search: a smaller target, or another setting
+    beside it, is refused with exit code 2 and a message that says so, before anything runs; the
+    folder and its study are left as they were."""
+    copy = tmp_path / "kept"
+    shutil.copytree(search["exp_dir"], copy)
+    before = {p.name: p.read_bytes() for p in (copy / "search.json", copy / "optuna.db")}
     smaller = subprocess.run([sys.executable, "tune/search.py", "--resume", str(copy), "--num_samples", "3"],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert smaller.returncode == 2 and "can grow, not shrink" in smaller.stderr
     other = subprocess.run([sys.executable, "tune/search.py", "--resume", str(copy), "--num_samples", "12",
                             "--learning_rate", "1e-3"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert other.returncode == 2 and "only --num_samples may grow it" in other.stderr
-    assert snapshot()[0] == trials_after
+    assert {p.name: p.read_bytes() for p in (copy / "search.json", copy / "optuna.db")} == before
 
 
 @pytest.mark.full
