@@ -372,7 +372,8 @@ def search_ensemble(experiment_dir: Path, base, trials: list, best, k: int, test
     trial, the single model the ensemble must beat; `metric`: the selection's (search.ensemble_metric,
     AUC by default: see "The selection metric" above); `margin`: what a member must add to it
     (search.ensemble_margin); `first_rung`: ASHA's first rung, in evaluations: a trial ASHA stopped
-    there is no candidate (its model sits near the class prior, and would join only for val noise);
+    there is no candidate (its model sits near the class prior, and would join only for val noise),
+    unless it is `best`, where the walk starts;
     `test_pairs`, `val_pairs`: those splits when the
     caller (the search's driver) holds them, else they are read again. Returns the summary's `ensemble` entry, or None
     when `k` is 0 or fewer than two models were kept. Nothing here reads test labels before the
