@@ -88,3 +88,47 @@ def _ray_id(exp_dir, number: int) -> str:
     with open(exp_dir / "trials.csv", encoding="utf-8") as fh:
         return next(r["trial_id"] for r in csv.DictReader(fh) if int(r["trial"]) == number)
 
+
+
+def test_a_checkpoint_ray_deleted_after_its_snapshot_is_given_back_from_the_newest(tmp_path, monkeypatch):
+    """The race the kill-while-waiting search found: Ray (num_to_keep=1) deleted a trial's previous
+    latest checkpoint when it saved a newer one, and the driver was killed before Ray's next snapshot,
+    which still names the deleted one; restoring would fail and lose the trial. On resume the named
+    folder gets a copy of the trial's newest checkpoint; a finished trial, or one whose checkpoint is
+    there, is left alone."""
+    from types import SimpleNamespace
+
+    import optuna
+    from ray import tune
+
+    import tune.results as results
+    from tune.folder import RAY_TRIAL_ID
+    from tune.search import restore_missing_checkpoints
+
+    def trial_dir(name: str, checkpoints: list[int]) -> SimpleNamespace:
+        for i in checkpoints:
+            (tmp_path / name / f"checkpoint_{i:06d}").mkdir(parents=True)
+            (tmp_path / name / f"checkpoint_{i:06d}" / "state.txt").write_text(f"{name} {i}")
+        return SimpleNamespace(trial_id=name, last=tmp_path / name / "checkpoint_000001")
+
+    raced, intact, ended = trial_dir("raced", [0, 2]), trial_dir("intact", [1]), trial_dir("ended", [0])
+    study = optuna.create_study(direction="maximize")
+    for t, state in ((raced, "RUNNING"), (intact, "RUNNING"), (ended, "COMPLETE")):
+        study.add_trial(optuna.trial.create_trial(
+            state=getattr(optuna.trial.TrialState, state), value=0.5 if state == "COMPLETE" else None,
+            user_attrs={RAY_TRIAL_ID: t.trial_id}))
+
+    class Analysis:  # Ray's public ExperimentAnalysis, as the snapshot would give it
+        def __init__(self, path):
+            self.trials = [raced, intact, ended]
+
+        def get_last_checkpoint(self, trial):
+            return SimpleNamespace(path=str(trial.last))
+
+    monkeypatch.setattr(tune, "ExperimentAnalysis", Analysis)
+    monkeypatch.setattr(results, "load_study", lambda exp_dir: study)
+    notes = restore_missing_checkpoints(tmp_path)
+    assert (raced.last / "state.txt").read_text() == "raced 2"  # the newest, under the name Ray restores
+    assert len(notes) == 1 and "raced" in notes[0] and "checkpoint_000002" in notes[0]
+    assert not (tmp_path / "ended" / "checkpoint_000001").exists()  # a finished trial is not touched
+    assert sorted(p.name for p in (tmp_path / "intact").iterdir()) == ["checkpoint_000001"]

@@ -117,6 +117,8 @@ def _search(args: argparse.Namespace, exp_dir: Path, state: SearchState, space: 
         if restored:
             print(f"resuming {_rel(exp_dir)}: finished trials are kept, unfinished ones continue from "
                   f"their last checkpoint")
+            for note in restore_missing_checkpoints(exp_dir):
+                print(f"  {note}")
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
                                        resume_errored=False)
         else:
@@ -206,6 +208,40 @@ def ray_can_restore(exp_dir: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def restore_missing_checkpoints(exp_dir: Path) -> list[str]:
+    """Give back each unfinished trial the checkpoint Ray's snapshot names as its last, when Ray has
+    deleted it: with `num_to_keep=1` Ray deletes a trial's previous latest checkpoint as soon as it
+    saves a newer one, and a driver killed before Ray's next snapshot leaves the snapshot naming the
+    deleted one. Restoring that trial would fail ("Could not recover from checkpoint as it does not
+    exist on storage anymore") and lose it. The named folder gets a copy of the trial's newest
+    checkpoint on disk (saved after the snapshot), so the trial goes on from there: its own state in
+    the checkpoint says which evaluation it reached. Public APIs only: ExperimentAnalysis and its
+    get_last_checkpoint; which trials are unfinished is the study's word. Returns a note per repair."""
+    from ray import tune
+
+    from tune.folder import RAY_TRIAL_ID
+    from tune.results import load_study
+
+    study = load_study(exp_dir)
+    running = {t.user_attrs.get(RAY_TRIAL_ID) for t in study.get_trials(deepcopy=False)
+               if t.state.name == "RUNNING"} if study is not None else set()
+    analysis = tune.ExperimentAnalysis(str(exp_dir))
+    notes = []
+    for trial in analysis.trials:
+        if trial.trial_id not in running:
+            continue
+        last = analysis.get_last_checkpoint(trial)
+        if last is None or Path(last.path).exists():
+            continue
+        on_disk = sorted(Path(last.path).parent.glob("checkpoint_*"))
+        if not on_disk:
+            continue
+        shutil.copytree(on_disk[-1], last.path)
+        notes.append(f"trial {trial.trial_id}: Ray's snapshot named {Path(last.path).name}, deleted when "
+                     f"{on_disk[-1].name} was saved after it; it goes on from {on_disk[-1].name}")
+    return notes
 
 
 def _start_or_resume(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Path, SearchState, SearchSpace]:
