@@ -235,10 +235,13 @@ def restore_missing_checkpoints(exp_dir: Path) -> list[str]:
         last = analysis.get_last_checkpoint(trial)
         if last is None or Path(last.path).exists():
             continue
-        on_disk = sorted(Path(last.path).parent.glob("checkpoint_*"))
+        on_disk = sorted(p for p in Path(last.path).parent.glob("checkpoint_*") if p.name[11:].isdigit())
         if not on_disk:
             continue
-        shutil.copytree(on_disk[-1], last.path)
+        partial = Path(f"{last.path}.partial")  # copied aside, then renamed: a kill leaves no half checkpoint
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(on_disk[-1], partial)
+        partial.rename(last.path)
         notes.append(f"trial {trial.trial_id}: Ray's snapshot named {Path(last.path).name}, deleted when "
                      f"{on_disk[-1].name} was saved after it; it goes on from {on_disk[-1].name}")
     return notes
